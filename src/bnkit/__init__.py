@@ -1,0 +1,55 @@
+"""bnkit: batch normalization with complete tf.keras semantics for PyTorch.
+
+The public surface, in one place:
+
+* layers: :class:`BatchNormalization`, :class:`Dropout`, :class:`Flatten`
+* pure functions: :mod:`bnkit.functional` (``batch_norm``, ``dropout``, ``flatten``, ``moments``)
+* Keras registries: :mod:`bnkit.initializers`, :mod:`bnkit.regularizers`, :mod:`bnkit.constraints`
+* training helpers: :func:`regularization_loss`, :func:`apply_constraints`
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import constraints, functional, initializers, regularizers
+from .layers import BatchNormalization, Dropout, Flatten
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchNormalization",
+    "Dropout",
+    "Flatten",
+    "apply_constraints",
+    "constraints",
+    "functional",
+    "initializers",
+    "regularization_loss",
+    "regularizers",
+]
+
+
+def regularization_loss(model: nn.Module) -> Tensor:
+    """Sum of every layer's weight penalties (Keras' ``model.losses``).
+
+    Add it to the training loss: ``loss = criterion(out, y) + bnkit.regularization_loss(model)``.
+    Layers take part by defining ``regularization_loss()``; shared layers count once.
+    """
+    penalties = [
+        module.regularization_loss()
+        for module in model.modules()
+        if callable(getattr(module, "regularization_loss", None))
+    ]
+    if penalties:
+        return torch.stack([p.reshape(()) for p in penalties]).sum()
+    param = next(model.parameters(), None)
+    return torch.zeros((), device=None if param is None else param.device)
+
+
+def apply_constraints(model: nn.Module) -> None:
+    """Apply every layer's weight constraints; call right after ``optimizer.step()``."""
+    for module in model.modules():
+        project = getattr(module, "apply_constraints", None)
+        if callable(project):
+            project()

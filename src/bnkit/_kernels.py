@@ -1,0 +1,148 @@
+"""Low-level pieces of the batch-normalization kernel.
+
+Everything here works on a *channel view*: the input reshaped so that dimension 1 holds
+every normalised feature (all BN axes, plus the ghost-batch index for ghost BN) and the
+other dimensions are reduced over.  PyTorch's native kernels accept exactly that layout,
+so every Keras option (any axis, several axes, strided ghost batches) runs on them.
+
+Views are free (no copy) when the BN axes are adjacent in memory order: ``axis=1`` on any
+rank, ``axis=-1`` on a contiguous input, ghost BN on NCHW.  Other layouts are permuted
+once, which costs one copy.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+
+class ChannelView(NamedTuple):
+    """How an input was turned into its channel view, and how to undo it."""
+
+    tensor: Tensor  # (A, C) or (A, C, B), or the input itself when axis == [1]
+    shape: torch.Size  # shape to reshape the view's output to before `inverse`
+    inverse: tuple[int, ...] | None  # permutation back to the input's order, if any
+    groups: int  # ghost groups folded into the channel dimension (1 without ghost BN)
+
+
+def normalize_axes(axis: int | Sequence[int], ndim: int) -> list[int]:
+    """Keras' ``validate_axis``: ints become lists, negatives get ``ndim`` added.
+
+    Raises the Keras errors: out-of-range axes and duplicates are ``ValueError``.
+    """
+    axes = [axis] if isinstance(axis, int) else list(axis)
+    resolved = [a + ndim if a < 0 else a for a in axes]
+    for a in resolved:
+        if not 0 <= a < ndim:
+            raise ValueError(
+                "Invalid value for `axis` argument. Expected 0 <= axis < inputs.rank "
+                f"(with inputs.rank={ndim}). Received: axis={tuple(resolved)}"
+            )
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"Duplicate axis: {tuple(resolved)}")
+    return sorted(resolved)
+
+
+def channel_view(x: Tensor, axes: list[int], groups: int = 1) -> ChannelView:
+    """Reshape ``x`` so that dim 1 is the (ghost-group x feature) channel dimension.
+
+    With ``groups = G > 1`` (ghost BN) the batch (B,) is split Keras-style as (V, G) with
+    V = B / G ghost batches, so sample b belongs to ghost group b mod G, and the channel
+    index becomes g * C + c.
+    """
+    if groups > 1:
+        x = x.reshape(x.shape[0] // groups, groups, *x.shape[1:])
+        axes = [1] + [a + 1 for a in axes]
+    ndim = x.dim()
+    if axes == [1] and groups == 1:
+        return ChannelView(x, x.shape, None, 1)
+    channels = math.prod([x.shape[a] for a in axes])
+    if axes == list(range(axes[0], axes[-1] + 1)):
+        before = math.prod(x.shape[: axes[0]])
+        after = math.prod(x.shape[axes[-1] + 1 :])
+        view_shape = (before, channels) if after == 1 else (before, channels, after)
+        return ChannelView(x.reshape(view_shape), x.shape, None, groups)
+    others = [d for d in range(ndim) if d not in axes]
+    order = others + axes
+    permuted = x.permute(order)
+    inverse = tuple(order.index(d) for d in range(ndim))
+    return ChannelView(permuted.reshape(-1, channels), permuted.shape, inverse, groups)
+
+
+def restore(view: ChannelView, y: Tensor) -> Tensor:
+    """Undo :func:`channel_view` on an output of the view's shape."""
+    y = y.reshape(view.shape)
+    if view.inverse is not None:
+        y = y.permute(view.inverse)
+    if view.groups > 1:
+        y = y.flatten(0, 1)
+    return y
+
+
+def per_view_channel(t: Tensor | None, groups: int) -> Tensor | None:
+    """Repeat a per-feature vector for each ghost group (index g * C + c)."""
+    if t is None or groups == 1:
+        return t
+    return t.repeat(groups)
+
+
+def ghost_average(t: Tensor, groups: int) -> Tensor:
+    """Average per-(ghost, feature) statistics over the ghost groups."""
+    if groups == 1:
+        return t
+    return t.view(groups, -1).mean(0)
+
+
+class NormalizeWithStats(torch.autograd.Function):
+    """Batch normalization with statistics computed beforehand.
+
+    Forward is PyTorch's inference kernel fed with the *batch* mean and variance (two
+    passes over the data); backward is the native training backward, which treats the
+    mean and variance as functions of the input.  Together they equal training-mode
+    ``native_batch_norm`` exactly, but let the caller compute the affine (e.g. batch
+    renorm's ``gamma * r``) from the batch statistics before normalising, without a
+    second statistics pass.
+    """
+
+    @staticmethod
+    def forward(
+        x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor, var: Tensor, epsilon: float
+    ) -> Tensor:
+        return torch.batch_norm(x, weight, bias, mean, var, False, 0.0, epsilon, False)
+
+    @staticmethod
+    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
+        x, weight, bias, mean, var, epsilon = inputs
+        ctx.save_for_backward(x, weight, mean, torch.rsqrt(var + epsilon))
+        ctx.epsilon = epsilon  # type: ignore[attr-defined]
+        ctx.has_bias = bias is not None  # type: ignore[attr-defined]
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x, weight, mean, invstd = ctx.saved_tensors  # type: ignore[attr-defined]
+        need = ctx.needs_input_grad  # type: ignore[attr-defined]
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            grad.contiguous(memory_format=_memory_format(x)),
+            x,
+            weight,
+            None,
+            None,
+            mean,
+            invstd,
+            True,
+            ctx.epsilon,  # type: ignore[attr-defined]
+            [need[0], weight is not None and need[1], ctx.has_bias and need[2]],  # type: ignore[attr-defined]
+        )
+        return gx, gw, gb, None, None, None
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format

@@ -1,0 +1,413 @@
+"""Pure functions behind bnkit's layers.
+
+Every function here is stateless: ``batch_norm`` returns the *new* moving statistics
+instead of updating its inputs, so it composes with ``torch.func``, checkpoints and
+custom training loops.  The modules in :mod:`bnkit.layers` hold the state and delegate.
+
+Numerics (the contract of :func:`batch_norm`):
+
+* Normalisation always uses the biased batch variance ``v_b`` (as Keras and PyTorch).
+* The moving variance is fed ``v_b`` (``variance_rule="biased"``, tf.keras' non-fused path
+  and Keras 3) or ``v_b * n / (n - 1)`` (``"unbiased"``, tf.keras' fused path and PyTorch);
+  with ``n == 1`` the correction factor is 1, as in TensorFlow's fused kernel.
+* Moving averages use Keras' momentum: ``new = old - (old - batch) * (1 - momentum)``.
+* float16/bfloat16 inputs are computed in float32 and returned in their own dtype.
+* An empty batch returns an empty output and the statistics unchanged (tf.keras would
+  write NaN into them).
+* Plain BN calls PyTorch's native kernel once and derives the statistics from the mean and
+  inverse standard deviation it returns: no extra pass over the data.  Renorm computes the
+  batch statistics first (one native pass), folds ``r`` and ``d`` into the affine and
+  normalises with the native inference kernel, whose backward is the native training one.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+from . import _kernels as K
+from .distributed import global_moments
+
+__all__ = [
+    "BatchNormStats",
+    "RenormState",
+    "batch_norm",
+    "moments",
+    "dropout",
+    "flatten",
+    "clipping_tensor",
+]
+
+Adjustment = Callable[[torch.Size], tuple[Tensor, Tensor]]
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class RenormState(NamedTuple):
+    """Batch-renormalization state and hyper-parameters (Ioffe, 2017).
+
+    ``clipping`` is a tensor ``[rmin, rmax, dmax]`` (``inf`` where a bound is absent), see
+    :func:`clipping_tensor`.
+    """
+
+    moving_stddev: Tensor
+    renorm_mean: Tensor
+    renorm_stddev: Tensor
+    momentum: float = 0.99
+    clipping: Tensor | None = None
+
+
+class BatchNormStats(NamedTuple):
+    """New moving statistics returned by :func:`batch_norm` (``None`` = not tracked)."""
+
+    running_mean: Tensor | None
+    running_var: Tensor | None
+    moving_stddev: Tensor | None = None
+    renorm_mean: Tensor | None = None
+    renorm_stddev: Tensor | None = None
+
+
+def clipping_tensor(clipping: Mapping[str, float | None] | None, **like: object) -> Tensor:
+    """``{"rmin", "rmax", "dmax"}`` as a tensor ``[rmin, rmax, dmax]``; absent keys are inf."""
+    clipping = dict(clipping or {})
+    values = [
+        -math.inf if clipping.get("rmin") is None else float(clipping["rmin"]),  # type: ignore[arg-type]
+        math.inf if clipping.get("rmax") is None else float(clipping["rmax"]),  # type: ignore[arg-type]
+        math.inf if clipping.get("dmax") is None else float(clipping["dmax"]),  # type: ignore[arg-type]
+    ]
+    return torch.tensor(values, **like)  # type: ignore[arg-type]
+
+
+def moments(
+    x: Tensor,
+    axes: int | Sequence[int],
+    keepdims: bool = False,
+    mask: Tensor | None = None,
+    correction: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Mean and variance of ``x`` over ``axes`` (``tf.nn.moments`` / ``weighted_moments``).
+
+    Args:
+        x: input tensor.
+        axes: the axes to reduce over (Keras convention: the *reduction* axes).
+        keepdims: keep reduced axes with size 1.
+        mask: optional frequency weights broadcastable to ``x`` (Keras BN passes its mask
+            with a trailing axis added).  With a mask the variance is the weighted biased
+            variance and ``correction`` must be 0.
+        correction: 0 for the biased variance, 1 for Bessel's correction.
+    """
+    dims = [axes] if isinstance(axes, int) else list(axes)
+    dims = [d + x.dim() if d < 0 else d for d in dims]
+    if mask is None:
+        var, mean = torch.var_mean(x, dim=dims, correction=correction, keepdim=True)
+    else:
+        if correction:
+            raise ValueError(
+                f"`correction` must be 0 when a `mask` is given (weighted moments are biased); received: correction={correction}"
+            )
+        weights = mask.to(x.dtype).expand_as(x)
+        total = weights.sum(dim=dims, keepdim=True)
+        inv = torch.where(total > 0, 1.0 / total, torch.zeros_like(total))
+        mean = (weights * x).sum(dim=dims, keepdim=True) * inv
+        var = (weights * (x - mean).square()).sum(dim=dims, keepdim=True) * inv
+    if not keepdims:
+        mean, var = mean.squeeze(dims), var.squeeze(dims)
+    return mean, var
+
+
+def batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    *,
+    training: bool = False,
+    axis: int | Sequence[int] = 1,
+    momentum: float = 0.99,
+    epsilon: float = 1e-3,
+    variance_rule: str = "biased",
+    renorm: RenormState | None = None,
+    virtual_batch_size: int | None = None,
+    adjustment: Adjustment | None = None,
+    mask: Tensor | None = None,
+    synchronized: bool = False,
+    process_group: object | None = None,
+) -> tuple[Tensor, BatchNormStats]:
+    """Keras-semantics batch normalization; returns ``(output, new_statistics)``.
+
+    Args:
+        x: input of any rank >= 1.
+        running_mean, running_var: moving statistics, flat ``(C,)`` with ``C`` the product
+            of the sizes of the BN axes.  Used in inference; in training the new values are
+            returned (``None`` = do not track).
+        weight, bias: gamma and beta, flat ``(C,)``, or ``None`` (scale/center off).
+        training: batch statistics (True) or moving statistics (False).
+        axis: the feature axis or axes (Keras ``axis``; negative values allowed).
+        momentum: Keras momentum, the weight of the old value.
+        epsilon: added to the variance.
+        variance_rule: statistic fed to the moving variance, ``"biased"`` or ``"unbiased"``.
+        renorm: batch renormalization state (training: returns updated renorm statistics).
+        virtual_batch_size: ghost BN with Keras' strided grouping (training only).
+        adjustment: ``adjustment(x.shape) -> (scale, bias)`` applied to the normalised
+            value before gamma/beta, in training only.
+        mask: ``x.shape[:-1]``-shaped weights for the moments (Keras' non-fused mask).
+        synchronized: reduce the statistics across ``torch.distributed`` processes.
+        process_group: the group for ``synchronized`` (default: the world).
+    """
+    if variance_rule not in ("biased", "unbiased"):
+        raise ValueError(
+            f"`variance_rule` must be 'biased' or 'unbiased'; received: {variance_rule!r}"
+        )
+    axes = K.normalize_axes(axis, x.dim())
+    out_dtype = x.dtype if x.is_floating_point() else torch.float32
+    if x.dtype in _LOW_PRECISION or not x.is_floating_point():
+        x = x.float()
+    unchanged = BatchNormStats(running_mean, running_var, *_renorm_unchanged(renorm))
+    if x.numel() == 0:
+        return x.to(out_dtype), unchanged
+    if not training:
+        return _inference(x, axes, running_mean, running_var, weight, bias, epsilon).to(out_dtype), unchanged
+    groups = 1
+    if virtual_batch_size is not None:
+        groups = _ghost_groups(x.shape[0], virtual_batch_size)
+    if mask is not None or synchronized:
+        if virtual_batch_size is not None:
+            raise ValueError(
+                "`mask` and `synchronized` are not supported together with `virtual_batch_size`; "
+                f"received: virtual_batch_size={virtual_batch_size}"
+            )
+        out, mean, var, count = _composite(x, axes, mask, weight, bias, epsilon, renorm, adjustment, process_group if synchronized else False)
+    else:
+        out, mean, var, count = _native(x, axes, groups, weight, bias, epsilon, renorm, adjustment)
+    if variance_rule == "unbiased" and count > 1:
+        var = var * (count / (count - 1))
+    stats = _update(running_mean, running_var, mean, var, momentum, epsilon, renorm)
+    return out.to(out_dtype), stats
+
+
+def _ghost_groups(batch: int, virtual_batch_size: int) -> int:
+    if batch % virtual_batch_size:
+        raise ValueError(
+            "`virtual_batch_size` must divide the batch size in training. "
+            f"Received: virtual_batch_size={virtual_batch_size} for a batch of {batch}"
+        )
+    return batch // virtual_batch_size
+
+
+def _inference(
+    x: Tensor, axes: list[int], mean: Tensor | None, var: Tensor | None,
+    weight: Tensor | None, bias: Tensor | None, epsilon: float,
+) -> Tensor:
+    if mean is None or var is None:
+        raise ValueError("Inference needs moving statistics; received `running_mean`/`running_var` = None")
+    view = K.channel_view(x, axes)
+    y = torch.batch_norm(view.tensor, weight, bias, mean, var, False, 0.0, epsilon, False)
+    return K.restore(view, y)
+
+
+def _renorm_factors(
+    renorm: RenormState, mean: Tensor, var: Tensor, epsilon: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Renorm's ``r`` and ``d`` (detached, clipped) and the batch stddev ``s``."""
+    stddev = torch.sqrt(var + epsilon)
+    reference = torch.clamp(renorm.renorm_stddev, min=math.sqrt(epsilon))
+    r = stddev / reference
+    d = (mean - renorm.renorm_mean) / reference
+    if renorm.clipping is not None:
+        rmin, rmax, dmax = renorm.clipping.to(r).unbind()
+        r = torch.minimum(torch.maximum(r, rmin), rmax)
+        d = torch.clamp(d, -dmax, dmax)
+    return r.detach(), d.detach(), stddev
+
+
+def _native(
+    x: Tensor, axes: list[int], groups: int, weight: Tensor | None, bias: Tensor | None,
+    epsilon: float, renorm: RenormState | None, adjustment: Adjustment | None,
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Training on the native kernels; returns output, batch mean/var and elements per channel."""
+    view = K.channel_view(x, axes, groups)
+    xv = view.tensor
+    count = xv.numel() // xv.shape[1] * groups
+    # Gamma/beta are applied here unless an adjustment has to come between x-hat and them.
+    w, b = (None, None) if adjustment is not None else (weight, bias)
+    if renorm is None:
+        out, mean_v, invstd_v = torch.native_batch_norm(
+            xv, K.per_view_channel(w, groups), K.per_view_channel(b, groups), None, None, True, 0.0, epsilon
+        )
+        mean_v, var_v = mean_v.detach(), (invstd_v.detach().reciprocal().square() - epsilon).clamp_min(0.0)
+    else:
+        mean_v, var_v = torch.batch_norm_update_stats(xv.detach(), None, None, 0.0)
+        r, d, _ = _renorm_factors(
+            renorm, K.ghost_average(mean_v, groups), K.ghost_average(var_v, groups), epsilon
+        )
+        w_r = r if w is None else w * r
+        b_r = d if w is None else w * d
+        b_r = b_r if b is None else b_r + b
+        out = K.NormalizeWithStats.apply(
+            xv, K.per_view_channel(w_r, groups), K.per_view_channel(b_r, groups), mean_v, var_v, epsilon
+        )
+    out = K.restore(view, out)
+    if adjustment is not None:
+        out = _affine(_adjust(out, adjustment, x.shape), axes, x.dim(), weight, bias)
+    return out, K.ghost_average(mean_v, groups), K.ghost_average(var_v, groups), count
+
+
+def _composite(
+    x: Tensor, axes: list[int], mask: Tensor | None, weight: Tensor | None, bias: Tensor | None,
+    epsilon: float, renorm: RenormState | None, adjustment: Adjustment | None,
+    process_group: object | None,
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Training in plain tensor ops: masked moments or cross-process statistics."""
+    reduce = [d for d in range(x.dim()) if d not in axes]
+    if mask is not None:
+        weights = _mask_weights(mask, x)
+        mean, var = moments(x, reduce, keepdims=True, mask=weights)
+        count = 0  # masked statistics are never Bessel-corrected
+    else:
+        mean, var, count = global_moments(x, reduce, process_group)
+    y = (x - mean) * torch.rsqrt(var + epsilon)
+    flat_mean, flat_var = mean.detach().reshape(-1), var.detach().reshape(-1)
+    if renorm is not None:
+        r, d, _ = _renorm_factors(renorm, flat_mean, flat_var, epsilon)
+        shape = _param_shape(axes, x.dim(), x.shape)
+        y = y * r.view(shape) + d.view(shape)
+    if adjustment is not None:
+        y = _adjust(y, adjustment, x.shape)
+    return _affine(y, axes, x.dim(), weight, bias), flat_mean, flat_var, count
+
+
+def _mask_weights(mask: Tensor, x: Tensor) -> Tensor:
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    try:
+        torch.broadcast_shapes(weights.shape, x.shape)
+    except RuntimeError:
+        raise ValueError(
+            "`mask` must have the input's shape without its last dimension "
+            f"(expected {tuple(x.shape[:-1])}); received a mask of shape {tuple(mask.shape)}"
+        ) from None
+    return weights
+
+
+def _param_shape(axes: list[int], ndim: int, shape: torch.Size) -> list[int]:
+    return [shape[d] if d in axes else 1 for d in range(ndim)]
+
+
+def _affine(y: Tensor, axes: list[int], ndim: int, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    shape = _param_shape(axes, ndim, y.shape)
+    if weight is not None:
+        y = y * weight.view(shape)
+    if bias is not None:
+        y = y + bias.view(shape)
+    return y
+
+
+def _adjust(y: Tensor, adjustment: Adjustment, shape: torch.Size) -> Tensor:
+    scale, shift = adjustment(shape)
+    return y * scale.to(y) + shift.to(y)
+
+
+def _ema(old: Tensor, new: Tensor, momentum: float) -> Tensor:
+    return old - (old - new.to(old.dtype)) * (1.0 - momentum)
+
+
+def _update(
+    running_mean: Tensor | None, running_var: Tensor | None, mean: Tensor, var: Tensor,
+    momentum: float, epsilon: float, renorm: RenormState | None,
+) -> BatchNormStats:
+    mean, var = mean.detach(), var.detach()
+    new_mean = None if running_mean is None else _ema(running_mean, mean, momentum)
+    if renorm is None:
+        new_var = None if running_var is None else _ema(running_var, var, momentum)
+        return BatchNormStats(new_mean, new_var)
+    stddev = torch.sqrt(var + epsilon)
+    moving_stddev = _ema(renorm.moving_stddev, stddev, momentum)
+    return BatchNormStats(
+        new_mean,
+        torch.relu(moving_stddev.square() - epsilon),
+        moving_stddev,
+        _ema(renorm.renorm_mean, mean, renorm.momentum),
+        _ema(renorm.renorm_stddev, stddev, renorm.momentum),
+    )
+
+
+def _renorm_unchanged(renorm: RenormState | None) -> tuple[Tensor | None, ...]:
+    if renorm is None:
+        return (None, None, None)
+    return (renorm.moving_stddev, renorm.renorm_mean, renorm.renorm_stddev)
+
+
+def dropout(
+    x: Tensor,
+    rate: float,
+    *,
+    training: bool = True,
+    noise_shape: Sequence[int | None] | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Keras dropout: zero with probability ``rate``, scale the rest by ``1 / (1 - rate)``.
+
+    ``noise_shape`` (``None`` entries take the input's size) gives the shape of the random
+    mask, broadcast over ``x``: ``(None, 1, None)`` on ``(B, T, F)`` drops the same
+    features at every time step.  ``rate == 1`` returns zeros (Keras 3 and PyTorch; tf.keras
+    2 raises).  The mask is drawn from ``generator`` (or the global RNG).
+    """
+    check_rate(rate)
+    if not training or rate == 0.0:
+        return x
+    if rate == 1.0:
+        return x * 0.0
+    shape = x.shape if noise_shape is None else _resolve_noise_shape(noise_shape, x.shape)
+    mask = torch.rand(shape, generator=generator, dtype=x.dtype, device=x.device)
+    mask = mask.ge_(rate).mul_(1.0 / (1.0 - rate))
+    return x * mask
+
+
+def _resolve_noise_shape(noise_shape: Sequence[int | None], shape: torch.Size) -> list[int]:
+    if len(noise_shape) != len(shape):
+        raise ValueError(
+            f"`noise_shape` must have the input's rank ({len(shape)}); received: "
+            f"noise_shape={tuple(noise_shape)} for an input of shape {tuple(shape)}"
+        )
+    resolved = [size if n is None else n for n, size in zip(noise_shape, shape)]
+    if any(n not in (1, size) for n, size in zip(resolved, shape)):
+        raise ValueError(
+            "`noise_shape` must broadcast to the input: each entry must be None, 1 or the input's size. "
+            f"Received: noise_shape={tuple(noise_shape)} for an input of shape {tuple(shape)}"
+        )
+    return resolved
+
+
+def flatten(x: Tensor, data_format: str = "channels_last") -> Tensor:
+    """Keras ``Flatten``: ``(B, ...) -> (B, prod(...))``; rank 1 becomes ``(B, 1)``.
+
+    ``channels_first`` input ``(B, C, d1, ...)`` is first put in channels-last order
+    ``(B, d1, ..., C)``, so the features come out in Keras' ``(h, w, c)`` order and a Keras
+    Dense kernel that follows can be used unchanged.
+    """
+    check_data_format(data_format)
+    if x.dim() == 0:
+        raise ValueError(f"Flatten expects an input of rank >= 1 (a batch); received a tensor of shape {tuple(x.shape)}")
+    if x.dim() == 1:
+        return x.unsqueeze(1)
+    if data_format == "channels_first" and x.dim() > 2:
+        x = x.movedim(1, -1)
+    return x.reshape(x.shape[0], -1)
+
+
+def check_rate(rate: object) -> float:
+    """Validate a dropout rate (a real number in [0, 1])."""
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"Invalid value {rate!r} received for `rate`, expected a value between 0 and 1.")
+    return float(rate)
+
+
+def check_data_format(data_format: object) -> str:
+    """Validate a Keras ``data_format`` string."""
+    if data_format not in ("channels_first", "channels_last"):
+        raise ValueError(
+            'The `data_format` argument must be one of "channels_first", "channels_last". '
+            f"Received: {data_format!r}"
+        )
+    return data_format  # type: ignore[return-value]
