@@ -275,11 +275,15 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             self._clipping.copy_(F.clipping_tensor(values))
 
     def regularization_loss(self) -> Tensor:
-        """Sum of the gamma/beta penalties (Keras ``layer.losses``); add it to the loss."""
+        """Sum of the gamma/beta penalties (Keras ``layer.losses``); add it to the loss.
+
+        As in tf.keras 2 a frozen layer (``trainable=False``) still reports its penalties
+        (Keras 3 reports none); they carry no gradient then.
+        """
         total = self.running_mean.new_zeros(())
         for name, tensor in (("gamma", self.weight), ("beta", self.bias)):
             reg = self.regularizers[name]
-            if reg is not None and tensor is not None and self._trainable:
+            if reg is not None and tensor is not None:
                 total = total + reg(tensor.view(self.keras_weight_shape or tensor.shape))
         return total
 

@@ -1,0 +1,108 @@
+"""Run Keras (tf_keras 2.21 or Keras 3) as an oracle in a subprocess.
+
+The pytest process must never import TensorFlow or Keras (they conflict with torch in one
+interpreter), so :func:`run_keras` writes the cases to a temporary directory, runs
+``tests/oracle/keras_runner.py`` with the current interpreter and reads the results
+back. TensorFlow takes seconds to start: build all cases of a test module first and call
+:func:`run_keras` once per flavour from a module-scoped fixture.
+
+The case format is documented in ``tests/oracle/keras_runner.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+RUNNER = Path(__file__).resolve().parent / "oracle" / "keras_runner.py"
+TIMEOUT_S = 600
+
+OracleResults = dict[str, np.ndarray | str]
+
+
+def oracle_env(flavour: str) -> dict[str, str]:
+    """The subprocess environment for one Keras flavour."""
+    env = dict(os.environ)
+    env.update(
+        CUDA_VISIBLE_DEVICES="",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        TF_ENABLE_ONEDNN_OPTS="0",
+        PYTHONWARNINGS="ignore",
+    )
+    if flavour == "tf_keras":
+        env["TF_USE_LEGACY_KERAS"] = "1"
+    elif flavour == "keras3":
+        env.pop("TF_USE_LEGACY_KERAS", None)
+        env["KERAS_BACKEND"] = "tensorflow"
+    else:
+        raise ValueError(f"Invalid `flavour`: expected 'tf_keras' or 'keras3'. Received: flavour={flavour!r}")
+    return env
+
+
+def run_keras(
+    cases: Sequence[Mapping[str, Any]],
+    arrays: Mapping[str, np.ndarray],
+    flavour: str = "tf_keras",
+) -> OracleResults:
+    """Run ``cases`` under one Keras flavour; return ``{key: array or str}``.
+
+    A case without a ``"keras"`` field gets ``flavour``; one naming another flavour is a
+    caller error. String results (errors, tracebacks) come back as ``str``.
+    """
+    prepared = []
+    for case in cases:
+        case = dict(case)
+        if case.setdefault("keras", flavour) != flavour:
+            raise ValueError(f"case {case.get('name')!r} is for {case['keras']!r}, not {flavour!r}")
+        prepared.append(case)
+    with tempfile.TemporaryDirectory(prefix="bnkit-oracle-") as tmp:
+        spec_path = Path(tmp) / "spec.json"
+        arrays_path = Path(tmp) / "arrays.npz"
+        out_path = Path(tmp) / "out.npz"
+        spec_path.write_text(json.dumps({"cases": prepared}), encoding="utf-8")
+        np.savez(arrays_path, **{key: np.asarray(value) for key, value in arrays.items()})
+        proc = subprocess.run(
+            [sys.executable, str(RUNNER), str(spec_path), str(arrays_path), str(out_path)],
+            env=oracle_env(flavour),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
+        )
+        if proc.returncode != 0 or not out_path.exists():
+            pytest.fail(
+                f"Keras oracle ({flavour}) failed with exit code {proc.returncode}:\n{proc.stderr[-8000:]}",
+                pytrace=False,
+            )
+        with np.load(out_path, allow_pickle=False) as loaded:
+            return {key: _unwrap(loaded[key]) for key in loaded.files}
+
+
+def _unwrap(value: np.ndarray) -> np.ndarray | str:
+    if value.dtype.kind == "U" and value.ndim == 0:
+        return str(value)
+    return value
+
+
+def case_error(results: Mapping[str, np.ndarray | str], name: str) -> str | None:
+    """The ``"Type: message"`` Keras raised for case ``name``, or None."""
+    error = results.get(f"{name}/error")
+    return None if error is None else str(error)
+
+
+def case_array(results: Mapping[str, np.ndarray | str], key: str) -> np.ndarray:
+    """Result ``key`` as an array; fails the test with the Keras error if there is none."""
+    value = results.get(key)
+    if value is None or isinstance(value, str):
+        name = key.split("/")[0]
+        pytest.fail(f"oracle has no array {key!r}; Keras error for {name!r}: {case_error(results, name)}")
+    return value
