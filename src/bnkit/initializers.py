@@ -75,6 +75,8 @@ class _Fill(Initializer):
     value: float
 
     def _generate(self, shape: Shape, dtype: torch.dtype, device: Device, gen: Gen) -> torch.Tensor:
+        if not dtype.is_floating_point and torch.tensor(self.value).to(dtype).item() != self.value:  # cf. tf.constant
+            raise ValueError(f"Invalid `dtype` for {self!r}: expected one that holds the value; received: {dtype}.")
         return torch.full(shape, self.value, dtype=dtype, device=device)
 
 
