@@ -233,19 +233,36 @@ def test_extra_repr_names_the_configuration() -> None:
     assert "BatchNormalization(8, axis=1, momentum=0.99, epsilon=0.001" in text and "renorm=True" in text
 
 
-@pytest.mark.parametrize("kwargs", [{"axis": 1}, {"axis": -1}, {"axis": 1, "renorm": True},
-                                    {"axis": 1, "virtual_batch_size": 4}])
-def test_torch_compile_matches_eager(kwargs: dict) -> None:
+def _adjust(shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.full(shape[-1:], 1.5), torch.full(shape[-1:], 0.2)
+
+
+COMPILE_CASES = [
+    ({"axis": 1}, (8, 3, 4, 4), False),
+    ({"axis": -1}, (8, 4, 4, 3), False),
+    ({"axis": 1, "renorm": True}, (8, 3, 4, 4), False),
+    ({"axis": 1, "virtual_batch_size": 4}, (8, 3, 4, 4), False),
+    ({"axis": [1, 2], "renorm": True, "renorm_clipping": {"rmax": 1.5}}, (8, 3, 2, 4), False),
+    ({"adjustment": _adjust}, (8, 5), False),
+    ({}, (4, 6, 3), True),
+]
+
+
+@pytest.mark.parametrize("kwargs, shape, masked", COMPILE_CASES, ids=lambda v: str(v)[:40])
+def test_torch_compile_fullgraph_matches_eager(kwargs: dict, shape: tuple[int, ...], masked: bool) -> None:
     torch._dynamo.reset()
     torch.manual_seed(0)
-    eager = bnkit.BatchNormalization(**kwargs, num_features=3)
-    compiled_module = bnkit.BatchNormalization(**kwargs, num_features=3)
+    eager = bnkit.BatchNormalization(**kwargs)
+    compiled_module = bnkit.BatchNormalization(**kwargs)
+    for layer in (eager, compiled_module):
+        layer(torch.zeros(shape), training=False)  # build before compiling
     compiled = torch.compile(compiled_module, backend="aot_eager", fullgraph=True)
-    for step in range(2):
-        x = torch.randn(8, 3, 4, 4) if kwargs["axis"] == 1 else torch.randn(8, 4, 4, 3)
-        x.requires_grad_(True)
-        y1, y2 = eager(x, training=True), compiled(x, training=True)
+    mask = (torch.rand(shape[:-1]) > 0.3) if masked else None
+    for _ in range(2):
+        x = (torch.randn(shape) * 2 + 1).requires_grad_(True)
+        y1, y2 = eager(x, training=True, mask=mask), compiled(x, training=True, mask=mask)
         torch.testing.assert_close(y1, y2)
-        torch.testing.assert_close(torch.autograd.grad(y1.sum() * 0 + (y1 * x).sum(), x)[0],
+        torch.testing.assert_close(torch.autograd.grad((y1 * x).sum(), x)[0],
                                    torch.autograd.grad((y2 * x).sum(), x)[0])
     torch.testing.assert_close(eager.running_var, compiled_module.running_var)
+    torch.testing.assert_close(eager.running_mean, compiled_module.running_mean)
