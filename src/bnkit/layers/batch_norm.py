@@ -125,10 +125,10 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             num_features = opt.check_positive("num_features", num_features, int)
         self.num_features = num_features
         self._create_state(num_features, factory)
+        clipping = opt.check_clipping(renorm_clipping, self.renorm)  # ignored without renorm, as in Keras
         self.register_buffer(
-            "_clipping", F.clipping_tensor(opt.check_clipping(renorm_clipping, self.renorm), device=device), persistent=False
+            "_clipping", F.clipping_tensor(clipping, device=device) if self.renorm else None, persistent=False
         )
-        self._renorm_clipping_config = dict(renorm_clipping or {})
         self._trainable = True
         self.trainable = opt.check_bool("trainable", trainable)
         if num_features is not None:
@@ -259,6 +259,8 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
     @property
     def renorm_clipping(self) -> dict[str, float]:
         """The current clipping bounds; change them with :meth:`set_renorm_clipping`."""
+        if self._clipping is None:
+            return {}
         rmin, rmax, dmax = self._clipping.tolist()
         bounds = {"rmax": rmax, "rmin": rmin, "dmax": dmax}
         return {k: v for k, v in bounds.items() if math.isfinite(v)}
@@ -269,6 +271,8 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         Keys not given keep their value; ``None`` removes a bound.  No recompilation is
         needed under ``torch.compile``: the bounds live in a tensor.
         """
+        if self._clipping is None:
+            raise ValueError(f"`renorm_clipping` applies only with `renorm=True`; this layer has renorm={self.renorm}")
         merged: dict[str, float | None] = {**self.renorm_clipping, **bounds}
         values = opt.check_clipping(merged, renorm=True)
         with torch.no_grad():
