@@ -6,6 +6,8 @@ The public surface, in one place:
 * pure functions: :mod:`bnkit.functional` (``batch_norm``, ``dropout``, ``flatten``, ``moments``)
 * Keras registries: :mod:`bnkit.initializers`, :mod:`bnkit.regularizers`, :mod:`bnkit.constraints`
 * training helpers: :func:`regularization_loss`, :func:`apply_constraints`
+* summaries in Keras' and PyTorch's conventions: :func:`summary`
+* models: :mod:`bnkit.models` (VGG16/VGG19 with Keras layer names and optional BN)
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from torch import Tensor, nn
 
 from . import constraints, functional, initializers, regularizers
 from .layers import BatchNormalization, Dropout, Flatten
+from .summary import Row, Summary, summary
 
 __version__ = "0.1.0"
 
@@ -27,6 +30,9 @@ __all__ = [
     "initializers",
     "regularization_loss",
     "regularizers",
+    "Row",
+    "Summary",
+    "summary",
 ]
 
 

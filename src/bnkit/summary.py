@@ -1,0 +1,410 @@
+"""Keras-style model summaries for any ``nn.Module``: one forward pass, one table.
+
+:func:`summary` runs a single forward pass (eval mode, ``torch.no_grad``, every module's
+mode restored afterwards) with cheap forward hooks and returns a :class:`Summary`: the rows
+as data, the totals, and ``str()`` giving the table. Nothing is printed unless ``print_fn``
+is given.
+
+Counting conventions (``style``):
+
+* ``"keras"`` (default): a row's "Param #" is Keras' ``layer.count_params()``: parameters
+  plus persistent floating-point buffers (``running_mean``, ``running_var``, the renorm
+  statistics), the buffers counted as non-trainable. Integer buffers
+  (``num_batches_tracked``) and non-persistent buffers never count. Parameters with
+  ``requires_grad=False`` are non-trainable.
+* ``"torch"``: parameters only, as torchinfo counts them.
+
+Rows and decisions (documented here once):
+
+* Rows are the modules without children, plus containers that own parameters or buffers
+  directly (counting only their own state), in the order of their first call; the root gets
+  a row only when it is such a module and is then named after the model.
+* A module called several times, or reachable under two names, is one row (its first name;
+  ``calls`` says how often it ran; the output shape is ``"multiple"`` when the calls gave
+  different shapes, as in Keras). Totals count every tensor once, by identity, so shared
+  modules and tied weights are not double counted.
+* A module that never ran is listed after the called ones with output shape ``None``,
+  printed ``(unused)``. Unlike Keras' ``0 (unused)`` (an unbuilt Keras layer has no weights)
+  its parameters exist in PyTorch, so they are shown and counted in the totals; a lazy
+  module that never ran has uninitialized parameters and counts 0.
+* Output shapes replace the leading dimension by ``None`` when it equals the batch size of
+  the pass (1 unless ``batch_size`` or ``input_data`` says otherwise); several tensor outputs
+  (tuples, lists, dict values, nested) give a list of shapes.
+
+Layouts: ``"keras2"``, the classic Keras 2 (<= 2.6) table of seed 000 (65 wide, columns end
+at 29/55/65, underscores between rows, cells cut at the column end, totals with thousands
+separators); ``"torch"``, a torchsummary-like table (90 wide, ``-1`` for the batch).
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
+
+__all__ = ["LAYOUTS", "STYLES", "Row", "Summary", "summary"]
+
+STYLES = ("keras", "torch")
+LAYOUTS = ("keras2", "torch")
+
+Shape = tuple[Union[int, None], ...]
+#: One shape, a list of shapes (several outputs), ``"multiple"`` (calls differed) or
+#: ``None`` (the module never ran).
+OutputShape = Union[Shape, list[Shape], str, None]
+
+_KERAS2_WIDTH, _KERAS2_POSITIONS = 65, (29, 55, 65)  # int(65 * [.45, .85, 1.])
+_TORCH_WIDTH, _TORCH_POSITIONS = 90, (40, 70, 90)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a module, its output shape and its own state."""
+
+    name: str
+    type: str
+    output_shape: OutputShape
+    params: int
+    trainable: int
+    depth: int
+    calls: int = 1
+
+    @property
+    def non_trainable(self) -> int:
+        """Counted elements not trained by gradient descent."""
+        return self.params - self.trainable
+
+    @property
+    def unused(self) -> bool:
+        """The module never ran during the summary's forward pass."""
+        return self.calls == 0
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What :func:`summary` found; ``str(summary)`` is the table in ``layout``."""
+
+    rows: tuple[Row, ...]
+    total: int
+    trainable: int
+    non_trainable: int
+    style: str
+    model_name: str = "model"
+    layout: str = "keras2"
+
+    def lines(self, layout: str | None = None) -> list[str]:
+        """The table as lines without newlines, in ``layout`` (default: ``self.layout``)."""
+        layout = self.layout if layout is None else _check_choice("layout", layout, LAYOUTS)
+        return _keras2_lines(self) if layout == "keras2" else _torch_lines(self)
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def summary(
+    model: nn.Module,
+    input_shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    *,
+    style: str = "keras",
+    batch_size: int | None = None,
+    input_data: Tensor | Sequence[Tensor] | Mapping[str, Tensor] | None = None,
+    dtypes: torch.dtype | Sequence[torch.dtype] | None = None,
+    device: torch.device | str | None = None,
+    print_fn: Callable[[str], Any] | None = None,
+    layout: str = "keras2",
+) -> Summary:
+    """Summarize ``model`` by running it once; return a :class:`Summary`.
+
+    Args:
+        model: any ``nn.Module``.
+        input_shape: one input shape without the batch dimension, e.g. ``(3, 224, 224)``,
+            or a list of such shapes for a model taking several positional inputs. Inputs
+            are zeros (the global random state is left alone).
+        style: ``"keras"`` (parameters + persistent float buffers, Keras' numbers) or
+            ``"torch"`` (parameters only).
+        batch_size: batch of the generated inputs (default 1); only with ``input_shape``.
+        input_data: instead of ``input_shape``: a tensor, a sequence of tensors (positional
+            inputs) or a mapping (keyword inputs).
+        dtypes: dtype of the generated inputs, one for all or one per input (default: the
+            dtype of the model's first floating-point parameter, else torch's default).
+        device: where inputs go (default: the device of the model's first tensor, else CPU).
+        print_fn: called with each line of the table, e.g. ``print``.
+        layout: ``"keras2"`` (classic Keras 2 table) or ``"torch"`` (torchsummary-like).
+
+    Raises:
+        TypeError / ValueError: for invalid arguments, naming the argument and the value.
+        RuntimeError: when the model fails on the generated inputs (the cause is chained).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module; received: {type(model).__name__} {model!r:.80}")
+    style = _check_choice("style", style, STYLES)
+    layout = _check_choice("layout", layout, LAYOUTS)
+    if print_fn is not None and not callable(print_fn):
+        raise TypeError(f"`print_fn` must be a callable taking one string, or None; received: {print_fn!r}")
+    args, kwargs, batch = _inputs(model, input_shape, input_data, batch_size, dtypes, device)
+
+    model_name = type(model).__name__.lower()
+    modules = [
+        (name or model_name, name.count(".") + 1 if name else 0, module)
+        for name, module in model.named_modules()
+        if _owns_state(module) or next(module.children(), None) is None
+    ]
+    rows, seen = _rows(modules, _run(model, modules, args, kwargs), style, batch)
+    total = sum(size for size, _ in seen.values())
+    trained = sum(size for size, trains in seen.values() if trains)
+    result = Summary(tuple(rows), total, trained, total - trained, style, model_name, layout)
+    if print_fn is not None:
+        for line in result.lines():
+            print_fn(line)
+    return result
+
+
+def _rows(
+    modules: list[tuple[str, int, nn.Module]], records: list[tuple[float, int, _Raw]], style: str, batch: int | None
+) -> tuple[list[Row], dict[int, tuple[int, bool]]]:
+    """Rows in first-call order (unused last) and every counted tensor once: id -> (size, trainable)."""
+    rows: list[Row] = []
+    seen: dict[int, tuple[int, bool]] = {}
+    for key in sorted(range(len(modules)), key=lambda i: records[i][0]):  # stable: unused keep their order
+        name, depth, module = modules[key]
+        params = trainable = 0
+        for tensor, trains in _counted(module, style):
+            size = 0 if is_lazy(tensor) else tensor.numel()
+            seen[id(tensor)] = (size, trains)
+            params, trainable = params + size, trainable + (size if trains else 0)
+        _, calls, shape = records[key]
+        rows.append(Row(name, type(module).__name__, _display_shape(shape, batch), params, trainable, depth, calls))
+    return rows, seen
+
+
+# ---- the forward pass -----------------------------------------------------------------
+_Raw = Union[torch.Size, list[torch.Size], str, None]
+
+
+def _run(
+    model: nn.Module, modules: list[tuple[str, int, nn.Module]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[tuple[float, int, _Raw]]:
+    """Run the model once with hooks; per module: (first-call order, calls, raw shape)."""
+    unused = float("inf")
+    records: list[list[Any]] = [[unused, 0, None] for _ in modules]
+    counter = itertools.count()
+
+    def pre_hook(key: int, module: nn.Module, inputs: Any) -> None:
+        if records[key][0] == unused:
+            records[key][0] = next(counter)
+
+    def post_hook(key: int, module: nn.Module, inputs: Any, output: Any) -> None:
+        pre_hook(key, module, inputs)  # modules without children are ordered at their end
+        record, shape = records[key], _raw_shape(output)
+        if record[1] == 0:
+            record[2] = shape
+        elif record[2] != shape:
+            record[2] = "multiple"
+        record[1] += 1
+
+    modes = [(module, module.training) for module in model.modules()]
+    handles = []
+    try:
+        for key, (_, _, module) in enumerate(modules):
+            if next(module.children(), None) is not None:  # a container: order by its start
+                handles.append(module.register_forward_pre_hook(partial(pre_hook, key)))
+            handles.append(module.register_forward_hook(partial(post_hook, key)))
+        model.eval()
+        with torch.no_grad():
+            try:
+                model(*args, **kwargs)
+            except Exception as err:
+                shapes = [tuple(t.shape) for t in (*args, *kwargs.values()) if isinstance(t, Tensor)]
+                raise RuntimeError(
+                    f"`model` failed on the summary's forward pass; expected it to accept inputs of "
+                    f"shapes {shapes} (check `input_shape`, `dtypes`, `device`); received "
+                    f"{type(err).__name__}: {err}"
+                ) from err
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes:
+            module.training = training
+    return [(r[0], r[1], r[2]) for r in records]
+
+
+def _raw_shape(output: Any) -> _Raw:
+    if isinstance(output, Tensor):
+        return output.shape
+    shapes: list[torch.Size] = []
+    stack = [output]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Tensor):
+            shapes.append(item.shape)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed(item))
+        elif isinstance(item, Mapping):
+            stack.extend(reversed(list(item.values())))
+    return shapes
+
+
+def _display_shape(raw: _Raw, batch: int | None) -> OutputShape:
+    if raw is None or isinstance(raw, str):
+        return raw
+
+    def one(size: torch.Size) -> Shape:
+        dims: list[int | None] = list(size)
+        if dims and batch is not None and dims[0] == batch:
+            dims[0] = None
+        return tuple(dims)
+
+    return one(raw) if isinstance(raw, torch.Size) else [one(s) for s in raw]
+
+
+# ---- counting -------------------------------------------------------------------------
+def _owns_state(module: nn.Module) -> bool:
+    return next(module.parameters(recurse=False), None) is not None or \
+        next(module.buffers(recurse=False), None) is not None
+
+
+def _counted(module: nn.Module, style: str) -> list[tuple[Tensor, bool]]:
+    """The module's own counted tensors with their trainability."""
+    tensors: list[tuple[Tensor, bool]] = [(p, p.requires_grad) for p in module.parameters(recurse=False)]
+    if style == "keras":
+        transient = getattr(module, "_non_persistent_buffers_set", set())
+        for name, buffer in module.named_buffers(recurse=False):
+            if name not in transient and (is_lazy(buffer) or buffer.is_floating_point()):
+                tensors.append((buffer, False))
+    return tensors
+
+
+# ---- inputs ---------------------------------------------------------------------------
+def _inputs(
+    model: nn.Module, input_shape: Any, input_data: Any, batch_size: Any, dtypes: Any, device: Any
+) -> tuple[tuple[Any, ...], dict[str, Any], int | None]:
+    """Validate the input arguments; return (args, kwargs, batch size shown as None)."""
+    if (input_shape is None) == (input_data is None):
+        raise ValueError(
+            "Exactly one of `input_shape` and `input_data` must be given; received: "
+            f"input_shape={input_shape!r}, input_data={'a value' if input_data is not None else None}"
+        )
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"`device` must name a torch device such as 'cpu'; received: {device!r}") from err
+    if input_data is not None:
+        for name, value in (("batch_size", batch_size), ("dtypes", dtypes)):
+            if value is not None:
+                raise ValueError(f"`{name}` only applies to `input_shape`, not `input_data`; received: {name}={value!r}")
+        return _data_inputs(input_data, device)
+    shapes = _check_shapes(input_shape)
+    batch_size = 1 if batch_size is None else batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int or None; received: batch_size={batch_size!r}")
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if not is_lazy(t)]
+    floats = [t.dtype for t in tensors if t.is_floating_point()]
+    default_dtype = floats[0] if floats else torch.get_default_dtype()
+    if device is None:
+        device = tensors[0].device if tensors else torch.device("cpu")
+    if dtypes is None:
+        dtypes = [default_dtype] * len(shapes)
+    elif isinstance(dtypes, torch.dtype):
+        dtypes = [dtypes] * len(shapes)
+    elif not (isinstance(dtypes, Sequence) and len(dtypes) == len(shapes)
+              and all(isinstance(d, torch.dtype) for d in dtypes)):
+        raise ValueError(
+            f"`dtypes` must be a torch.dtype or a sequence of {len(shapes)} torch.dtype (one per input); "
+            f"received: dtypes={dtypes!r}"
+        )
+    args = tuple(torch.zeros((batch_size, *s), dtype=d, device=device) for s, d in zip(shapes, dtypes))
+    return args, {}, batch_size
+
+
+def _check_shapes(input_shape: Any) -> list[tuple[int, ...]]:
+    def is_dims(value: Any) -> bool:
+        return isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0 and all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value
+        )
+
+    if is_dims(input_shape):
+        return [tuple(input_shape)]
+    if isinstance(input_shape, Sequence) and not isinstance(input_shape, str) and input_shape \
+            and all(is_dims(s) for s in input_shape):
+        return [tuple(s) for s in input_shape]
+    raise ValueError(
+        "`input_shape` must be one shape of positive ints without the batch dimension, e.g. "
+        f"(3, 224, 224), or a non-empty list of such shapes; received: input_shape={input_shape!r}"
+    )
+
+
+def _data_inputs(data: Any, device: torch.device | None) -> tuple[tuple[Any, ...], dict[str, Any], int | None]:
+    def move(value: Any) -> Any:
+        return value.to(device) if device is not None and isinstance(value, Tensor) else value
+
+    if isinstance(data, Tensor):
+        args, kwargs = (move(data),), {}
+    elif isinstance(data, Mapping):
+        args, kwargs = (), {str(k): move(v) for k, v in data.items()}
+    elif isinstance(data, (list, tuple)) and data:
+        args, kwargs = tuple(move(v) for v in data), {}
+    else:
+        raise TypeError(
+            "`input_data` must be a tensor, a non-empty tuple/list of inputs or a mapping of keyword "
+            f"inputs; received: {type(data).__name__} {data!r:.80}"
+        )
+    first = next((t for t in (*args, *kwargs.values()) if isinstance(t, Tensor) and t.dim() > 0), None)
+    return args, kwargs, None if first is None else first.shape[0]
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}; received: {name}={value!r}")
+    return value
+
+
+# ---- layouts --------------------------------------------------------------------------
+def _cells(fields: Sequence[str], positions: Sequence[int]) -> str:
+    """Classic Keras 2 row: each cell cut at its column end, one space before the next."""
+    line = ""
+    for i, (field, end) in enumerate(zip(fields, positions)):
+        if i:
+            line = line[:-1] + " "
+        line = (line + field)[:end]
+        line += " " * (end - len(line))
+    return line
+
+
+def _keras_shape(shape: OutputShape) -> str:
+    return "(unused)" if shape is None else str(shape)
+
+
+def _keras2_lines(s: Summary) -> list[str]:
+    width, pos = _KERAS2_WIDTH, _KERAS2_POSITIONS
+    lines = [f'Model: "{s.model_name}"', "_" * width, _cells(("Layer (type)", "Output Shape", "Param #"), pos),
+             "=" * width]
+    for i, row in enumerate(s.rows):
+        lines.append(_cells((f"{row.name} ({row.type})", _keras_shape(row.output_shape), str(row.params)), pos))
+        lines.append("=" * width if i == len(s.rows) - 1 else "_" * width)
+    return lines + [f"Total params: {s.total:,}", f"Trainable params: {s.trainable:,}",
+                    f"Non-trainable params: {s.non_trainable:,}", "_" * width]
+
+
+def _torch_shape(shape: OutputShape) -> str:
+    if shape is None or isinstance(shape, str):
+        return _keras_shape(shape)
+
+    def one(dims: Shape) -> str:
+        return "[" + ", ".join("-1" if d is None else str(d) for d in dims) + "]"
+
+    return one(shape) if isinstance(shape, tuple) else "[" + ", ".join(one(d) for d in shape) + "]"
+
+
+def _torch_lines(s: Summary) -> list[str]:
+    width, pos = _TORCH_WIDTH, _TORCH_POSITIONS
+    lines = ["=" * width, _cells(("Layer (type)", "Output Shape", "Param #"), pos), "=" * width]
+    for row in s.rows:
+        name = "  " * max(row.depth - 1, 0) + f"{row.name} ({row.type})"
+        lines.append(_cells((name, _torch_shape(row.output_shape), f"{row.params:,}"), pos))
+    return lines + ["=" * width, f"Total params: {s.total:,}", f"Trainable params: {s.trainable:,}",
+                    f"Non-trainable params: {s.non_trainable:,}", "=" * width]
