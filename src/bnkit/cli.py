@@ -1,0 +1,257 @@
+"""The ``bnkit`` command line: summaries, checkpoints, BN insertion and folding."""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .models import PLACEMENTS
+
+__all__ = ["main"]
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints such as 3,224,224; received: {text!r}") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise argparse.ArgumentTypeError(f"expected positive sizes such as 3,224,224; received: {text!r}")
+    return shape
+
+
+def _architecture_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-norm", choices=[p for p in PLACEMENTS if p], default=None,
+                        help="put a BatchNormalization on every conv layer, before or after the activation")
+    parser.add_argument("--batch-norm-dense", action="store_true", help="also on fc1 and fc2")
+    parser.add_argument("--input-shape", type=_shape, default=(3, 224, 224), help="channels,height,width")
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+    parser.add_argument("--no-top", action="store_true", help="without flatten/fc1/fc2/predictions")
+
+
+def _architecture(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs = {"batch_norm": args.batch_norm, "batch_norm_dense": args.batch_norm_dense,
+              "input_shape": list(args.input_shape), "classes": args.classes, "width": args.width,
+              "include_top": not args.no_top}
+    return {"builder": args.arch, "kwargs": kwargs, "transforms": []}
+
+
+def _load(source: str, args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
+    if Path(source).suffix in (".pt", ".pth") or Path(source).is_file():
+        return checkpoint.load_checkpoint(source)
+    args.arch = source
+    architecture = _architecture(args)
+    return checkpoint.build(architecture), architecture
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from .summary import summary
+
+    model, architecture = _load(args.model, args)
+    shape = tuple(architecture["kwargs"].get("input_shape", args.input_shape))
+    print(summary(model, shape, style=args.style))
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    architecture = _architecture(args)
+    model = checkpoint.build(architecture)
+    checkpoint.save_checkpoint(args.output, model, architecture, force=args.force)
+    print(f"wrote {args.output}: {args.arch} ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    return 0
+
+
+def _cmd_add_bn(args: argparse.Namespace) -> int:
+    from .surgery import insert_batch_norm
+
+    _refuse_existing(args.output, args.force)
+    model, architecture = checkpoint.load_checkpoint(args.input)
+    bn_kwargs = {"momentum": args.momentum, "epsilon": args.epsilon}
+    data = None
+    if args.calibration:
+        arrays = np.load(args.calibration)
+        if "x" not in arrays:
+            raise ValueError(f"--calibration {args.calibration}: expected an array named 'x'; found {sorted(arrays)}")
+        x = torch.from_numpy(arrays["x"]).float()
+        data = list(torch.split(x, args.batch_size))
+    new_model, report = insert_batch_norm(model.eval(), placement=args.placement, calibration_data=data, **bn_kwargs)
+    architecture = copy.deepcopy(architecture)
+    architecture["transforms"].append({"op": "insert_batch_norm", "placement": args.placement, "bn_kwargs": bn_kwargs})
+    checkpoint.save_checkpoint(args.output, new_model, architecture, force=args.force)
+    print(report)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_fold(args: argparse.Namespace) -> int:
+    from .surgery import fold_batch_norm
+
+    _refuse_existing(args.output, args.force)
+    model, architecture = checkpoint.load_checkpoint(args.input)
+    folded, report = fold_batch_norm(model.eval())
+    architecture = copy.deepcopy(architecture)
+    architecture["transforms"].append({"op": "fold_batch_norm"})
+    checkpoint.save_checkpoint(args.output, folded, architecture, force=args.force)
+    print(report)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--quiet", action="store_true", help="no progress bars; the results table at the end")
+    out.add_argument("--json", action="store_true", help="JSON lines on stdout only (one per epoch)")
+    parser.add_argument("--no-fast-allocator", action="store_true",
+                        help="do not re-run under tcmalloc/jemalloc when one is installed")
+
+
+def _progress_mode(args: argparse.Namespace) -> str:
+    return "json" if args.json else "quiet" if args.quiet else "bar"
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .experiments import demo_config, run_experiment
+
+    _announce_allocator(args)
+    overrides: dict[str, Any] = {"output_dir": args.output_dir}
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    if args.seeds:
+        overrides["seeds"] = tuple(range(args.seeds))
+    if args.limit:
+        overrides["limit"] = args.limit
+    return _run(lambda: run_experiment(demo_config(**overrides), progress=_progress_mode(args)))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .experiments import ExperimentConfig, load_config, run_experiment
+
+    _announce_allocator(args)
+    if args.resume:
+        return _run(lambda: run_experiment(resume=args.resume, progress=_progress_mode(args)))
+    config = load_config(args.config) if args.config else ExperimentConfig()
+    changes = {key: value for key, value in vars(args).items() if key in _TRAIN_FLAGS and value is not None}
+    if "variants" in changes:
+        changes["variants"] = [v.strip() for v in changes["variants"].split(",") if v.strip()]
+    if "seeds" in changes:
+        changes["seeds"] = [int(s) for s in changes["seeds"].split(",")]
+    if changes:
+        config = ExperimentConfig.from_dict({**config.to_dict(), **changes})
+    return _run(lambda: run_experiment(config, progress=_progress_mode(args)))
+
+
+_TRAIN_FLAGS = ("name", "dataset", "image_size", "limit", "model", "width", "variants", "batch_size", "optimizer",
+                "learning_rate", "schedule", "epochs", "seeds", "threads", "target_accuracy", "output_dir", "dropout")
+
+
+def _run(job: Any) -> int:
+    try:
+        job()
+    except KeyboardInterrupt:
+        print("\ninterrupted: every finished epoch is checkpointed; continue with "
+              "`bnkit train --resume RUN_DIR` (the run folder is printed above)", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _announce_allocator(args: argparse.Namespace) -> None:
+    from . import allocator
+
+    if args.command_line and not args.no_fast_allocator:  # never re-run a caller's process
+        allocator.reexec_with_fast_allocator()
+    if not args.json:
+        print(f"allocator: {allocator.describe()}", file=sys.stderr)
+
+
+def _refuse_existing(path: str, force: bool) -> None:
+    if Path(path).exists() and not force:
+        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="bnkit", description="Batch normalization with tf.keras semantics for PyTorch.")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train a narrow VGG16 on the digits without BN and with BN before/after the activation")
+    p.add_argument("--epochs", type=int, help="epochs per run (default 8)")
+    p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
+    p.add_argument("--limit", type=int, help="use at most this many training images")
+    p.add_argument("--output-dir", default="runs")
+    _experiment_arguments(p)
+    p.set_defaults(run=_cmd_demo)
+
+    p = sub.add_parser("train", help="run a configurable experiment (flags override the --config file)")
+    p.add_argument("--config", help=".toml, .json or .yaml experiment file")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--name")
+    p.add_argument("--dataset", help="digits, a CIFAR-10 python folder, an image folder, or an .npz")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--model", choices=["vgg16", "vgg19"])
+    p.add_argument("--width", type=float)
+    p.add_argument("--variants", help="comma list of none, before_activation, after_activation, renorm, ghost")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=["sgd", "adam"])
+    p.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
+    p.add_argument("--schedule", choices=["constant", "cosine", "step"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seeds", help="comma list, e.g. 0,1,2")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--target-accuracy", type=float)
+    p.add_argument("--output-dir")
+    _experiment_arguments(p)
+    p.set_defaults(run=_cmd_train)
+
+    p = sub.add_parser("summary", help="Keras-style summary of a VGG or a checkpoint")
+    p.add_argument("model", help="vgg16, vgg19, or a checkpoint file")
+    p.add_argument("--style", choices=["keras", "torch"], default="keras",
+                   help="keras counts moving mean/variance as non-trainable parameters; torch counts parameters only")
+    _architecture_arguments(p)
+    p.set_defaults(run=_cmd_summary)
+
+    p = sub.add_parser("build", help="write a freshly initialised VGG checkpoint")
+    p.add_argument("arch", choices=["vgg16", "vgg19"])
+    p.add_argument("output")
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    _architecture_arguments(p)
+    p.set_defaults(run=_cmd_build)
+
+    p = sub.add_parser("add-bn", help="insert BatchNormalization into a checkpoint's model")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--placement", choices=["before_activation", "after_activation"], default="before_activation")
+    p.add_argument("--momentum", type=float, default=0.99)
+    p.add_argument("--epsilon", type=float, default=1e-3)
+    p.add_argument("--calibration", help=".npz with an array 'x' of inputs: initialise BN so outputs are preserved")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    p.set_defaults(run=_cmd_add_bn)
+
+    p = sub.add_parser("fold", help="fold BatchNormalization into neighbouring conv/linear layers")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    p.set_defaults(run=_cmd_fold)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    args.command_line = argv is None
+    try:
+        return int(args.run(args))
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as error:
+        print(f"bnkit {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

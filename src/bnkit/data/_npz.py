@@ -1,0 +1,124 @@
+"""``.npz`` archives of images and integer labels (read with ``allow_pickle=False``).
+
+Accepted contents:
+
+* ``x`` and ``y`` (split into train/validation by the caller), or
+* ``x_train``, ``y_train``, ``x_val`` and ``y_val`` (used as given; takes precedence), and
+* optionally ``classes``: a 1-D string array naming the labels (``classes[k]`` names label ``k``).
+
+Image layout, decided from the shape of each ``x`` array:
+
+* rank 3, ``(N, H, W)``: one channel;
+* rank 4 with axis 1 of size 1 or 3: channels-first ``(N, C, H, W)`` (checked first);
+* rank 4 with the last axis of size 1 or 3: channels-last ``(N, H, W, C)``;
+* anything else is refused.
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["NpzData", "read_npz"]
+
+_SPLIT_KEYS = ("x_train", "y_train", "x_val", "y_val")
+NpzData = tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray], tuple[str, ...]]
+
+
+def _images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
+    """``x`` as an ``(N, C, H, W)`` array of real numbers, validated."""
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ValueError(f"{path}: expected '{key}' to hold real numbers (integer or float); found dtype {x.dtype}")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[1] in (1, 3):
+        pass
+    elif x.ndim == 4 and x.shape[3] in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    elif x.ndim == 4:
+        raise ValueError(f"{path}: cannot tell the channel axis of '{key}': expected (N, C, H, W) or (N, H, W, C) "
+                         f"with C = 1 or 3; found shape {x.shape}")
+    else:
+        raise ValueError(f"{path}: expected '{key}' of rank 3 (N, H, W) or 4 (N, C, H, W) / (N, H, W, C); "
+                         f"found rank {x.ndim}, shape {x.shape}")
+    if min(x.shape) == 0:
+        raise ValueError(f"{path}: expected '{key}' with at least one image of at least 1x1 pixels; "
+                         f"found shape {x.shape}")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise ValueError(f"{path}: expected finite pixel values in '{key}'; found NaN or infinity")
+    return x
+
+
+def _labels(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
+    """``y`` as int64 labels, one per image, non-negative."""
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{path}: expected '{key}' to be a 1-D array of integer labels; "
+                         f"found dtype {y.dtype}, shape {y.shape}")
+    if len(y) != n:
+        raise ValueError(f"{path}: expected '{key}' to have one label per image ({n}); found {len(y)}")
+    if len(y) and y.min() < 0:
+        raise ValueError(f"{path}: expected non-negative labels in '{key}'; found minimum {y.min()}")
+    return y.astype(np.int64)
+
+
+def _classes(path: Path, names: np.ndarray | None, num_labels: int) -> tuple[str, ...]:
+    """The class names: ``classes`` if stored (validated), else ``"0"``, ``"1"``, ...."""
+    if names is None:
+        return tuple(str(k) for k in range(num_labels))
+    if names.ndim != 1 or names.dtype.kind not in "US":
+        raise ValueError(f"{path}: expected 'classes' to be a 1-D array of strings; "
+                         f"found dtype {names.dtype}, shape {names.shape}")
+    texts = tuple(n.decode("utf-8", errors="replace") if isinstance(n, bytes) else str(n) for n in names.tolist())
+    if len(texts) < num_labels or len(set(texts)) != len(texts):
+        raise ValueError(f"{path}: expected 'classes' to hold distinct names for labels 0..{num_labels - 1}; "
+                         f"found {len(texts)} names ({len(set(texts))} distinct)")
+    return texts
+
+
+def read_npz(path: Path) -> NpzData:
+    """``(x, y, x_val, y_val, classes)`` from ``path``; ``x_val``/``y_val`` are ``None`` for the ``x``/``y`` layout.
+
+    Images are returned as ``(N, C, H, W)`` arrays of their stored dtype; labels as int64.
+    """
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: expected a numpy .npz archive; found an unreadable file "
+                         f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: expected a numpy .npz archive of named arrays; found a single .npy array "
+                         f"of shape {getattr(archive, 'shape', '?')}")
+    with archive:
+        keys = set(archive.files)
+        if set(_SPLIT_KEYS) <= keys:
+            wanted = [*_SPLIT_KEYS]
+        elif {"x", "y"} <= keys:
+            wanted = ["x", "y"]
+        else:
+            raise ValueError(f"{path}: expected arrays 'x' and 'y', or 'x_train', 'y_train', 'x_val' and 'y_val'; "
+                             f"found {sorted(keys)}")
+        if "classes" in keys:
+            wanted.append("classes")
+        arrays: dict[str, np.ndarray] = {}
+        for key in wanted:
+            try:
+                arrays[key] = archive[key]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise ValueError(f"{path}: expected '{key}' to be a plain (non-object) numpy array; "
+                                 f"found {type(exc).__name__}: {exc}") from None
+    split = "x_train" in arrays
+    xk, yk = ("x_train", "y_train") if split else ("x", "y")
+    x_train = _images(path, xk, arrays[xk])
+    y_train = _labels(path, yk, arrays[yk], len(x_train))
+    x_val = y_val = None
+    if split:
+        x_val = _images(path, "x_val", arrays["x_val"])
+        y_val = _labels(path, "y_val", arrays["y_val"], len(x_val))
+        if x_val.shape[1] != x_train.shape[1]:
+            raise ValueError(f"{path}: expected 'x_train' and 'x_val' with the same number of channels; "
+                             f"found {x_train.shape[1]} and {x_val.shape[1]}")
+    num_labels = 1 + max(int(y.max()) for y in (y_train, y_val) if y is not None)
+    classes = _classes(path, arrays.get("classes"), num_labels)
+    return x_train, y_train, x_val, y_val, classes
