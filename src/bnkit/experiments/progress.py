@@ -41,7 +41,8 @@ class BarProgress(QuietProgress):
         from tqdm import tqdm
 
         self._bar = tqdm(total=steps, desc=f"{variant:>17} seed {seed} epoch {epoch:>2}/{epochs}",
-                         file=self.stream, leave=False, dynamic_ncols=True, mininterval=0.5)
+                         file=self.stream, leave=False, dynamic_ncols=True, mininterval=0.5,
+                         disable=None)  # no bar when the stream is not a terminal
 
     def step(self, loss: float, accuracy: float) -> None:
         if self._bar is not None:
