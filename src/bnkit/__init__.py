@@ -8,15 +8,17 @@ The public surface, in one place:
 * training helpers: :func:`regularization_loss`, :func:`apply_constraints`
 * summaries in Keras' and PyTorch's conventions: :func:`summary`
 * models: :mod:`bnkit.models` (VGG16/VGG19 with Keras layer names and optional BN)
+* surgery: :func:`insert_batch_norm` (optionally output-preserving), :func:`fold_batch_norm`
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from . import constraints, functional, initializers, regularizers
+from . import constraints, functional, initializers, models, regularizers, surgery
 from .layers import BatchNormalization, Dropout, Flatten
 from .summary import Row, Summary, summary
+from .surgery import FoldReport, InsertReport, fold_batch_norm, insert_batch_norm
 
 __version__ = "0.1.0"
 
@@ -33,6 +35,12 @@ __all__ = [
     "Row",
     "Summary",
     "summary",
+    "models",
+    "surgery",
+    "FoldReport",
+    "InsertReport",
+    "fold_batch_norm",
+    "insert_batch_norm",
 ]
 
 
