@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup setup-dev test test-fast bench clean
+.PHONY: setup setup-dev demo test test-fast bench clean
 
 $(VENV)/.base: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(VENV)/.dev: $(VENV)/.base
 setup: $(VENV)/.base
 
 setup-dev: $(VENV)/.dev
+
+## The main job: train a narrow VGG16 on the digits without BN, with BN before and after the activation.
+demo: setup
+	$(VENV)/bin/bnkit demo
 
 ## Run the whole test suite, oracle tests against tf_keras 2.21 / Keras 3.15.1 included.
 test: setup-dev
