@@ -4,7 +4,7 @@ Each process' per-channel count, mean and variance are gathered with a different
 collective and combined exactly, so autograd also
 sums the gradient terms across processes: the result equals batch normalization over the
 concatenation of every process' batch (PyTorch's SyncBatchNorm, Keras' ``synchronized``).
-Works with any backend that supports ``all_reduce`` (gloo on CPU, NCCL on GPU).  Without an
+Works with any backend that supports ``all_gather`` (gloo on CPU, NCCL on GPU).  Without an
 initialised process group, or with a single process, the local statistics are used.
 """
 from __future__ import annotations
