@@ -1,0 +1,71 @@
+"""The checkpoint commands: summary, build, add-bn, fold (and never overwriting without --force)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import bnkit
+from bnkit import checkpoint, cli
+
+SMALL = ["--input-shape", "3,32,32", "--width", "0.125", "--classes", "10"]
+
+
+def test_summary_command_prints_keras_and_torch_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["summary", "vgg16", "--batch-norm", "after_activation", "--input-shape", "3,224,224"]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 138,374,440" in out and "Non-trainable params: 8,448" in out
+    assert cli.main(["summary", "vgg16", "--batch-norm", "after_activation", "--style", "torch"]) == 0
+    assert "Total params: 138,365,992" in capsys.readouterr().out
+
+
+def test_build_add_bn_fold_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain, with_bn, folded = tmp_path / "plain.pt", tmp_path / "bn.pt", tmp_path / "folded.pt"
+    assert cli.main(["build", "vgg16", str(plain), *SMALL]) == 0
+    x = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    assert cli.main(["add-bn", str(plain), str(with_bn), "--calibration", str(tmp_path / "calib.npz"),
+                     "--batch-size", "8"]) == 0
+    assert "block1_conv1_bn" in capsys.readouterr().out
+    model_plain, _ = checkpoint.load_checkpoint(plain)
+    model_bn, architecture = checkpoint.load_checkpoint(with_bn)
+    assert architecture["transforms"][0]["op"] == "insert_batch_norm"
+    assert sum(isinstance(m, bnkit.BatchNormalization) for m in model_bn.modules()) == 16  # 13 conv + 3 dense
+    inputs = torch.from_numpy(x[:4])
+    with torch.no_grad():
+        expected = model_plain.eval()(inputs)
+        torch.testing.assert_close(model_bn.eval()(inputs), expected, rtol=1e-5, atol=1e-6)
+    assert cli.main(["fold", str(with_bn), str(folded)]) == 0
+    model_folded, _ = checkpoint.load_checkpoint(folded)
+    assert not any(isinstance(m, bnkit.BatchNormalization) for m in model_folded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model_folded.eval()(inputs), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_outputs_are_never_overwritten_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain, out = tmp_path / "plain.pt", tmp_path / "out.pt"
+    assert cli.main(["build", "vgg16", str(plain), *SMALL]) == 0
+    out.write_bytes(b"precious")
+    assert cli.main(["add-bn", str(plain), str(out)]) == 2
+    assert cli.main(["fold", str(plain), str(out)]) == 2
+    assert cli.main(["build", "vgg16", str(out), *SMALL]) == 2
+    assert out.read_bytes() == b"precious"
+    assert "--force" in capsys.readouterr().err
+    assert cli.main(["add-bn", str(plain), str(out), "--force"]) == 0
+    assert checkpoint.load_checkpoint(out)[1]["transforms"]
+
+
+def test_bad_inputs_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["fold", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert cli.main(["fold", str(tmp_path / "junk.pt"), str(tmp_path / "x.pt")]) == 2
+    assert "junk.pt" in capsys.readouterr().err
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    assert cli.main(["fold", str(tmp_path / "other.pt"), str(tmp_path / "x.pt")]) == 2
+    assert "bnkit checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["summary", "vgg16", "--input-shape", "3,x,4"])
+    assert not (tmp_path / "x.pt").exists()
