@@ -9,13 +9,14 @@ The public surface, in one place:
 * summaries in Keras' and PyTorch's conventions: :func:`summary`
 * models: :mod:`bnkit.models` (VGG16/VGG19 with Keras layer names and optional BN)
 * surgery: :func:`insert_batch_norm` (optionally output-preserving), :func:`fold_batch_norm`
+* Keras files without TensorFlow: :mod:`bnkit.keras` (load/save models and weights)
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from . import constraints, functional, initializers, models, regularizers, surgery
+from . import constraints, functional, initializers, keras, models, regularizers, surgery
 from .layers import BatchNormalization, Dropout, Flatten
 from .summary import Row, Summary, summary
 from .surgery import FoldReport, InsertReport, fold_batch_norm, insert_batch_norm
@@ -35,6 +36,7 @@ __all__ = [
     "Row",
     "Summary",
     "summary",
+    "keras",
     "models",
     "surgery",
     "FoldReport",

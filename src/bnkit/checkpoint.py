@@ -27,9 +27,14 @@ def build(architecture: dict[str, Any]) -> nn.Module:
 
     builders = {"vgg16": models.vgg16, "vgg19": models.vgg19}
     name = architecture.get("builder")
-    if name not in builders:
-        raise ValueError(f"Unknown architecture builder: expected one of {sorted(builders)}; received: {name!r}")
-    model = builders[name](**architecture.get("kwargs", {}))
+    if name == "keras":  # written by `bnkit convert`: the Keras config itself, as data
+        from .keras import build_from_config
+
+        model: nn.Module = build_from_config(architecture["config"])
+    elif name in builders:
+        model = builders[name](**architecture.get("kwargs", {}))
+    else:
+        raise ValueError(f"Unknown architecture builder: expected one of {sorted(builders) + ['keras']}; received: {name!r}")
     for step in architecture.get("transforms", []):
         op = step.get("op")
         if op == "insert_batch_norm":

@@ -235,6 +235,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     p.set_defaults(run=_cmd_add_bn)
 
+    from .keras.cli import add_convert_parser
+
+    add_convert_parser(sub)
+
     p = sub.add_parser("fold", help="fold BatchNormalization into neighbouring conv/linear layers")
     p.add_argument("input")
     p.add_argument("output")
@@ -248,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.command_line = argv is None
     try:
         return int(args.run(args))
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError, ImportError) as error:
         print(f"bnkit {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,129 @@
+"""``load_model`` and ``build_from_config``: Keras model files -> :class:`KerasModel`."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..layers import BatchNormalization
+from ._archive import is_keras_archive, read_archive_json
+from ._build import plan_model
+from ._config import parse_model_config
+from ._h5 import open_h5, read_json_attr, translating
+from ._model import KerasModel
+from ._weights import LoadReport, collect_targets, copy_planned, open_weights, plan_load
+from .errors import KerasFormatError
+
+__all__ = ["build_from_config", "load_model", "read_model_config"]
+
+
+def read_model_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The model config stored in a ``.keras`` archive or a full-model ``.h5`` file."""
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"No Keras file at {source}")
+    if is_keras_archive(source):
+        config = read_archive_json(source)
+    else:
+        h5 = open_h5(source, source)
+        try:
+            with translating(source, "read its model config"):
+                config = read_json_attr(h5, "model_config", str(source))
+        finally:
+            with contextlib.suppress(Exception):
+                h5.close()
+        if config is None:
+            raise KerasFormatError(
+                f"{source}: no `model_config` attribute: this is a weights-only file; expected a full model "
+                "saved with model.save(); build the model and call bnkit.keras.load_weights instead"
+            )
+    if not isinstance(config, dict):
+        raise KerasFormatError(f"{source}: the model config must be a JSON object; received {type(config).__name__}")
+    return config
+
+
+def load_model(path: str | os.PathLike[str]) -> KerasModel:
+    """Rebuild a Keras model saved with ``model.save()`` as a torch module, weights included.
+
+    Reads ``.keras`` archives (Keras 3, tf_keras >= 2.13) and legacy ``.h5`` files
+    (tf_keras 2.x and Keras 3).  The model is made of bnkit layers and torch modules,
+    computes in NCHW internally, and takes and returns tensors in Keras' layout.  It is
+    returned in ``eval()`` mode, like Keras' ``predict``; call ``.train()`` to train it.
+
+    The config is checked first, then every stored weight against it (names, counts,
+    shapes, dtypes, storage), and only then are tensors created and filled, so a damaged
+    file raises before any model exists.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        KerasFormatError: the file is damaged, unsafe, or its config and weights disagree.
+        UnsupportedLayerError: a layer class bnkit cannot rebuild (Lambda, custom objects...).
+    """
+    source = Path(path)
+    config = read_model_config(source)
+    spec = parse_model_config(config, source)
+    plan = plan_model(spec, config, init=False, source=source)
+    with open_weights(source) as (layout, stored):
+        available = sum(int(ds.size) for layer in stored for ds in layer.datasets)
+        if plan.elements() > available:
+            raise KerasFormatError(
+                f"{source}: the config needs {plan.elements():,} weight values; the file stores only "
+                f"{available:,} (missing weights or a corrupted config)"
+            )
+        model = plan.create()
+        targets, _ = collect_targets(model)
+        report = LoadReport(str(source), layout)
+        copies = plan_load(targets, stored, layout, report)
+        if not report.ok:
+            raise KerasFormatError(
+                f"{source}: the stored weights do not match the model config; expected one weight per "
+                "config entry with the config's shapes; received:\n  " + "\n  ".join(report.problems())
+            )
+        copy_planned(copies, str(source))
+    if _keras_version(source).startswith("3."):
+        model.keras_notes.extend(
+            f"{name}: Keras 3 updates moving_variance with the biased batch variance; bnkit follows tf_keras 2 "
+            "here (Bessel-corrected on this fused, 4-D/5-D layer), so training statistics differ from Keras 3"
+            for name, layer in model.layers.items() if isinstance(layer, BatchNormalization) and layer.fused)
+    return model.eval()
+
+
+def _keras_version(source: Path) -> str:
+    """The Keras version that wrote ``source`` ("" when unknown)."""
+    if is_keras_archive(source):
+        metadata = read_archive_json(source, "metadata.json", required=False)
+        version = metadata.get("keras_version") if isinstance(metadata, dict) else None
+    else:
+        h5 = open_h5(source, source)
+        try:
+            with translating(source, "read its Keras version"):
+                version = h5.attrs.get("keras_version")
+        finally:
+            with contextlib.suppress(Exception):
+                h5.close()
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    return version if isinstance(version, str) else ""
+
+
+def build_from_config(config: dict[str, Any] | str) -> KerasModel:
+    """Build a freshly initialised :class:`KerasModel` from a Keras model config.
+
+    ``config`` is ``{"class_name": "Sequential"|"Functional"|"Model", "config": {...}}``
+    (a dict or its JSON text), in the tf_keras or Keras 3 dialect, e.g. a model's
+    ``keras_config``.  Kernels and biases use the config's Keras initializers.  This is
+    what a checkpoint with ``{"builder": "keras", "config": ...}`` replays before loading
+    its state dict.
+    """
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except json.JSONDecodeError as error:
+            raise KerasFormatError(
+                f"The Keras config must be JSON; it fails at line {error.lineno}: {error.msg}") from error
+    if not isinstance(config, dict):
+        raise KerasFormatError(f"Expected a Keras model config dict; received {type(config).__name__}")
+    spec = parse_model_config(config, "config")
+    return plan_model(spec, config, init=True, source="config").create()

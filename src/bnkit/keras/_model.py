@@ -1,0 +1,89 @@
+"""``KerasModel``: a Keras layer graph executed by PyTorch.
+
+The layers live in a ``ModuleDict`` under their Keras names (helpers a Keras layer needs
+get suffixed names: ``conv_pad``, ``conv_relu``); the graph is a list of steps over
+numbered tensor slots.  Internally images are NCHW; the forward takes and returns tensors
+in Keras' own layout (NHWC for a channels-last model), so outputs equal Keras' outputs on
+the same inputs.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from torch import Tensor, nn
+
+__all__ = ["KerasModel", "Step"]
+
+
+class Step(NamedTuple):
+    """One graph step: run ``target`` (a module name) or permute, from slots to a slot."""
+
+    op: str
+    target: str
+    inputs: tuple[int, ...]
+    output: int
+    perm: tuple[int, ...] = ()
+    many: bool = False
+    release: tuple[int, ...] = ()
+
+
+class KerasModel(nn.Module):
+    """A Keras Sequential or functional model as a torch module.
+
+    Build one with :func:`bnkit.keras.load_model` or :func:`bnkit.keras.build_from_config`.
+    ``forward(*inputs)`` takes one tensor per Keras input, in Keras' layout, and returns a
+    tensor (or a tuple for several outputs) in Keras' layout.  ``keras_config`` is the
+    model config bnkit writes back (a tf_keras-style dialect that tf_keras 2.x and Keras 3
+    both read); ``keras_notes`` lists Keras settings with no torch effect (e.g. kernel
+    regularizers), so nothing is dropped silently.
+    """
+
+    def __init__(self, name: str, layers: dict[str, nn.Module], steps: list[Step], inputs: list[int],
+                 input_ranks: list[int], outputs: list[int], slots: int, keras_config: dict[str, Any],
+                 keras_weight_shapes: dict[str, dict[str, tuple[int, ...]]], keras_notes: list[str]) -> None:
+        super().__init__()
+        self.name = name
+        self.layers = nn.ModuleDict(layers)
+        self.steps = tuple(steps)
+        self.input_slots = tuple(inputs)
+        self.input_ranks = tuple(input_ranks)
+        self.output_slots = tuple(outputs)
+        self.slots = slots
+        self.keras_config = keras_config
+        self.keras_weight_shapes = keras_weight_shapes
+        self.keras_notes = list(keras_notes)
+
+    def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        if len(inputs) != len(self.input_slots):
+            raise ValueError(
+                f"Model {self.name!r} expects {len(self.input_slots)} input tensor(s); received {len(inputs)}"
+            )
+        values: list[Tensor | None] = [None] * self.slots
+        for slot, rank, x in zip(self.input_slots, self.input_ranks, inputs):
+            if x.dim() != rank:
+                raise ValueError(
+                    f"Model {self.name!r}: expected inputs of rank {rank} in Keras' layout; "
+                    f"received shape {tuple(x.shape)}"
+                )
+            values[slot] = x
+        for step in self.steps:
+            if step.op == "permute":
+                out = values[step.inputs[0]].permute(step.perm)  # type: ignore[union-attr]
+            elif step.many:
+                out = self.layers[step.target]([values[i] for i in step.inputs])
+            else:
+                out = self.layers[step.target](values[step.inputs[0]])
+            values[step.output] = out
+            for slot in step.release:
+                values[slot] = None
+        results = tuple(values[slot] for slot in self.output_slots)
+        return results[0] if len(results) == 1 else results  # type: ignore[return-value]
+
+    @property
+    def keras_input_shapes(self) -> list[tuple[int | None, ...]]:
+        """The model's input shapes in Keras' layout, batch first (None: any size)."""
+        layers = {layer["name"]: layer["config"] for layer in self.keras_config["config"]["layers"]}
+        return [tuple(layers[name]["batch_input_shape"]) for name, _, _ in self.keras_config["config"]["input_layers"]]
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, inputs={len(self.input_slots)}, outputs={len(self.output_slots)}"

@@ -1,0 +1,197 @@
+"""``save_model``: bnkit/torch models -> ``.keras`` or legacy ``.h5`` files Keras can load.
+
+The config is written in the dialect both tf_keras 2.x and Keras 3 read: tf_keras-style
+layer configs (``batch_input_shape``, ``"float32"`` dtypes, list-style inbound nodes, an
+int BN axis) under ``{"module": "keras", "class_name": "Model"}``.  ``.keras`` weights use
+the v3 layout (``layers/<snake_case>[_k]/vars/<i>`` with Keras 3's ``name`` attribute);
+``.h5`` files use tf_keras' ``model_weights/<layer>/<layer>/<weight>:0`` layout.  Before
+anything is written the config is re-planned with bnkit's own reader and every weight
+shape is checked against it, so what is written is exactly what will be read back.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._archive import replace_atomically, write_archive
+from ._build import plan_model
+from ._config import parse_model_config
+from ._export import export_sequential
+from ._h5 import h5py_module
+from ._mapping import RULES, keras_class, present_rules, snake_case
+from ._model import KerasModel
+from .errors import KerasFormatError
+
+__all__ = ["KERAS_VERSION", "SaveSummary", "save_model"]
+
+#: The Keras version whose layout bnkit writes (tf_keras 2.x layout, also read by Keras 3).
+KERAS_VERSION = "2.21.0"
+_MAX_ATTRIBUTE_BYTES = 64_000  # HDF5 object headers hold at most 64 KiB of attributes
+
+LayerWeights = list[tuple[str, str, list[tuple[str, np.ndarray]]]]
+
+
+@dataclass
+class SaveSummary:
+    """What :func:`save_model` wrote."""
+
+    path: Path
+    format: str
+    layers: int
+    parameters: int
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"wrote {self.path} ({self.format}): {self.layers} Keras layers, {self.parameters:,} weight values"]
+        return "\n".join(lines + [f"  note: {note}" for note in self.notes])
+
+
+def save_model(model: nn.Module, path: str | os.PathLike[str], *, input_shape: Sequence[int] | None = None,
+               overwrite: bool = True) -> SaveSummary:
+    """Write ``model`` as a Keras model: ``.keras`` archive, or legacy HDF5 for ``.h5``.
+
+    Args:
+        model: a :class:`KerasModel` (from :func:`load_model`), or an ``nn.Sequential`` of
+            supported modules (Conv2d, Linear, bnkit/torch batch norm, pooling, global
+            pooling, Flatten, Dropout, activations, ZeroPad2d), e.g. ``bnkit.models.vgg16()``.
+        path: target file; ``.h5``/``.hdf5`` gives legacy HDF5, anything else ``.keras``.
+        input_shape: torch input shape without the batch, ``(C, H, W)`` or ``(F,)``;
+            required for ``nn.Sequential`` models (written as a channels-last Keras model).
+        overwrite: if False, an existing ``path`` raises ``FileExistsError``.
+
+    Raises:
+        UnsupportedLayerError: a module Keras cannot express exactly.
+        KerasFormatError: the model was changed after loading so it no longer fits its config.
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True (CLI: --force) to replace it")
+    notes: list[str] = []
+    if isinstance(model, KerasModel):
+        config = model.keras_config
+        modules: dict[str, tuple[nn.Module, int | None]] = {name: (model.layers[name], None) for name in model.layers}
+        notes.extend(model.keras_notes)
+    else:
+        if input_shape is None:
+            raise ValueError("`input_shape` is required for a torch model: expected (C, H, W) or (F,); received: None")
+        exported = export_sequential(model, tuple(input_shape))
+        name = type(model).__name__.lower()
+        config = {"module": "keras", "class_name": "Model", "registered_name": None,
+                  "config": {"name": name, "trainable": True, "layers": exported.layers,
+                             "input_layers": [["input_layer", 0, 0]],
+                             "output_layers": [[exported.layers[-1]["name"], 0, 0]]}}
+        modules = dict(exported.weighted)
+        notes.extend(exported.notes)
+    weights = _collect_weights(config, modules, target)
+    legacy = target.suffix.lower() in (".h5", ".hdf5")
+    if legacy:
+        replace_atomically(target, lambda tmp: _write_legacy(tmp, config, weights))
+    else:
+        write_archive(target, config, KERAS_VERSION, lambda h5: _write_v3(h5, config, weights))
+    total = sum(array.size for _, _, arrays in weights for _, array in arrays)
+    return SaveSummary(target, "legacy HDF5" if legacy else ".keras archive", len(config["config"]["layers"]),
+                       total, notes)
+
+
+def _collect_weights(config: dict[str, Any], modules: dict[str, tuple[nn.Module, int | None]],
+                     target: Path) -> LayerWeights:
+    """Every Keras weight as a float32 array, checked against bnkit's own plan of ``config``."""
+    plan = plan_model(parse_model_config(config, target), config, init=False, source=target)
+    layers: LayerWeights = []
+    for layer in config["config"]["layers"]:
+        name, cls = layer["name"], layer["class_name"]
+        expected = plan.weight_shapes.get(name)
+        if cls not in RULES or expected is None:
+            layers.append((name, cls, []))
+            continue
+        module, channels = modules.get(name, (None, None))
+        if module is None or keras_class(module) != cls:
+            raise KerasFormatError(
+                f"Layer {name!r}: the model no longer fits its Keras config; expected a module for {cls}; "
+                f"received {type(module).__name__ if module is not None else 'nothing'}"
+            )
+        rules = present_rules(module, cls)
+        if [rule.keras for rule in rules] != list(expected):
+            raise KerasFormatError(
+                f"Layer {name!r}: expected weights {list(expected)} for its config; the module has "
+                f"{[rule.keras for rule in rules]}"
+            )
+        arrays = []
+        for rule in rules:
+            view = rule.view(getattr(module, rule.torch).detach(), channels)
+            if view.numel() != int(np.prod(expected[rule.keras])):
+                raise KerasFormatError(
+                    f"Layer {name!r} weight {rule.keras}: expected shape {expected[rule.keras]}; the module "
+                    f"holds {view.numel()} values"
+                )
+            array = view.to(device="cpu", dtype=torch.float32).contiguous().reshape(expected[rule.keras]).numpy()
+            arrays.append((rule.keras, array))
+        layers.append((name, cls, arrays))
+    return layers
+
+
+def _write_v3(h5: Any, config: dict[str, Any], weights: LayerWeights) -> None:
+    counts: Counter[str] = Counter()
+    root = h5.create_group("layers")
+    for name, cls, arrays in weights:
+        snake = snake_case(cls)
+        key = snake if counts[snake] == 0 else f"{snake}_{counts[snake]}"
+        counts[snake] += 1
+        group = root.create_group(key).create_group("vars")
+        group.attrs["name"] = name
+        for index, (_, array) in enumerate(arrays):
+            group.create_dataset(str(index), data=array)
+    h5.create_group("vars").attrs["name"] = config["config"]["name"]
+
+
+def _write_legacy(path: Path, config: dict[str, Any], weights: LayerWeights) -> None:
+    h5py = h5py_module()
+    legacy = _legacy_config(config)
+    with h5py.File(path, "w") as h5:
+        h5.attrs["backend"] = "tensorflow"
+        h5.attrs["keras_version"] = KERAS_VERSION
+        h5.attrs["model_config"] = legacy
+        group = h5.create_group("model_weights")
+        group.attrs["backend"] = "tensorflow"
+        group.attrs["keras_version"] = KERAS_VERSION
+        _write_names(group, "layer_names", [name for name, _, _ in weights])
+        for name, _, arrays in weights + [("top_level_model_weights", "", [])]:
+            layer_group = group.create_group(name)
+            _write_names(layer_group, "weight_names", [f"{name}/{weight}:0" for weight, _ in arrays])
+            for weight, array in arrays:
+                layer_group.create_dataset(f"{name}/{weight}:0", data=array)
+
+
+def _legacy_config(config: dict[str, Any]) -> str:
+    import json
+
+    body = dict(config["config"])
+    body["layers"] = [{k: v for k, v in layer.items() if k not in ("module", "registered_name")}
+                      for layer in body["layers"]]
+    return json.dumps({"class_name": "Functional", "config": body})
+
+
+def _write_names(obj: Any, key: str, names: list[str]) -> None:
+    """Write a list-of-strings attribute as tf_keras does, chunked past HDF5's header limit."""
+    h5py = h5py_module()
+    if not names:
+        obj.attrs[key] = np.array([], dtype=np.float64)
+        return
+    encoded = [name.encode("utf-8") for name in names]
+    chunks = [encoded]
+    while sum(len(n) + 16 for n in max(chunks, key=len)) > _MAX_ATTRIBUTE_BYTES and len(max(chunks, key=len)) > 1:
+        chunks = [part for chunk in chunks for part in (chunk[:len(chunk) // 2], chunk[len(chunk) // 2:])]
+    if len(chunks) == 1:
+        obj.attrs[key] = np.array(names, dtype=h5py.string_dtype())
+        return
+    for index, chunk in enumerate(chunks):
+        obj.attrs[f"{key}{index}"] = np.array([n.decode("utf-8") for n in chunk], dtype=h5py.string_dtype())
+

@@ -1,0 +1,123 @@
+"""Index the weights stored in a Keras file, in every layout Keras has written.
+
+* legacy HDF5 (``save_weights("w.h5")``: at the root; ``model.save("m.h5")``: under
+  ``model_weights``): ``layer_names``, then per layer group ``weight_names`` (the
+  authoritative order), datasets at ``group[weight_name]``.  Nested models list all their
+  trainable weights before the non-trainable ones; the owner of a weight is the path
+  component before its name (``c1/kernel:0`` -> ``c1``), so they split back per layer.
+* the Keras-1 applications files (``block1_conv1_W_1:0``): the same, byte-string attributes.
+* the v3 layout (``.weights.h5`` and ``model.weights.h5`` in ``.keras``):
+  ``layers/<snake_case class>[_k]/vars/<i>``, numbered in the layer's weight order, with a
+  ``name`` attribute on ``vars`` in Keras 3 files (none in tf_keras ones).
+
+Only the index (names, dataset handles, shapes) is built here; values are read later,
+straight into the destination tensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._h5 import dataset_problem, read_names, translating
+from .errors import KerasFormatError
+
+__all__ = ["StoredLayer", "index_weights"]
+
+
+@dataclass
+class StoredLayer:
+    """The weights of one Keras layer as stored in a file."""
+
+    name: str | None
+    path: str
+    class_key: str | None = None
+    names: list[str] = field(default_factory=list)
+    datasets: list[Any] = field(default_factory=list)
+    positional: bool = False
+
+
+def index_weights(h5: Any, label: str, file_size: int | None) -> tuple[str, list[StoredLayer]]:
+    """``(layout, layers)`` for an open file; layout is ``"legacy"`` or ``"v3"``.
+
+    Layers without weights are left out.  Every dataset is checked (dtype, storage) here,
+    before any value is read.
+    """
+    with translating(label, "index its weights"):
+        if "model_weights" in h5:
+            layout, layers = "legacy", _legacy(h5["model_weights"], "model_weights", label)
+        elif read_names(h5, "layer_names", label) is not None:
+            layout, layers = "legacy", _legacy(h5, "", label)
+        elif "layers" in h5 or "vars" in h5:
+            layout, layers = "v3", _v3(h5, "", label)
+        else:
+            raise KerasFormatError(
+                f"{label}: no Keras weights found; expected a `layer_names` attribute, a "
+                f"`model_weights` group or a `layers` group; found members {sorted(h5.keys())[:10]}"
+            )
+        for layer in layers:
+            for name, dataset in zip(layer.names, layer.datasets):
+                problem = dataset_problem(dataset, file_size)
+                if problem:
+                    raise KerasFormatError(f"{label}: weight {layer.path}/{name}: {problem}")
+    return layout, layers
+
+
+def _legacy(group: Any, prefix: str, label: str) -> list[StoredLayer]:
+    layer_names = read_names(group, "layer_names", label) or []
+    if "top_level_model_weights" in group and "top_level_model_weights" not in layer_names:
+        layer_names = layer_names + ["top_level_model_weights"]
+    layers: list[StoredLayer] = []
+    for layer_name in layer_names:
+        path = f"{prefix}/{layer_name}".lstrip("/")
+        if layer_name not in group:
+            raise KerasFormatError(
+                f"{label}: `layer_names` lists {layer_name!r} but the file has no group {path!r} (missing weights)"
+            )
+        sub = group[layer_name]
+        weight_names = read_names(sub, "weight_names", f"{label}:{path}") or []
+        owners: dict[str, StoredLayer] = {}
+        for weight_name in weight_names:
+            if weight_name not in sub:
+                raise KerasFormatError(
+                    f"{label}: layer {layer_name!r} lists weight {weight_name!r} but the file has no such "
+                    "dataset (missing weights)"
+                )
+            parts = weight_name.split("/")
+            owner = parts[-2] if len(parts) >= 2 else layer_name
+            stored = owners.setdefault(owner, StoredLayer(owner, path if owner == layer_name else f"{path}/{owner}"))
+            stored.names.append(weight_name)
+            stored.datasets.append(sub[weight_name])
+        layers.extend(owners.values())
+    return layers
+
+
+def _v3(group: Any, prefix: str, label: str) -> list[StoredLayer]:
+    layers: list[StoredLayer] = []
+    if "vars" in group:
+        stored = _v3_vars(group["vars"], prefix, label)
+        if stored.datasets:
+            if not prefix:  # variables the model owns directly
+                stored.name, stored.class_key = "top_level_model_weights", None
+            layers.append(stored)
+    if "layers" in group:
+        children = group["layers"]
+        for key in children:
+            child_prefix = f"{prefix}/layers/{key}".lstrip("/")
+            layers.extend(_v3(children[key], child_prefix, label))
+    return layers
+
+
+def _v3_vars(vars_group: Any, prefix: str, label: str) -> StoredLayer:
+    keys = list(vars_group.keys())
+    if any(not key.isdigit() for key in keys) or sorted(int(k) for k in keys) != list(range(len(keys))):
+        raise KerasFormatError(
+            f"{label}: {prefix}/vars must hold datasets named 0..n-1; found {sorted(keys)[:10]}"
+        )
+    raw_name = vars_group.attrs.get("name")
+    name = raw_name.decode("utf-8", "replace") if isinstance(raw_name, bytes) else raw_name
+    class_key = prefix.rsplit("/", 1)[-1] if prefix.count("/layers/") == 0 else prefix
+    stored = StoredLayer(str(name) if name is not None else None, prefix or "vars", class_key, positional=True)
+    for index in range(len(keys)):
+        stored.names.append(str(index))
+        stored.datasets.append(vars_group[str(index)])
+    return stored
