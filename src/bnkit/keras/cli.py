@@ -15,11 +15,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from .. import checkpoint
-from ._load import build_from_config, load_model
+from ._load import load_model
 from ._model import KerasModel
 from ._save import save_model
 from .errors import KerasFormatError
@@ -57,27 +56,8 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a checkpoint's model; handles ``{"builder": "keras"}`` architectures itself and
-    hands every other builder to :func:`bnkit.checkpoint.load_checkpoint`."""
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"No checkpoint at {source}")
-    try:
-        payload = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"{source} is not a readable bnkit checkpoint: {error}") from error
-    architecture = payload.get("architecture") if isinstance(payload, dict) else None
-    if not isinstance(architecture, dict) or architecture.get("builder") != KERAS_BUILDER:
-        return checkpoint.load_checkpoint(source)
-    if payload.get("format") != checkpoint.FORMAT:
-        raise ValueError(f"{source} is not a bnkit checkpoint: expected format {checkpoint.FORMAT!r}; "
-                         f"received: {payload.get('format')!r}")
-    config = architecture.get("config")
-    if not isinstance(config, (dict, str)):
-        raise ValueError(f"{source}: a 'keras' architecture needs its Keras config; received: {type(config).__name__}")
-    model = build_from_config(config)
-    model.load_state_dict(payload["state_dict"])
-    return model, architecture
+    """Rebuild a checkpoint's model (``{"builder": "keras"}`` architectures included)."""
+    return checkpoint.load_checkpoint(path)
 
 
 def _describe(model: nn.Module) -> str:
