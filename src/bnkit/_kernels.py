@@ -25,6 +25,7 @@ class ChannelView(NamedTuple):
     shape: torch.Size  # shape to reshape the view's output to before `inverse`
     inverse: tuple[int, ...] | None  # permutation back to the input's order, if any
     groups: int  # ghost groups folded into the channel dimension (1 without ghost BN)
+    moved: bool = False  # channels were moved last (channels-last memory), move them back
 
 
 def normalize_axes(axis: int | Sequence[int], ndim: int) -> list[int]:
@@ -52,6 +53,12 @@ def channel_view(x: Tensor, axes: list[int], groups: int = 1) -> ChannelView:
     V = B / G ghost batches, so sample b belongs to ghost group b mod G, and the channel
     index becomes g * C + c.
     """
+    moved = groups > 1 and axes == [1] and x.dim() > 2 and _memory_format(x) != torch.contiguous_format
+    if moved:
+        # Channels-last memory: gather (ghost, channel) last, so the copy stays a
+        # channels-last 2-D problem, (V*H*W, G*C), which the native kernel handles well.
+        x = x.movedim(1, -1)  # free: the memory is already in this order
+        axes = [x.dim() - 1]
     if groups > 1:
         x = x.reshape(x.shape[0] // groups, groups, *x.shape[1:])
         axes = [1] + [a + 1 for a in axes]
@@ -63,12 +70,12 @@ def channel_view(x: Tensor, axes: list[int], groups: int = 1) -> ChannelView:
         before = math.prod(x.shape[: axes[0]])
         after = math.prod(x.shape[axes[-1] + 1 :])
         view_shape = (before, channels) if after == 1 else (before, channels, after)
-        return ChannelView(x.reshape(view_shape), x.shape, None, groups)
+        return ChannelView(x.reshape(view_shape), x.shape, None, groups, moved)
     others = [d for d in range(ndim) if d not in axes]
     order = others + axes
     permuted = x.permute(order)
     inverse = tuple(order.index(d) for d in range(ndim))
-    return ChannelView(permuted.reshape(-1, channels), permuted.shape, inverse, groups)
+    return ChannelView(permuted.reshape(-1, channels), permuted.shape, inverse, groups, moved)
 
 
 def restore(view: ChannelView, y: Tensor) -> Tensor:
@@ -78,6 +85,8 @@ def restore(view: ChannelView, y: Tensor) -> Tensor:
         y = y.permute(view.inverse)
     if view.groups > 1:
         y = y.flatten(0, 1)
+    if view.moved:
+        y = y.movedim(-1, 1)
     return y
 
 
