@@ -133,14 +133,16 @@ def summarize(checks: Sequence[Row], contended: float) -> list[Row]:
     return summary
 
 
-CONTENDED = 0.25  # default --quiet-threshold; render() updates it from the run's settings
+def contended_above(results: Row) -> float:
+    """The run's --quiet-threshold: blocks with more foreign load than this were contended."""
+    return float(results["info"].get("quiet", {}).get("threshold", 0.25))
 
 
-def _load(value: float | None) -> str:
+def _load(value: float | None, threshold: float) -> str:
     """Foreign load, starred when the block ran contended."""
     if value is None:
         return "n/a"
-    return f"{value:.2f}" + ("*" if value > CONTENDED else "")
+    return f"{value:.2f}" + ("*" if value > threshold else "")
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -159,7 +161,7 @@ def bn_table(results: Row) -> tuple[list[str], list[list[str]]]:
         body.append([
             r["shape"], r["layout"], r["variant"], r["mode"], _fmt(r["bnkit_ms"]), _fmt(r["torch_ms"]),
             _fmt(r["ratio"]), f"{r['pair_p25']:.2f}-{r['pair_p75']:.2f}", f"<= {limit:g}",
-            "yes" if r["ratio"] <= limit else "NO", _load(r.get("foreign_load")),
+            "yes" if r["ratio"] <= limit else "NO", _load(r.get("foreign_load"), contended_above(results)),
         ])
     return header, body
 
@@ -172,7 +174,7 @@ def dropout_table(results: Row) -> tuple[list[str], list[list[str]]]:
         body.append([
             r["label"], r["shape"], r["mode"], _fmt(r["ours_ms"]), r["reference"], _fmt(r["ref_ms"]),
             _fmt(r["ratio"]), f"<= {limit:g}", "yes" if r["ratio"] <= limit else "NO",
-            _load(r.get("foreign_load")),
+            _load(r.get("foreign_load"), contended_above(results)),
         ])
     return header, body
 
@@ -187,7 +189,7 @@ def keras_table(results: Row) -> tuple[list[str], list[list[str]]]:
             r["framework"], r["shape"], r["variant"], r["mode"], _fmt(r["keras_eager_ms"]),
             _fmt(r["keras_function_ms"]), _fmt(r["bnkit_ms"]), r["bnkit_source"],
             "n/a" if r["speedup"] is None else f"{r['speedup']:.3f}x", f">= {r['limit']:g}x", met,
-            _fmt(r["bnkit_channels_last_ms"]), _speedup_cl(r), _load(r.get("load")),
+            _fmt(r["bnkit_channels_last_ms"]), _speedup_cl(r), _load(r.get("load"), contended_above(results)),
         ])
     return header, body
 
@@ -202,7 +204,7 @@ def _speedup_cl(r: Row) -> str:
 
 
 def summary_table(results: Row) -> tuple[list[str], list[list[str]]]:
-    rows = summarize(targets(results), CONTENDED)
+    rows = summarize(targets(results), contended_above(results))
     header = ["target", "cells met", "worst", "verdict", "contended cells (left out)"]
     return header, [[r["target"], r["met"], r["worst"], r["verdict"], str(r["contended"])] for r in rows]
 
@@ -222,15 +224,13 @@ def markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 
 def render(results: Row, fmt: str) -> str:
     """All tables of one run, as plain text (``fmt="text"``) or Markdown."""
-    global CONTENDED
     draw = text if fmt == "text" else markdown
     info = results["info"]
-    CONTENDED = info.get("quiet", {}).get("threshold", CONTENDED)
     title = (f"allocator: {info['allocator']}; torch {info['torch']}, {info['threads']} threads; "
              f"{info['cpu_model']} ({info['usable_cpus']} usable CPUs)")
-    load = (f"load average (1 min) at start / end: {info.get('loadavg_start', '?')} / {info.get('loadavg_end', '?')};"
+    load = (f"load average (1 min) at start / end: {info.get('loadavg_start', 0.0):.2f} / {info.get('loadavg_end', 0.0):.2f};"
             " 'load' = CPUs kept busy by other processes during that block, * = contended (above"
-            f" {CONTENDED:g}): its times and ratios are unreliable")
+            f" {contended_above(results):g}): its times and ratios are unreliable")
     parts = [title, load]
     if info.get("redo_contended_from"):
         parts.append(f"blocks that ran uncontended were reused from {info['redo_contended_from']}; the rest were re-timed")
@@ -249,3 +249,40 @@ def render(results: Row, fmt: str) -> str:
         if "error" in data:
             parts += ["", f"{backend} comparison failed: {data['error']}"]
     return "\n".join(parts) + "\n"
+
+
+def side_by_side(runs: Sequence[Row], labels: Sequence[str]) -> str:
+    """Markdown: the target summary of several runs (e.g. two allocators) next to each other."""
+    summaries = [{r["target"]: r for r in summarize(targets(run), contended_above(run))} for run in runs]
+    header = ["target"] + [f"{label}: {col}" for label in labels for col in ("cells met", "worst", "verdict")]
+    body = []
+    for target in summaries[0]:
+        row = [target]
+        for summary in summaries:
+            r = summary.get(target)
+            row += ["n/a", "n/a", "n/a"] if r is None else [r["met"], r["worst"], r["verdict"]]
+        body.append(row)
+    return markdown(header, body) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python _report.py RUN.json [RUN2.json ...]``: Markdown tables of saved runs."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--labels", help="comma-separated names for the side-by-side summary")
+    args = parser.parse_args(argv)
+    runs = [json.loads(path.read_text()) for path in args.runs]
+    labels = args.labels.split(",") if args.labels else [path.stem for path in args.runs]
+    if len(runs) > 1:
+        print(side_by_side(runs, labels))
+    for label, run in zip(labels, runs):
+        print(f"### {label}\n\n{render(run, 'markdown')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

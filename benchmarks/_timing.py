@@ -3,11 +3,15 @@
 Nothing here imports torch or TensorFlow, so the Keras worker can use it under either.
 
 Method: the callables of one *block* (a baseline and its competitors on the same
-inputs) are warmed up, then timed in rotation ``f0, f1, ..., fk, f0, f1, ...`` so that a
-slow drift of the machine (frequency, noisy neighbours, page cache) hits them all
-alike.  Each sample times ``inner`` consecutive calls with ``time.perf_counter``; the
-per-call time of a callable is the median of its samples.  The number of rounds comes
-from a time budget per block, clamped to ``[min_rounds, max_rounds]``.
+inputs) are warmed up, then timed interleaved, round after round, each round running
+every callable once, so that a slow drift of the machine (frequency, noisy neighbours,
+page cache) hits them all alike.  By default the order within a round is shuffled
+(seeded) from round to round: with a fixed rotation ``f0, f1, ..., fk, f0, ...`` the
+callable that always follows the baseline was measured 2-10 % slower than the same
+callable placed elsewhere, a bias that shuffling spreads evenly.  Each sample times
+``inner`` consecutive calls with ``time.perf_counter``; the per-call time of a callable
+is the median of its samples.  The number of rounds comes from a time budget per
+block, clamped to ``[min_rounds, max_rounds]``.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import gc
 import math
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +38,7 @@ class Budget:
     warmup_calls: int = 3  # per callable, before calibration
     min_sample_s: float = 0.002  # a sample runs enough calls to last at least this
     max_overrun: float = 3.0  # stop after min_rounds once a block has run this many times `seconds`
+    shuffle: bool = True  # order within each round: shuffled (seeded) or the fixed rotation f0, f1, ...
 
 
 @dataclass
@@ -58,7 +64,7 @@ def quantile(values: Sequence[float], q: float) -> float:
 
 
 def paired_ratios(variant: Timing, baseline: Timing) -> list[float]:
-    """Per-round ratios variant / baseline (samples of the same round are neighbours)."""
+    """Per-round ratios variant / baseline (samples of the same round ran close in time)."""
     return [v / b for v, b in zip(variant.samples, baseline.samples)]
 
 
@@ -107,7 +113,7 @@ class CpuMeter:
 
 
 def time_block(fns: Sequence[Fn], budget: Budget, sync: Fn | None = None) -> Block:
-    """Time ``fns`` interleaved in rotation (see the module docstring).
+    """Time ``fns`` interleaved, round after round (see the module docstring).
 
     ``sync`` is called after each sample's calls, inside the timed region (use it when a
     framework may return before the work is done); ``None`` for synchronous code.
@@ -133,11 +139,16 @@ def time_block(fns: Sequence[Fn], budget: Budget, sync: Fn | None = None) -> Blo
     gc.disable()
     meter = CpuMeter()
     deadline = time.perf_counter() + budget.max_overrun * budget.seconds
+    order = list(range(len(fns)))
+    rng = random.Random(12345)
     try:
         for done in range(rounds):
             if done >= budget.min_rounds and time.perf_counter() > deadline:
                 break  # the machine slowed down (contention) after calibration
-            for fn, timing in zip(fns, timings):
+            if budget.shuffle:
+                rng.shuffle(order)
+            for index in order:
+                fn, timing = fns[index], timings[index]
                 start = time.perf_counter()
                 for _ in range(inner):
                     fn()
