@@ -23,14 +23,22 @@ GRADCHECK_CASES = [
                                   torch.full(shape[-1:], 0.2, dtype=torch.float64))},
     {"center": False},
     {"scale": False},
+    # ghost BN over the innermost axis runs on the row kernel (bnkit._kernels.RowNormalize)
+    {"virtual_batch_size": 2},
+    {"virtual_batch_size": 2, "center": False},
+    {"virtual_batch_size": 2, "scale": False},
+    {"virtual_batch_size": 2, "renorm": True, "renorm_clipping": {"rmax": 1.1, "rmin": 0.9, "dmax": 0.1}},
 ]
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("kwargs", GRADCHECK_CASES, ids=lambda k: ",".join(sorted(k)))
-def test_gradcheck_float64(kwargs: dict) -> None:
+def test_gradcheck_float64(kwargs: dict, channels_last: bool) -> None:
     torch.manual_seed(0)
     bn = bnkit.BatchNormalization(**kwargs, dtype=torch.float64)
     x = torch.randn(4, 3, 2, 3, dtype=torch.float64) * 2 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     bn(x, training=False)
     with torch.no_grad():
         if bn.weight is not None:

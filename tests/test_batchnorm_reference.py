@@ -58,6 +58,12 @@ CASES = [
     Case("ghost_renorm", (8, 5), {"virtual_batch_size": 4, "renorm": True, "renorm_momentum": 0.5,
                                   "renorm_clipping": {"rmax": 1.2, "dmax": 0.2}}, steps=5),
     Case("ghost_multi_axis", (8, 3, 2, 4), {"axis": [2, 3], "virtual_batch_size": 2}),
+    Case("ghost_rank3_no_affine", (8, 4, 5), {"virtual_batch_size": 4, "center": False, "scale": False}),
+    Case("ghost_renorm_channels_last_memory", (8, 5, 3, 3),
+         {"axis": 1, "virtual_batch_size": 2, "renorm": True, "renorm_momentum": 0.5,
+          "renorm_clipping": {"rmax": 1.2, "rmin": 0.9, "dmax": 0.2}}, channels_last=True, steps=5),
+    Case("ghost_rank5_channels_last_memory", (4, 3, 2, 3, 2), {"axis": 1, "virtual_batch_size": 2},
+         channels_last=True),
 ]
 
 
@@ -88,7 +94,9 @@ def _config(bn: bnkit.BatchNormalization) -> ref.BNConfig:
 
 def _as_input(x: np.ndarray, case: Case) -> torch.Tensor:
     t = torch.from_numpy(x.astype(np.float32))
-    return t.contiguous(memory_format=torch.channels_last) if case.channels_last else t
+    if not case.channels_last:
+        return t
+    return t.contiguous(memory_format=torch.channels_last if t.dim() == 4 else torch.channels_last_3d)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)

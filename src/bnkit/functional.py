@@ -22,7 +22,7 @@ Numerics (the contract of :func:`batch_norm`):
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence, cast
 
 import torch
 from torch import Tensor
@@ -222,33 +222,49 @@ def _renorm_factors(
     return r.detach(), d.detach(), stddev
 
 
+def _fold_renorm(
+    renorm: RenormState, weight: Tensor | None, bias: Tensor | None, mean: Tensor, var: Tensor, epsilon: float
+) -> tuple[Tensor, Tensor]:
+    """Gamma and beta with renorm's ``r`` and ``d`` folded in: ``gamma * r``, ``gamma * d + beta``."""
+    r, d, _ = _renorm_factors(renorm, mean, var, epsilon)
+    w_r = r if weight is None else weight * r
+    b_r = d if weight is None else weight * d
+    return w_r, (b_r if bias is None else b_r + bias)
+
+
 def _native(
     x: Tensor, axes: list[int], groups: int, weight: Tensor | None, bias: Tensor | None,
     epsilon: float, renorm: RenormState | None, adjustment: Adjustment | None,
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """Training on the native kernels; returns output, batch mean/var and elements per channel."""
-    view = K.channel_view(x, axes, groups)
-    xv = view.tensor
-    count = xv.numel() // xv.shape[1] * groups
+    count = x.numel() // math.prod([x.shape[a] for a in axes])
     # Gamma/beta are applied here unless an adjustment has to come between x-hat and them.
     w, b = (None, None) if adjustment is not None else (weight, bias)
-    if renorm is None:
-        out, mean_v, invstd_v = torch.native_batch_norm(
-            xv, K.per_view_channel(w, groups), K.per_view_channel(b, groups), None, None, True, 0.0, epsilon
-        )
-        mean_v, var_v = mean_v.detach(), (invstd_v.detach().reciprocal().square() - epsilon).clamp_min(0.0)
+    rows = K.row_view(x, axes, groups)
+    if rows is not None:  # ghost BN over an innermost feature axis
+        with torch.no_grad():
+            mean_v, var_v = K.row_moments(rows)
+        if renorm is not None:
+            w, b = _fold_renorm(renorm, w, b, K.ghost_average(mean_v.view(-1), groups),
+                                K.ghost_average(var_v.view(-1), groups), epsilon)
+        invstd = torch.rsqrt(var_v + epsilon)
+        out = K.restore_rows(x, axes, K.RowNormalize.apply(rows, w, b, mean_v, invstd))
+        mean_v, var_v = mean_v.view(-1), var_v.view(-1)
     else:
-        mean_v, var_v = torch.batch_norm_update_stats(xv.detach(), None, None, 0.0)
-        r, d, _ = _renorm_factors(
-            renorm, K.ghost_average(mean_v, groups), K.ghost_average(var_v, groups), epsilon
-        )
-        w_r = r if w is None else w * r
-        b_r = d if w is None else w * d
-        b_r = b_r if b is None else b_r + b
-        out = K.NormalizeWithStats.apply(
-            xv, K.per_view_channel(w_r, groups), K.per_view_channel(b_r, groups), mean_v, var_v, epsilon
-        )
-    out = K.restore(view, out)
+        view = K.channel_view(x, axes, groups)
+        xv = view.tensor
+        if renorm is None:
+            out, mean_v, invstd_v = torch.native_batch_norm(
+                xv, K.per_view_channel(w, groups), K.per_view_channel(b, groups), None, None, True, 0.0, epsilon
+            )
+            mean_v, var_v = mean_v.detach(), torch.pow(invstd_v.detach(), -2).sub_(epsilon).clamp_min_(0.0)
+        else:
+            mean_v, var_v = torch.batch_norm_update_stats(xv.detach(), None, None, 0.0)
+            w, b = _fold_renorm(renorm, w, b, K.ghost_average(mean_v, groups), K.ghost_average(var_v, groups), epsilon)
+            out = K.NormalizeWithStats.apply(
+                xv, K.per_view_channel(w, groups), K.per_view_channel(b, groups), mean_v, var_v, epsilon
+            )
+        out = K.restore(view, out)
     if adjustment is not None:
         out = _affine(_adjust(out, adjustment, x.shape), axes, x.dim(), weight, bias)
     return out, K.ghost_average(mean_v, groups), K.ghost_average(var_v, groups), count
@@ -308,8 +324,17 @@ def _adjust(y: Tensor, adjustment: Adjustment, shape: torch.Size) -> Tensor:
     return y * scale.to(y) + shift.to(y)
 
 
-def _ema(old: Tensor, new: Tensor, momentum: float) -> Tensor:
-    return old - (old - new.to(old.dtype)) * (1.0 - momentum)
+def _ema(olds: Sequence[Tensor | None], news: Sequence[Tensor], momentum: float) -> list[Tensor | None]:
+    """Keras moving averages ``old - (old - new) * (1 - momentum)`` of several tensors.
+
+    One ``lerp`` (``old + (new - old) * w``, the same expression) for all of them: the
+    statistics are small, so the cost is the number of ops dispatched, not the arithmetic.
+    """
+    pairs = [(o, n if n.dtype == o.dtype else n.to(o.dtype)) for o, n in zip(olds, news) if o is not None]
+    if not pairs:
+        return [None] * len(olds)
+    done = iter(torch._foreach_lerp([o for o, _ in pairs], [n for _, n in pairs], 1.0 - momentum))
+    return [None if o is None else next(done) for o in olds]
 
 
 def _update(
@@ -317,19 +342,14 @@ def _update(
     momentum: float, epsilon: float, renorm: RenormState | None,
 ) -> BatchNormStats:
     mean, var = mean.detach(), var.detach()
-    new_mean = None if running_mean is None else _ema(running_mean, mean, momentum)
     if renorm is None:
-        new_var = None if running_var is None else _ema(running_var, var, momentum)
+        new_mean, new_var = _ema([running_mean, running_var], [mean, var], momentum)
         return BatchNormStats(new_mean, new_var)
     stddev = torch.sqrt(var + epsilon)
-    moving_stddev = _ema(renorm.moving_stddev, stddev, momentum)
-    return BatchNormStats(
-        new_mean,
-        torch.relu(moving_stddev.square() - epsilon),
-        moving_stddev,
-        _ema(renorm.renorm_mean, mean, renorm.momentum),
-        _ema(renorm.renorm_stddev, stddev, renorm.momentum),
-    )
+    new_mean, moving_stddev = _ema([running_mean, renorm.moving_stddev], [mean, stddev], momentum)
+    renorm_mean, renorm_stddev = _ema([renorm.renorm_mean, renorm.renorm_stddev], [mean, stddev], renorm.momentum)
+    moving_var = torch.relu(cast(Tensor, moving_stddev).square() - epsilon)
+    return BatchNormStats(new_mean, moving_var, moving_stddev, renorm_mean, renorm_stddev)
 
 
 def _renorm_unchanged(renorm: RenormState | None) -> tuple[Tensor | None, ...]:

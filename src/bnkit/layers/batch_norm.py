@@ -224,10 +224,9 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             synchronized=self.synchronized, process_group=self.process_group,
         )
         if training:
+            pairs = [(getattr(self, name), value) for name, value in zip(_STATE, stats) if value is not None]
             with torch.no_grad():
-                for name, value in zip(("running_mean", "running_var") + _RENORM_STATE, stats):
-                    if value is not None:
-                        getattr(self, name).copy_(value)
+                torch._foreach_copy_([target for target, _ in pairs], [value for _, value in pairs])
         return out
 
     def _check_input(self, x: Tensor) -> None:
@@ -335,3 +334,4 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
 
 
 _RENORM_STATE = ("running_stddev", "renorm_mean", "renorm_stddev")
+_STATE = ("running_mean", "running_var") + _RENORM_STATE  # in the order of F.BatchNormStats
