@@ -250,6 +250,8 @@ COMPILE_CASES = [
     ({"axis": -1}, (8, 4, 4, 3), False),
     ({"axis": 1, "renorm": True}, (8, 3, 4, 4), False),
     ({"axis": 1, "virtual_batch_size": 4}, (8, 3, 4, 4), False),
+    ({"virtual_batch_size": 4}, (8, 5), False),  # ghost BN on the row kernel
+    ({"axis": -1, "virtual_batch_size": 2, "renorm": True}, (8, 4, 4, 3), False),
     ({"axis": [1, 2], "renorm": True, "renorm_clipping": {"rmax": 1.5}}, (8, 3, 2, 4), False),
     ({"adjustment": _adjust}, (8, 5), False),
     ({}, (4, 6, 3), True),

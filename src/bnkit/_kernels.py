@@ -181,14 +181,15 @@ class RowNormalize(_Function):
         count = x.shape[0] * x.shape[2]
         grad_sum = row_sum(grad)
         centered = torch.sub(x, mean)
-        dot = row_sum(centered * grad)
+        buffer = torch.mul(centered, grad)  # becomes gx: two large allocations, not three
+        dot = row_sum(buffer)
         gx = gw = gb = None
         if need[0]:
             # (grad - mean(grad) - (x - mean) * invstd^2 * mean(grad * (x - mean))) * gamma * invstd
             scale = invstd if weight is None else invstd * weight
             along_centered = (scale * invstd).mul_(invstd).mul_(dot).mul_(-1.0 / count)
             constant = torch.mul(scale, grad_sum).mul_(-1.0 / count)
-            gx = torch.addcmul(constant, grad, scale).addcmul_(centered, along_centered)
+            gx = torch.addcmul(constant, grad, scale, out=buffer).addcmul_(centered, along_centered)
         if weight is not None and need[1]:
             gw = (dot * invstd).sum((0, 1))
         if ctx.has_bias and need[2]:  # type: ignore[attr-defined]
