@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as F
+from .._dropout_flatten import check_rate
 
 __all__ = ["Dropout"]
 
@@ -45,7 +46,7 @@ class Dropout(nn.Module):
             noise_shape = tuple(noise_shape)
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             raise ValueError(f"`seed` must be a non-negative int or None; received: seed={seed!r}")
-        self.rate = F.check_rate(rate)
+        self.rate = check_rate(rate)
         self.noise_shape = noise_shape
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .. import functional as F
+from .._dropout_flatten import check_data_format
 
 __all__ = ["Flatten"]
 
@@ -19,7 +20,7 @@ class Flatten(nn.Module):
 
     def __init__(self, data_format: str = "channels_last") -> None:
         super().__init__()
-        self.data_format = F.check_data_format(data_format)
+        self.data_format = check_data_format(data_format)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.flatten(x, self.data_format)
