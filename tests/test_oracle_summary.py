@@ -16,13 +16,12 @@ import sys
 from typing import Any
 
 import pytest
-from torch import nn
 
-import bnkit
 from bnkit.models import vgg16
 from bnkit.summary import summary
 
 from .oracle_client import oracle_env
+from .test_summary import tiny_cnn  # the torch twin of the seed-001 Keras model
 
 pytestmark = pytest.mark.oracle
 
@@ -85,17 +84,6 @@ models = {
 with open(sys.argv[1], "w", encoding="utf-8") as out:
     json.dump({name: describe(model) for name, model in models.items()}, out)
 '''
-
-
-def tiny_cnn() -> nn.Sequential:
-    """The torch twin of the seed-001 model (channels first; Flatten in Keras' order)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
-        bnkit.BatchNormalization(axis=1, momentum=0.15),
-        bnkit.Flatten("channels_first"),
-        nn.Linear(131072, 100), nn.ReLU(),
-        nn.Linear(100, 10), nn.Softmax(dim=1),
-    )
 
 
 @pytest.fixture(scope="module")

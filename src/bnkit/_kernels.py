@@ -134,13 +134,17 @@ def row_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean, row_sum(centered.square_()).div_(count)
 
 
-class _Function(torch.autograd.Function):
-    """``autograd.Function`` whose ``apply`` skips the per-call signature binding.
+class _NormalizeWithBatchStats(torch.autograd.Function):
+    """Batch normalization of ``x`` given its batch ``mean`` and ``invstd = 1/sqrt(var + eps)``.
 
-    ``Function.apply`` binds the arguments to ``forward``'s signature (``inspect``) on
-    every call when ``setup_context`` is defined, which costs more than a small batch norm.
-    Ours take positional arguments only, so outside ``torch.func`` transforms the binding
-    is skipped; inside them the regular path runs (``setup_context`` keeps them working).
+    ``forward(x, weight, bias, mean, invstd)``; the backward treats ``mean`` and ``invstd``
+    as the functions of ``x`` they are, so the pair equals training-mode batch norm, while
+    the caller may compute the affine from the statistics first (batch renorm's
+    ``gamma * r``).  Subclasses differ in the memory layout they handle.
+
+    ``apply`` skips ``Function.apply``'s per-call signature binding (``inspect``, which
+    costs more than a small batch norm): the arguments are positional.  Under ``torch.func``
+    transforms the regular path runs (``setup_context`` keeps them working).
     """
 
     @classmethod
@@ -149,15 +153,19 @@ class _Function(torch.autograd.Function):
             return super().apply(*args)
         return super(torch.autograd.Function, cls).apply(*args)  # the C++ entry point
 
+    @staticmethod
+    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
+        x, weight, bias, mean, invstd = inputs
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.has_bias = bias is not None  # type: ignore[attr-defined]
 
-class RowNormalize(_Function):
-    """Batch normalization of a row view ``(V, G, L, C)`` with statistics computed beforehand.
 
-    The contract of :class:`NormalizeWithStats` (``mean`` and ``invstd = 1 / sqrt(var +
-    epsilon)`` come from the batch statistics of ``x`` and the backward treats them as
-    functions of ``x``), on the row layout: statistics ``(G, 1, C)``, ``weight``/``bias``
-    shaped ``(C,)`` (shared by the ghost groups) or ``None``.  Forward is one fused
-    multiply-add; backward is two reductions and two fused multiply-adds.
+class RowNormalize(_NormalizeWithBatchStats):
+    """:class:`_NormalizeWithBatchStats` on a row view ``(V, G, L, C)``.
+
+    Statistics are ``(G, 1, C)``; ``weight``/``bias`` ``(C,)`` (shared by the ghost groups)
+    or ``None``.  Forward is one fused multiply-add; backward is two reductions and two
+    fused multiply-adds.
     """
 
     @staticmethod
@@ -165,12 +173,6 @@ class RowNormalize(_Function):
         scale = invstd if weight is None else invstd * weight
         shift = torch.mul(mean, scale).neg_() if bias is None else torch.addcmul(bias, mean, scale, value=-1)
         return torch.addcmul(shift, x, scale)
-
-    @staticmethod
-    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
-        x, weight, bias, mean, invstd = inputs
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.has_bias = bias is not None  # type: ignore[attr-defined]
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -211,29 +213,18 @@ def ghost_average(t: Tensor, groups: int) -> Tensor:
     return t.view(groups, -1).mean(0)
 
 
-class NormalizeWithStats(_Function):
-    """Batch normalization with statistics computed beforehand.
+class NormalizeWithStats(_NormalizeWithBatchStats):
+    """:class:`_NormalizeWithBatchStats` on a channel view, with PyTorch's native kernels.
 
-    Forward is PyTorch's inference kernel fed with the *batch* mean and variance (two
-    passes over the data); backward is the native training backward, which treats the
-    mean and variance as functions of the input.  Together they equal training-mode
-    ``native_batch_norm`` exactly, but let the caller compute the affine (e.g. batch
-    renorm's ``gamma * r``) from the batch statistics before normalising, without a
-    second statistics pass.
+    Forward is the inference kernel fed with the batch statistics; backward is the native
+    training backward.  With the statistics from one native pass this costs what
+    training-mode ``native_batch_norm`` costs.
     """
 
     @staticmethod
-    def forward(
-        x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor, var: Tensor, epsilon: float
-    ) -> Tensor:
-        return torch.batch_norm(x, weight, bias, mean, var, False, 0.0, epsilon, False)
-
-    @staticmethod
-    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
-        x, weight, bias, mean, var, epsilon = inputs
-        ctx.save_for_backward(x, weight, mean, torch.rsqrt(var + epsilon))
-        ctx.epsilon = epsilon  # type: ignore[attr-defined]
-        ctx.has_bias = bias is not None  # type: ignore[attr-defined]
+    def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor, invstd: Tensor) -> Tensor:
+        # var = invstd^-2 with epsilon 0 reproduces invstd inside the kernel
+        return torch.batch_norm(x, weight, bias, mean, invstd.pow(-2), False, 0.0, 0.0, False)
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -250,10 +241,10 @@ class NormalizeWithStats(_Function):
             mean,
             invstd,
             True,
-            ctx.epsilon,  # type: ignore[attr-defined]
+            0.0,  # epsilon: unused in training mode, where invstd is given
             [need[0], weight is not None and need[1], ctx.has_bias and need[2]],  # type: ignore[attr-defined]
         )
-        return gx, gw, gb, None, None, None
+        return gx, gw, gb, None, None
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:

@@ -268,7 +268,7 @@ def _native(
             mean_v, var_v = torch.batch_norm_update_stats(xv.detach(), None, None, 0.0)
             w, b = _fold_renorm(renorm, w, b, K.ghost_average(mean_v, groups), K.ghost_average(var_v, groups), epsilon)
             out = K.NormalizeWithStats.apply(
-                xv, K.per_view_channel(w, groups), K.per_view_channel(b, groups), mean_v, var_v, epsilon
+                xv, K.per_view_channel(w, groups), K.per_view_channel(b, groups), mean_v, torch.rsqrt(var_v + epsilon)
             )
         out = K.restore(view, out)
     if adjustment is not None:
