@@ -43,7 +43,7 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
     ``module.training``; ``trainable=False`` freezes gamma/beta *and* forces inference
     statistics (tf.keras 2).
 
-    ``fused`` does not select a different kernel (every path runs PyTorch's native one); it
+    ``fused`` does not select a different kernel (the same kernels run whatever it says); it
     keeps tf.keras' resolution rules and errors and its moving-variance rule: the fused path
     (4-D/5-D input, channels-first or channels-last axis) feeds the Bessel-corrected batch
     variance to ``running_var``, every other path the biased one.
