@@ -276,3 +276,24 @@ def test_torch_compile_fullgraph_matches_eager(kwargs: dict, shape: tuple[int, .
                                    torch.autograd.grad((y2 * x).sum(), x)[0])
     torch.testing.assert_close(eager.running_var, compiled_module.running_var)
     torch.testing.assert_close(eager.running_mean, compiled_module.running_mean)
+
+
+def test_second_derivatives_native_paths_and_refused_on_the_row_kernel() -> None:
+    """Native-kernel paths are twice differentiable (gradgradcheck); the row kernel of ghost BN
+    over an innermost axis refuses a second derivative instead of returning a wrong one."""
+    torch.manual_seed(0)
+    w = torch.rand(3, dtype=torch.float64).add(0.5).requires_grad_(True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    saturated = F.RenormState(torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
+                              torch.ones(3, dtype=torch.float64), 0.99,
+                              torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64))  # r = 1, d = 0
+    for kwargs in ({}, {"virtual_batch_size": 2}, {"renorm": saturated}):
+        def f(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, kwargs: dict = kwargs) -> torch.Tensor:
+            return F.batch_norm(x, None, None, w, b, training=True, axis=1, **kwargs)[0]
+        assert torch.autograd.gradgradcheck(f, (x, w, b))
+    rows = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    y = F.batch_norm(rows, None, None, w, b, training=True, virtual_batch_size=2)[0]
+    (grad,) = torch.autograd.grad((y ** 3).sum(), rows, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()

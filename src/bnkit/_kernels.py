@@ -175,6 +175,7 @@ class RowNormalize(_NormalizeWithBatchStats):
         return torch.addcmul(shift, x, scale)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # a second derivative is refused, not wrong
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad: Tensor
     ) -> tuple[Tensor | None, ...]:
