@@ -35,6 +35,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         (y * dy[half]).sum().backward()
         torch.save({"y": y.detach(), "dx": xs.grad, "dw": bn.weight.grad, "db": bn.bias.grad,
                     "mean": bn.running_mean, "var": bn.running_var}, Path(out_dir) / f"{rank}.pt")
+        dist.barrier()  # no process tears its connections down while another still uses them
     finally:
         dist.destroy_process_group()
 
