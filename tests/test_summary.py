@@ -6,8 +6,6 @@ Golden tables live in ``tests/golden/``; re-record them with ``BNKIT_UPDATE_GOLD
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -320,22 +318,3 @@ def test_model_must_be_a_module() -> None:
     with pytest.raises(TypeError, match=r"`model` must be a torch.nn.Module; received: function"):
         summary(lambda x: x, (2,))  # type: ignore[arg-type]
 
-
-# ---- performance ----------------------------------------------------------------------
-@pytest.mark.slow
-def test_summary_costs_less_than_two_forward_passes() -> None:
-    model = vgg19(batch_norm="before_activation").eval()
-    x = torch.zeros(1, *VGG_INPUT)
-
-    def forward() -> None:
-        with torch.no_grad():
-            model(x)
-
-    forward()
-    times: dict[str, list[float]] = {"forward": [], "summary": []}
-    for _ in range(3):
-        for name, run in (("forward", forward), ("summary", lambda: summary(model, VGG_INPUT))):
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    assert statistics.median(times["summary"]) < 2 * statistics.median(times["forward"])
