@@ -172,9 +172,9 @@ def batch_norm(
         x = x.float()
     unchanged = BatchNormStats(running_mean, running_var, *_renorm_unchanged(renorm))
     if x.numel() == 0:
-        return x.to(out_dtype), unchanged
+        return _as(x, out_dtype), unchanged
     if not training:
-        return _inference(x, axes, running_mean, running_var, weight, bias, epsilon).to(out_dtype), unchanged
+        return _as(_inference(x, axes, running_mean, running_var, weight, bias, epsilon), out_dtype), unchanged
     groups = 1
     if virtual_batch_size is not None:
         groups = _ghost_groups(x.shape[0], virtual_batch_size)
@@ -190,7 +190,11 @@ def batch_norm(
     if variance_rule == "unbiased" and count > 1:
         var = var * (count / (count - 1))
     stats = _update(running_mean, running_var, mean, var, momentum, epsilon, renorm)
-    return out.to(out_dtype), stats
+    return _as(out, out_dtype), stats
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _ghost_groups(batch: int, virtual_batch_size: int) -> int:

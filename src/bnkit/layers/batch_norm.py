@@ -223,10 +223,10 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             virtual_batch_size=self.virtual_batch_size, adjustment=self.adjustment, mask=mask,
             synchronized=self.synchronized, process_group=self.process_group,
         )
-        if training:
-            pairs = [(getattr(self, name), value) for name, value in zip(_STATE, stats) if value is not None]
-            with torch.no_grad():
-                torch._foreach_copy_([target for target, _ in pairs], [value for _, value in pairs])
+        if training:  # the new statistics are detached: the copy records nothing for autograd
+            buffers = self._buffers
+            pairs = [(buffers[name], value) for name, value in zip(_STATE, stats) if value is not None]
+            torch._foreach_copy_([target for target, _ in pairs], [value for _, value in pairs])
         return out
 
     def _check_input(self, x: Tensor) -> None:
