@@ -217,29 +217,31 @@ def _inference(
     return K.restore(view, y)
 
 
-def _renorm_factors(
-    renorm: RenormState, mean: Tensor, var: Tensor, epsilon: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Renorm's ``r`` and ``d`` (detached, clipped) and the batch stddev ``s``."""
-    stddev = torch.sqrt(var + epsilon)
+def _renorm_factors(renorm: RenormState, mean: Tensor, var: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
+    """Renorm's ``r`` and ``d`` (detached, clipped)."""
+    mean, var = mean.detach(), var.detach()
+    stddev = var.add(epsilon).sqrt_()
     reference = torch.clamp(renorm.renorm_stddev, min=math.sqrt(epsilon))
     r = stddev / reference
-    d = (mean - renorm.renorm_mean) / reference
+    d = torch.sub(mean, renorm.renorm_mean).div_(reference)
     if renorm.clipping is not None:
-        rmin, rmax, dmax = renorm.clipping.to(r).unbind()
-        r = torch.minimum(torch.maximum(r, rmin), rmax)
-        d = torch.clamp(d, -dmax, dmax)
-    return r.detach(), d.detach(), stddev
+        clipping = renorm.clipping
+        if clipping.dtype != r.dtype or clipping.device != r.device:
+            clipping = clipping.to(r)
+        rmin, rmax, dmax = clipping.unbind()
+        r.clamp_(rmin, rmax)
+        d.clamp_(-dmax, dmax)
+    return r, d
 
 
 def _fold_renorm(
     renorm: RenormState, weight: Tensor | None, bias: Tensor | None, mean: Tensor, var: Tensor, epsilon: float
 ) -> tuple[Tensor, Tensor]:
     """Gamma and beta with renorm's ``r`` and ``d`` folded in: ``gamma * r``, ``gamma * d + beta``."""
-    r, d, _ = _renorm_factors(renorm, mean, var, epsilon)
-    w_r = r if weight is None else weight * r
-    b_r = d if weight is None else weight * d
-    return w_r, (b_r if bias is None else b_r + bias)
+    r, d = _renorm_factors(renorm, mean, var, epsilon)
+    if weight is None:
+        return r, (d if bias is None else d + bias)
+    return weight * r, (weight * d if bias is None else torch.addcmul(bias, weight, d))
 
 
 def _native(
@@ -296,7 +298,7 @@ def _composite(
     y = (x - mean) * torch.rsqrt(var + epsilon)
     flat_mean, flat_var = mean.detach().reshape(-1), var.detach().reshape(-1)
     if renorm is not None:
-        r, d, _ = _renorm_factors(renorm, flat_mean, flat_var, epsilon)
+        r, d = _renorm_factors(renorm, flat_mean, flat_var, epsilon)
         shape = _param_shape(axes, x.dim(), x.shape)
         y = y * r.view(shape) + d.view(shape)
     if adjustment is not None:
