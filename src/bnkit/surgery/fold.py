@@ -230,12 +230,9 @@ def _try_fold(view: ModelView, site: Site) -> Folded | str:
 def _previous_problem(view: ModelView, bn: Site, layer: Site | None, affine: _Affine) -> str | None:
     if layer is None:
         return "no conv/linear layer precedes it"
-    module = layer.module
-    if not isinstance(module, affine.layers):
-        return f"previous {layer.label()} is not a conv/linear layer it can fold into"
-    size = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
-    if size != affine.features:
-        return f"previous layer {layer.name} has {size} output channels, the batch norm {affine.features}"
+    mismatch = _mismatch(layer, affine, "previous")
+    if mismatch is not None:
+        return mismatch
     others = [user for user in view.users(layer) if user is not bn]
     if others:
         names = ", ".join(user.name if user is not None else "the model output" for user in others)
@@ -248,12 +245,10 @@ def _next_problem(view: ModelView, bn: Site, layer: Site | None, n_users: int, a
         return f"its output goes to {n_users} consumers"
     if layer is None:
         return "the model output (or a non-module operation) follows it"
+    mismatch = _mismatch(layer, affine, "next")
+    if mismatch is not None:
+        return mismatch
     module = layer.module
-    if not isinstance(module, affine.layers):
-        return f"next {layer.label()} is not a conv/linear layer it can fold into"
-    size = module.in_channels if isinstance(module, nn.modules.conv._ConvNd) else module.in_features
-    if size != affine.features:
-        return f"next layer {layer.name} has {size} input channels, the batch norm {affine.features}"
     if not view.single_input(layer) or view.producer(layer) is not bn:
         return f"next layer {layer.name} is called with other arguments"
     if isinstance(module, nn.modules.conv._ConvNd):
@@ -263,6 +258,21 @@ def _next_problem(view: ModelView, bn: Site, layer: Site | None, n_users: int, a
         if padding is not None:
             return f"next layer {layer.name} has padding {padding} (zero padding makes folding inexact)"
     return _shared(view, layer)
+
+
+def _mismatch(layer: Site, affine: _Affine, side: str) -> str | None:
+    """Why ``layer`` (the ``"previous"`` or ``"next"`` one) cannot take the BN: its type or size."""
+    module = layer.module
+    if not isinstance(module, affine.layers):
+        return f"{side} {layer.label()} is not a conv/linear layer it can fold into"
+    conv = isinstance(module, nn.modules.conv._ConvNd)
+    if side == "previous":
+        size, which = (module.out_channels if conv else module.out_features), "output"
+    else:
+        size, which = (module.in_channels if conv else module.in_features), "input"
+    if size != affine.features:
+        return f"{side} layer {layer.name} has {size} {which} channels, the batch norm {affine.features}"
+    return None
 
 
 def _shared(view: ModelView, layer: Site) -> str | None:
