@@ -21,7 +21,7 @@ Numerics (the contract of :func:`batch_norm`):
 * Ghost BN (``virtual_batch_size``) on NCHW inputs is a free view for the native kernel;
   over an innermost feature axis (2-D inputs, ``axis=-1``, channels-last memory) it runs on
   :class:`bnkit._kernels.RowNormalize` (a few fused elementwise ops and one-dimension
-  reductions, with the centred values recomputed in float32 for the gradient).
+  reductions, with the centred values recomputed for the gradient).
 * ``dropout`` and ``flatten`` live in ``bnkit._dropout_flatten`` and are re-exported here.
 """
 from __future__ import annotations
@@ -255,13 +255,11 @@ def _native(
     rows = K.row_view(x, axes, groups)
     if rows is not None:  # ghost BN over an innermost feature axis
         with torch.no_grad():
-            mean_v, var_v = K.row_moments(rows)
+            mean_g, var_g = K.row_moments(rows)  # per (ghost batch, feature): (G, 1, C)
+        mean, var = K.ghost_average(mean_g.view(-1), groups), K.ghost_average(var_g.view(-1), groups)
         if renorm is not None:
-            w, b = _fold_renorm(renorm, w, b, K.ghost_average(mean_v.view(-1), groups),
-                                K.ghost_average(var_v.view(-1), groups), epsilon)
-        invstd = torch.rsqrt(var_v + epsilon)
-        out = K.restore_rows(x, axes, K.RowNormalize.apply(rows, w, b, mean_v, invstd))
-        mean_v, var_v = mean_v.view(-1), var_v.view(-1)
+            w, b = _fold_renorm(renorm, w, b, mean, var, epsilon)
+        out = K.restore_rows(x, axes, K.RowNormalize.apply(rows, w, b, mean_g, torch.rsqrt(var_g + epsilon)))
     else:
         view = K.channel_view(x, axes, groups)
         xv = view.tensor
@@ -270,16 +268,18 @@ def _native(
                 xv, K.per_view_channel(w, groups), K.per_view_channel(b, groups), None, None, True, 0.0, epsilon
             )
             mean_v, var_v = mean_v.detach(), torch.pow(invstd_v.detach(), -2).sub_(epsilon).clamp_min_(0.0)
+            mean, var = K.ghost_average(mean_v, groups), K.ghost_average(var_v, groups)
         else:
             mean_v, var_v = torch.batch_norm_update_stats(xv.detach(), None, None, 0.0)
-            w, b = _fold_renorm(renorm, w, b, K.ghost_average(mean_v, groups), K.ghost_average(var_v, groups), epsilon)
+            mean, var = K.ghost_average(mean_v, groups), K.ghost_average(var_v, groups)
+            w, b = _fold_renorm(renorm, w, b, mean, var, epsilon)
             out = K.NormalizeWithStats.apply(
                 xv, K.per_view_channel(w, groups), K.per_view_channel(b, groups), mean_v, torch.rsqrt(var_v + epsilon)
             )
         out = K.restore(view, out)
     if adjustment is not None:
         out = _affine(_adjust(out, adjustment, x.shape), axes, x.dim(), weight, bias)
-    return out, K.ghost_average(mean_v, groups), K.ghost_average(var_v, groups), count
+    return out, mean, var, count
 
 
 def _composite(

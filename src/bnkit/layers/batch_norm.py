@@ -333,5 +333,5 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
                                       unexpected_keys, error_msgs)
 
 
-_RENORM_STATE = ("running_stddev", "renorm_mean", "renorm_stddev")
-_STATE = ("running_mean", "running_var") + _RENORM_STATE  # in the order of F.BatchNormStats
+# state names in the order of F.BatchNormStats
+_STATE = ("running_mean", "running_var", "running_stddev", "renorm_mean", "renorm_stddev")
