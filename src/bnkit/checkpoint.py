@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._files import write_atomically
+
 __all__ = ["FORMAT", "build", "save_checkpoint", "load_checkpoint"]
 
 FORMAT = "bnkit.checkpoint"
@@ -58,9 +60,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, architecture
         raise FileExistsError(f"{target} exists; pass force=True (or --force) to overwrite it")
     payload = {"format": FORMAT, "version": VERSION, "architecture": architecture,
                "state_dict": model.state_dict()}
-    tmp = target.with_name(target.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, target)
+    write_atomically(target, lambda staged: torch.save(payload, staged))
     return target
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import apply_constraints, models, regularization_loss
+from .._files import write_atomically
 from ..data import Dataset
 from .config import ExperimentConfig, Variant
 from .progress import Progress
@@ -71,11 +71,9 @@ def checkpoint_path(run_dir: Path, variant: str, seed: int) -> Path:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file and rename: readers never see a partial file."""
+    """Create ``path``'s folder if needed, then :func:`bnkit._files.write_atomically`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    write_atomically(path, write)
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

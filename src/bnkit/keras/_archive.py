@@ -13,7 +13,6 @@ import datetime
 import io
 import json
 import os
-import shutil
 import struct
 import tempfile
 import zipfile
@@ -22,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, cast
 
+from .._files import write_atomically
 from ._h5 import h5py_module, open_h5
 from .errors import KerasFormatError
 
@@ -214,23 +214,14 @@ def write_archive(path: Path, config: dict[str, Any], keras_version: str,
     h5py = h5py_module()
     metadata = {"keras_version": keras_version,
                 "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
-    directory = path.parent if str(path.parent) else Path(".")
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".bnkit-") as tmp:
-        weights = Path(tmp) / WEIGHTS
+
+    def write(staged: Path) -> None:
+        weights = staged.with_name(WEIGHTS)  # beside the archive, in the same private folder
         with h5py.File(weights, "w") as h5:
             write_weights(h5)
-        staged = Path(tmp) / path.name
         with zipfile.ZipFile(staged, "w", compression=zipfile.ZIP_STORED) as archive:
             archive.writestr(METADATA, json.dumps(metadata))
             archive.writestr(CONFIG, json.dumps(config))
             archive.write(weights, WEIGHTS)
-        os.replace(staged, path)
 
-
-def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it to ``path``."""
-    directory = path.parent if str(path.parent) else Path(".")
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".bnkit-") as tmp:
-        staged = Path(tmp) / path.name
-        write(staged)
-        shutil.move(os.fspath(staged), os.fspath(path))
+    write_atomically(path, write)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._archive import replace_atomically, write_archive
+from .._files import write_atomically
+from ._archive import write_archive
 from ._build import plan_model
 from ._config import parse_model_config
 from ._export import export_sequential
@@ -93,7 +94,7 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, input_shape: S
     weights = _collect_weights(config, modules, target)
     legacy = target.suffix.lower() in (".h5", ".hdf5")
     if legacy:
-        replace_atomically(target, lambda tmp: _write_legacy(tmp, config, weights))
+        write_atomically(target, lambda tmp: _write_legacy(tmp, config, weights))
     else:
         write_archive(target, config, KERAS_VERSION, lambda h5: _write_v3(h5, config, weights))
     total = sum(array.size for _, _, arrays in weights for _, array in arrays)
