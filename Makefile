@@ -12,6 +12,10 @@ $(VENV)/.base: pyproject.toml constraints.txt
 	$(PIP) -e .
 	touch $@
 
+$(VENV)/.experiments: $(VENV)/.base
+	$(PIP) -e '.[experiments]'
+	touch $@
+
 $(VENV)/.dev: $(VENV)/.base
 	$(PIP) -e '.[dev]'
 	# tf-keras depends on the CUDA `tensorflow` wheel; it only needs tensorflow-cpu.
@@ -23,7 +27,7 @@ setup: $(VENV)/.base
 setup-dev: $(VENV)/.dev
 
 ## The main job: train a narrow VGG16 on the digits without BN, with BN before and after the activation.
-demo: setup
+demo: $(VENV)/.experiments
 	$(VENV)/bin/bnkit demo
 
 ## Run the whole test suite, oracle tests against tf_keras 2.21 / Keras 3.15.1 included.

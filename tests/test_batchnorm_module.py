@@ -51,7 +51,7 @@ def test_gradcheck_float64(kwargs: dict, channels_last: bool) -> None:
     def f(x: torch.Tensor, *ps: torch.Tensor) -> torch.Tensor:
         out, _ = F.batch_norm(
             x, bn.running_mean, bn.running_var, *(ps if len(ps) == 2 else (None, ps[0]) if bn.weight is None else (ps[0], None)),
-            training=True, axis=bn._axes, epsilon=bn.epsilon,
+            training=True, axis=list(bn.built.axes), epsilon=bn.epsilon,
             renorm=None if not bn.renorm else F.RenormState(bn.running_stddev, bn.renorm_mean, bn.renorm_stddev, 0.99, bn._clipping),
             virtual_batch_size=bn.virtual_batch_size, adjustment=bn.adjustment,
         )

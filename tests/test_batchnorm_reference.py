@@ -87,7 +87,7 @@ def _initial_state(bn: bnkit.BatchNormalization, rng: np.random.Generator) -> re
 
 
 def _config(bn: bnkit.BatchNormalization) -> ref.BNConfig:
-    return ref.BNConfig(axes=bn._axes, momentum=bn.momentum, epsilon=bn.epsilon, unbiased=bool(bn.fused),
+    return ref.BNConfig(axes=list(bn.built.axes), momentum=bn.momentum, epsilon=bn.epsilon, unbiased=bool(bn.fused),
                         renorm=bn.renorm, renorm_momentum=bn.renorm_momentum,
                         clipping=bn.renorm_clipping, virtual_batch_size=bn.virtual_batch_size)
 

@@ -69,3 +69,10 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit):
         cli.main(["summary", "vgg16", "--input-shape", "3,x,4"])
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"bnkit {bnkit.__version__}\n"

@@ -96,7 +96,7 @@ def test_the_built_rank_or_the_rank_argument_picks_the_class(rank: int, cls: typ
 ])
 def test_to_torch_refuses_what_torch_cannot_express(kwargs: dict, message: str) -> None:
     layer = bnkit.BatchNormalization(**{"axis": 1, **kwargs})
-    layer(torch.randn(4, 3, 2, 2))
+    layer(torch.randn(4, 3, 2, 5))
     with pytest.raises(ValueError, match=message):
         to_torch_batchnorm(layer)
 

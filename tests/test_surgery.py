@@ -280,7 +280,7 @@ FOLD_CASES: list[tuple[str, Callable[[], nn.Module], list[tuple[str, str, str]],
                                          nn.Conv2d(3, 4, 1)),
      [("2", "3", "next"), ("1", "3", "next")], []),
     ("untracked_and_channels_last", lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, track_running_stats=False),
-                                                          nn.Conv2d(8, 8, 1), BN(axis=-1, momentum=0.5)),
+                                                          nn.Conv2d(8, 8, 1), BN(axis=-1, momentum=0.5, num_features=10)),
      [], [("1", "track_running_stats=False"), ("3", "axis=-1")]),
 ]
 

@@ -2,7 +2,11 @@
 
 The public surface, in one place:
 
-* layers: :class:`BatchNormalization`, :class:`Dropout`, :class:`Flatten`
+* layers, Keras family: :class:`BatchNormalization`, :class:`Dropout`, :class:`Flatten`
+* layers, PyTorch family (drop-in for ``torch.nn``): :class:`BatchNorm1d`, :class:`BatchNorm2d`,
+  :class:`BatchNorm3d`, :class:`SyncBatchNorm`; whole models: :func:`convert_batchnorm`,
+  :func:`to_torch_batchnorm`, :func:`convert_sync_batchnorm`
+* one description of a BN layer: :class:`BNSpec` (``layer.spec``), :class:`BuiltBN`
 * pure functions: :mod:`bnkit.functional` (``batch_norm``, ``dropout``, ``flatten``, ``moments``)
 * Keras registries: :mod:`bnkit.initializers`, :mod:`bnkit.regularizers`, :mod:`bnkit.constraints`
 * training helpers: :func:`regularization_loss`, :func:`apply_constraints`
@@ -17,14 +21,25 @@ import torch
 from torch import Tensor, nn
 
 from . import constraints, functional, initializers, keras, models, regularizers, surgery
-from .layers import BatchNormalization, Dropout, Flatten
+from ._spec import BNSpec, BuiltBN
+from .convert import convert_batchnorm, convert_sync_batchnorm, to_torch_batchnorm
+from .layers import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormalization, Dropout, Flatten, SyncBatchNorm
 from .summary import Row, Summary, summary
 from .surgery import FoldReport, InsertReport, fold_batch_norm, insert_batch_norm
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BNSpec",
+    "BuiltBN",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
     "BatchNormalization",
+    "SyncBatchNorm",
+    "convert_batchnorm",
+    "convert_sync_batchnorm",
+    "to_torch_batchnorm",
     "Dropout",
     "Flatten",
     "apply_constraints",

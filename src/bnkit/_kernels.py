@@ -32,6 +32,7 @@ class ChannelView(NamedTuple):
     shape: torch.Size  # shape to reshape the view's output to before `inverse`
     inverse: tuple[int, ...] | None  # permutation back to the input's order, if any
     groups: int  # ghost groups folded into the channel dimension (1 without ghost BN)
+    identity: bool = False  # the view is the input itself (axes == [1], no ghost groups)
 
 
 def normalize_axes(axis: int | Sequence[int], ndim: int) -> list[int]:
@@ -64,7 +65,7 @@ def channel_view(x: Tensor, axes: list[int], groups: int = 1) -> ChannelView:
         axes = [1] + [a + 1 for a in axes]
     ndim = x.dim()
     if axes == [1] and groups == 1:
-        return ChannelView(x, x.shape, None, 1)
+        return ChannelView(x, x.shape, None, 1, identity=True)
     channels = math.prod([x.shape[a] for a in axes])
     if axes == list(range(axes[0], axes[-1] + 1)):
         before = math.prod(x.shape[: axes[0]])
@@ -80,7 +81,7 @@ def channel_view(x: Tensor, axes: list[int], groups: int = 1) -> ChannelView:
 
 def restore(view: ChannelView, y: Tensor) -> Tensor:
     """Undo :func:`channel_view` on an output of the view's shape."""
-    if view.inverse is None and view.groups == 1 and y.shape == view.shape:
+    if view.identity:
         return y  # the view was the input itself: no op, no autograd node
     y = y.reshape(view.shape)
     if view.inverse is not None:

@@ -116,7 +116,17 @@ def _progress_mode(args: argparse.Namespace) -> str:
     return "json" if args.json else "quiet" if args.quiet else "bar"
 
 
+def _require_experiment_packages(digits: bool = False) -> None:
+    """Fail before any training when the ``experiments`` extra is missing (the plot comes last)."""
+    from ._optional import optional_import
+
+    optional_import("matplotlib", "for the plots")
+    if digits:
+        optional_import("sklearn.datasets", "for the 'digits' dataset")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    _require_experiment_packages(digits=True)
     from .experiments import demo_config, run_experiment
 
     _announce_allocator(args)
@@ -131,6 +141,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    _require_experiment_packages()  # a dataset's own (scikit-learn, Pillow): checked as it loads
     from .experiments import ExperimentConfig, load_config, run_experiment
 
     _announce_allocator(args)
@@ -176,7 +187,10 @@ def _refuse_existing(path: str, force: bool) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     root = argparse.ArgumentParser(prog="bnkit", description="Batch normalization with tf.keras semantics for PyTorch.")
+    root.add_argument("--version", action="version", version=f"bnkit {__version__}")
     sub = root.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="train a narrow VGG16 on the digits without BN and with BN before/after the activation")

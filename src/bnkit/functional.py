@@ -34,12 +34,14 @@ from torch import Tensor
 
 from . import _kernels as K
 from ._dropout_flatten import dropout, flatten
+from ._spec import Clipping
 from .distributed import global_moments
 
 __all__ = [
     "BatchNormStats",
     "RenormState",
     "batch_norm",
+    "torch_batch_norm",
     "moments",
     "dropout",
     "flatten",
@@ -57,7 +59,7 @@ class RenormState(NamedTuple):
     :func:`clipping_tensor`.
     """
 
-    moving_stddev: Tensor
+    running_stddev: Tensor
     renorm_mean: Tensor
     renorm_stddev: Tensor
     momentum: float = 0.99
@@ -69,20 +71,14 @@ class BatchNormStats(NamedTuple):
 
     running_mean: Tensor | None
     running_var: Tensor | None
-    moving_stddev: Tensor | None = None
+    running_stddev: Tensor | None = None
     renorm_mean: Tensor | None = None
     renorm_stddev: Tensor | None = None
 
 
 def clipping_tensor(clipping: Mapping[str, float | None] | None, **like: object) -> Tensor:
     """``{"rmin", "rmax", "dmax"}`` as a tensor ``[rmin, rmax, dmax]``; absent keys are inf."""
-    clipping = dict(clipping or {})
-    values = [
-        -math.inf if clipping.get("rmin") is None else float(clipping["rmin"]),  # type: ignore[arg-type]
-        math.inf if clipping.get("rmax") is None else float(clipping["rmax"]),  # type: ignore[arg-type]
-        math.inf if clipping.get("dmax") is None else float(clipping["dmax"]),  # type: ignore[arg-type]
-    ]
-    return torch.tensor(values, **like)  # type: ignore[arg-type]
+    return Clipping.create(clipping).tensor(**like)
 
 
 def moments(
@@ -168,13 +164,16 @@ def batch_norm(
         )
     axes = K.normalize_axes(axis, x.dim())
     out_dtype = x.dtype if x.is_floating_point() else torch.float32
+    unchanged = BatchNormStats(running_mean, running_var, *_renorm_unchanged(renorm))
     if x.dtype in _LOW_PRECISION or not x.is_floating_point():
         x = x.float()
-    unchanged = BatchNormStats(running_mean, running_var, *_renorm_unchanged(renorm))
-    if x.numel() == 0:
-        return _as(x, out_dtype), unchanged
+    if weight is not None and weight.dtype in _LOW_PRECISION or bias is not None and bias.dtype in _LOW_PRECISION:
+        weight, bias = _float(weight), _float(bias)  # float16/bfloat16 modules: float32 math inside
+    if not torch.jit.is_tracing() and x.numel() == 0:  # connected to gamma/beta (zero gradients), as torch is
+        return _as(_affine(x, axes, x.dim(), weight, bias), out_dtype), unchanged
     if not training:
-        return _as(_inference(x, axes, running_mean, running_var, weight, bias, epsilon), out_dtype), unchanged
+        mean, var = _float(running_mean), _float(running_var)
+        return _as(_inference(x, axes, mean, var, weight, bias, epsilon), out_dtype), unchanged
     groups = 1
     if virtual_batch_size is not None:
         groups = _ghost_groups(x.shape[0], virtual_batch_size)
@@ -193,8 +192,57 @@ def batch_norm(
     return _as(out, out_dtype), stats
 
 
+def torch_batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    renorm: RenormState | None = None,
+    virtual_batch_size: int | None = None,
+    synchronized: bool = False,
+    process_group: object | None = None,
+) -> Tensor:
+    """``torch.nn.functional.batch_norm``'s signature and meaning, on bnkit's core.
+
+    PyTorch conventions: the channel dimension is 1, ``momentum`` is the weight of the
+    *new* value, the running variance is fed the unbiased batch variance, and
+    ``running_mean``/``running_var`` are updated in place in training.  The keyword-only
+    arguments add bnkit's options (:func:`batch_norm` documents them); ``renorm`` statistics
+    are updated in place too.
+    """
+    if training:
+        size = input.shape
+        per_channel = size[0] * math.prod(size[2:]) if input.dim() > 1 else size[0]
+        if per_channel == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+    elif running_mean is None or running_var is None:
+        raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
+    if input.dim() < 2:
+        raise RuntimeError(f"batch_norm expects an input with at least 2 dimensions; received shape {tuple(input.shape)}")
+    out, stats = batch_norm(
+        input, running_mean, running_var, weight, bias, training=training, axis=1, momentum=1.0 - momentum,
+        epsilon=eps, variance_rule="unbiased", renorm=renorm, virtual_batch_size=virtual_batch_size,
+        synchronized=synchronized, process_group=process_group,
+    )
+    if training:
+        olds = (running_mean, running_var, *_renorm_unchanged(renorm))
+        pairs = [(old, new) for old, new in zip(olds, stats) if old is not None and new is not None]
+        if pairs:
+            torch._foreach_copy_([old for old, _ in pairs], [new for _, new in pairs])
+    return out
+
+
 def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)
+
+
+def _float(t: Tensor | None) -> Tensor | None:
+    return t.float() if t is not None and t.dtype in _LOW_PRECISION else t
 
 
 def _ghost_groups(batch: int, virtual_batch_size: int) -> int:
@@ -264,11 +312,17 @@ def _native(
         view = K.channel_view(x, axes, groups)
         xv = view.tensor
         if renorm is None:
-            out, mean_v, invstd_v = torch.native_batch_norm(
-                xv, K.per_view_channel(w, groups), K.per_view_channel(b, groups), None, None, True, 0.0, epsilon
+            # The kernel writes the exact unbiased batch variance into a zeroed "running"
+            # buffer when its momentum is 1 (invstd**-2 - eps would lose it for var << eps).
+            # (the backward keeps these buffers: they are not modified afterwards)
+            unbiased = xv.new_zeros(xv.shape[1])
+            out, mean_v, _ = torch.native_batch_norm(
+                xv, K.per_view_channel(w, groups), K.per_view_channel(b, groups), xv.new_zeros(xv.shape[1]),
+                unbiased, True, 1.0, epsilon,
             )
-            mean_v, var_v = mean_v.detach(), torch.pow(invstd_v.detach(), -2).sub_(epsilon).clamp_min_(0.0)
-            mean, var = K.ghost_average(mean_v, groups), K.ghost_average(var_v, groups)
+            per_channel = xv.numel() // xv.shape[1]
+            var_v = unbiased * ((per_channel - 1) / per_channel) if per_channel > 1 else torch.zeros_like(unbiased)
+            mean, var = K.ghost_average(mean_v.detach(), groups), K.ghost_average(var_v, groups)
         else:
             mean_v, var_v = torch.batch_norm_update_stats(xv.detach(), None, None, 0.0)
             mean, var = K.ghost_average(mean_v, groups), K.ghost_average(var_v, groups)
@@ -358,13 +412,13 @@ def _update(
         new_mean, new_var = _ema([running_mean, running_var], [mean, var], momentum)
         return BatchNormStats(new_mean, new_var)
     stddev = torch.sqrt(var + epsilon)
-    new_mean, moving_stddev = _ema([running_mean, renorm.moving_stddev], [mean, stddev], momentum)
+    new_mean, running_stddev = _ema([running_mean, renorm.running_stddev], [mean, stddev], momentum)
     renorm_mean, renorm_stddev = _ema([renorm.renorm_mean, renorm.renorm_stddev], [mean, stddev], renorm.momentum)
-    moving_var = torch.relu(cast(Tensor, moving_stddev).square() - epsilon)
-    return BatchNormStats(new_mean, moving_var, moving_stddev, renorm_mean, renorm_stddev)
+    moving_var = torch.relu(cast(Tensor, running_stddev).square() - epsilon)
+    return BatchNormStats(new_mean, moving_var, running_stddev, renorm_mean, renorm_stddev)
 
 
 def _renorm_unchanged(renorm: RenormState | None) -> tuple[Tensor | None, ...]:
     if renorm is None:
         return (None, None, None)
-    return (renorm.moving_stddev, renorm.renorm_mean, renorm.renorm_stddev)
+    return (renorm.running_stddev, renorm.renorm_mean, renorm.renorm_stddev)

@@ -5,6 +5,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from .._optional import optional_import
+
 __all__ = ["read_digits"]
 
 
@@ -15,12 +17,8 @@ def read_digits() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     Read once per process with :func:`sklearn.datasets.load_digits` (no download) and kept in
     memory; the arrays are read-only.
     """
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise ImportError("The 'digits' dataset needs scikit-learn: expected it installed; "
-                          "found no module 'sklearn' (pip install scikit-learn)") from None
-    bunch = load_digits()
+    datasets = optional_import("sklearn.datasets", "for the 'digits' dataset")
+    bunch = datasets.load_digits()
     images = np.asarray(bunch.images, dtype=np.float64)[:, None].copy()
     labels = np.asarray(bunch.target, dtype=np.int64).copy()
     images.flags.writeable = False

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._optional import optional_import
 from ._common import resize
 
 __all__ = ["IMAGE_SUFFIXES", "class_dirs", "read_image_folder"]
@@ -26,12 +27,11 @@ def _images_in(folder: Path) -> list[Path]:
 
 def _load(path: Path, mode: str, image_size: int | None) -> np.ndarray:
     """One image as float32 ``(C, H, W)`` in ``mode`` ("RGB" or "L"), resized if asked."""
-    from PIL import Image, UnidentifiedImageError
-
+    image_module = optional_import("PIL.Image", "to read image folders")
     try:
-        with Image.open(path) as image:
+        with image_module.open(path) as image:
             pixels = np.asarray(image.convert(mode), dtype=np.float32)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (image_module.UnidentifiedImageError, OSError, ValueError) as exc:
         raise ValueError(f"{path}: expected a readable image ({', '.join(IMAGE_SUFFIXES)}); "
                          f"found {type(exc).__name__}: {exc}") from None
     chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
@@ -48,11 +48,7 @@ def read_image_folder(root: Path, *, image_size: int | None,
     ``channels=1``) with Pillow and resized bilinearly to ``image_size``.  With
     ``image_size=None`` all images must already have the same size.
     """
-    try:
-        import PIL  # noqa: F401
-    except ImportError:
-        raise ImportError(f"{root}: loading an image folder needs Pillow: expected it installed; "
-                          "found no module 'PIL' (pip install pillow)") from None
+    optional_import("PIL.Image", f"to read the image folder {root}")
     folders = class_dirs(root)
     files = {folder.name: _images_in(folder) for folder in folders}
     if not any(files.values()):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .._optional import optional_import
 from .runner import RunRecord
 
 __all__ = ["VariantResult", "summarize", "format_table", "plot_curves"]
@@ -96,8 +97,7 @@ def format_table(results: list[VariantResult], target: float, baseline: str = "n
 
 def plot_curves(records: list[RunRecord], path: Path, title: str = "") -> Path:
     """Loss and validation accuracy vs epoch and vs wall time; mean line and min-max band over seeds."""
-    import matplotlib
-
+    matplotlib = optional_import("matplotlib", "for the plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -110,7 +110,7 @@ def to_torch_batchnorm(layer: BatchNormalization, rank: int | None = None) -> nn
     for refused, what, value in refusals:
         if refused:
             raise ValueError(f"torch.nn.BatchNorm*d cannot express `{what}`; expected the default; received: {value!r}")
-    rank = layer._ndim or rank
+    rank = layer.built.ndim if layer.built else rank
     axes = layer.axis if isinstance(layer.axis, list) else [layer.axis]
     normalised = [a % rank for a in axes] if rank else axes
     if normalised != [1]:

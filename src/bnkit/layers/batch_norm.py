@@ -12,7 +12,9 @@ from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from .. import constraints, initializers, regularizers
 from .. import functional as F
-from . import _bn_options as opt
+from .._check import check_bool, check_positive
+from .._spec import BNSpec, BuiltBN
+from ._common import BNExtras, flat_state, fx_leaf, renorm_state, store_stats
 
 __all__ = ["BatchNormalization", "KERAS_WEIGHT_NAMES"]
 
@@ -28,7 +30,7 @@ KERAS_WEIGHT_NAMES: dict[str, str] = {
 }
 
 
-class BatchNormalization(LazyModuleMixin, nn.Module):
+class BatchNormalization(BNExtras, LazyModuleMixin, nn.Module):
     r"""Batch normalization with every tf.keras 2 ``BatchNormalization`` argument.
 
     Arguments keep Keras' names, meaning and defaults (``momentum=0.99`` is the weight of
@@ -87,29 +89,13 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
-        self.axis = opt.check_axis(axis)
-        self.momentum = opt.check_fraction("momentum", momentum)
-        self.epsilon = opt.check_positive("epsilon", epsilon)
-        self.center = opt.check_bool("center", center)
-        self.scale = opt.check_bool("scale", scale)
-        self.renorm = opt.check_bool("renorm", renorm)
-        self.renorm_momentum = opt.check_fraction("renorm_momentum", renorm_momentum)
-        self.synchronized = opt.check_bool("synchronized", synchronized)
-        if virtual_batch_size is not None:
-            virtual_batch_size = opt.check_positive("virtual_batch_size", virtual_batch_size, int)
-        if adjustment is not None and not callable(adjustment):
-            raise TypeError(f"`adjustment` must be a callable or None; received: {adjustment!r}")
-        if virtual_batch_size is not None and (adjustment is not None or synchronized):
-            raise ValueError(
-                "When using `virtual_batch_size`, adjustment cannot be specified "
-                f"(nor synchronized). Received: adjustment={adjustment!r}, synchronized={synchronized}"
-            )
-        self.virtual_batch_size = virtual_batch_size
-        self.adjustment = adjustment
-        self.process_group = process_group
-        self.fused = opt.resolve_fused_at_init(
-            fused, self.axis, self.renorm, virtual_batch_size, adjustment, factory["dtype"], synchronized
+        self._spec = BNSpec.create(
+            axis=axis, momentum=momentum, epsilon=epsilon, center=center, scale=scale, renorm=renorm,
+            renorm_clipping=renorm_clipping, renorm_momentum=renorm_momentum, fused=fused,
+            virtual_batch_size=virtual_batch_size, adjustment=adjustment, synchronized=synchronized,
+            dtype=factory["dtype"],
         )
+        self.process_group = process_group
         self.initializers = {
             "beta": initializers.get(beta_initializer),
             "gamma": initializers.get(gamma_initializer),
@@ -118,21 +104,32 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         }
         self.regularizers = {"gamma": regularizers.get(gamma_regularizer), "beta": regularizers.get(beta_regularizer)}
         self.constraints = {"gamma": constraints.get(gamma_constraint), "beta": constraints.get(beta_constraint)}
-        self._ndim: int | None = None
-        self._axes: list[int] = []
-        self.keras_weight_shape: tuple[int, ...] | None = None
+        self.built: BuiltBN | None = None
         if num_features is not None:
-            num_features = opt.check_positive("num_features", num_features, int)
+            num_features = check_positive("num_features", num_features, int)
         self.num_features = num_features
         self._create_state(num_features, factory)
-        clipping = opt.check_clipping(renorm_clipping, self.renorm)  # ignored without renorm, as in Keras
         self.register_buffer(
-            "_clipping", F.clipping_tensor(clipping, device=device) if self.renorm else None, persistent=False
+            "_clipping", self._spec.renorm_clipping.tensor(device=device) if self.renorm else None, persistent=False
         )
         self._trainable = True
-        self.trainable = opt.check_bool("trainable", trainable)
+        self.trainable = check_bool("trainable", trainable)
         if num_features is not None:
             self.reset_parameters()
+
+    spec = property(lambda self: self._spec, doc="This layer's hyper-parameters as a :class:`~bnkit.BNSpec`.")
+    axis = property(lambda self: list(a) if isinstance(a := self._spec.axis, tuple) else a, doc="Keras `axis`.")
+    momentum = property(lambda self: self._spec.momentum, doc="Weight of the old moving value (Keras).")
+    epsilon = property(lambda self: self._spec.epsilon)
+    center = property(lambda self: self._spec.center)
+    scale = property(lambda self: self._spec.scale)
+    renorm = property(lambda self: self._spec.renorm)
+    renorm_momentum = property(lambda self: self._spec.renorm_momentum)
+    virtual_batch_size = property(lambda self: self._spec.virtual_batch_size)
+    adjustment = property(lambda self: self._spec.adjustment)
+    synchronized = property(lambda self: self._spec.synchronized)
+    fused = property(lambda self: self.built.fused if self.built else self._spec.fused,
+                     doc="tf.keras' fused path: resolved on build (None before, if not given).")
 
     # ---- state -------------------------------------------------------------------------
     def _create_state(self, size: int | None, factory: dict[str, Any]) -> None:
@@ -153,31 +150,37 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
 
     def initialize_parameters(self, x: Tensor, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Build on the first input: resolve the axes and create the state (Keras ``build``)."""
+        if isinstance(x, torch.fx.Proxy):  # the layer builds on its first real call
+            if not self.has_uninitialized_params():
+                return
+            raise TypeError(
+                "torch.fx cannot trace an unbuilt BatchNormalization: expected a layer built with "
+                "`num_features=...` or by one call on real data before tracing; received an unbuilt layer"
+            )
         self._build(x)
         if self.has_uninitialized_params():
-            size = math.prod([x.shape[a] for a in self._axes])
             with torch.no_grad():
                 for name, tensor in list(self.named_parameters(recurse=False)) + list(self.named_buffers(recurse=False)):
                     if isinstance(tensor, (UninitializedParameter, UninitializedBuffer)):
-                        tensor.materialize((size,))
-                self.num_features = size
+                        tensor.materialize((self.built.features,))  # type: ignore[union-attr]
+                self.num_features = self.built.features  # type: ignore[union-attr]
                 self.reset_parameters()
 
     def _build(self, x: Tensor) -> None:
-        ndim = x.dim()
-        axes = opt.build_axes(self.axis, ndim, self.virtual_batch_size)
-        size = math.prod([x.shape[a] for a in axes])
-        if self.num_features is not None and size != self.num_features:
+        built = self._spec.build(x.shape)
+        if self.num_features is not None and built.features != self.num_features:
             raise ValueError(
                 f"Input 0 of layer is incompatible: expected {self.num_features} features on axis "
                 f"{self.axis}; received an input of shape {tuple(x.shape)}"
             )
-        self.fused = opt.resolve_fused_at_build(self.fused, axes, ndim, x.shape)
-        self._ndim, self._axes = ndim, axes
-        shape = [x.shape[d] if d in axes else 1 for d in range(ndim)]
-        if self.virtual_batch_size is not None:
-            shape.insert(1, 1)
-        self.keras_weight_shape = (size,) if len(axes) == 1 and self.virtual_batch_size is None else tuple(shape)
+        if self.num_features is None and self._spec.axis == -1 and _looks_channels_first(x.shape):
+            warnings.warn(
+                f"BatchNormalization(axis=-1) is normalising the last dimension ({x.shape[-1]} features) of "
+                f"an input of shape {tuple(x.shape)}, which looks channels-first (NCHW); pass axis=1 for "
+                "NCHW input, or use bnkit.BatchNorm2d (PyTorch's signature, e.g. as `norm_layer=`)",
+                stacklevel=3,
+            )
+        self.built = built
 
     def reset_running_stats(self) -> None:
         if self.has_uninitialized_params():
@@ -199,6 +202,11 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
                 if tensor is not None:
                     tensor.copy_(self._initial(name))
 
+    @property
+    def keras_weight_shape(self) -> tuple[int, ...] | None:
+        """The shape Keras gives every weight of this layer (None until built)."""
+        return self.built.keras_weight_shape if self.built else None
+
     def _initial(self, name: str) -> Tensor:
         shape = self.keras_weight_shape or (self.running_mean.numel(),)
         value = self.initializers[name](tuple(shape), dtype=self.running_mean.dtype, device=self.running_mean.device)
@@ -206,36 +214,35 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
 
     # ---- forward -----------------------------------------------------------------------
     def forward(self, x: Tensor, training: bool | None = None, mask: Tensor | None = None) -> Tensor:
-        if self._ndim is None:
+        if isinstance(x, torch.fx.Proxy):
+            return fx_leaf(self, x, training=training, mask=mask)
+        if self.built is None:
             self._build(x)
-        self._check_input(x)
+        built = self.built
+        if not torch.jit.is_tracing():
+            self._check_input(x, built)
         training = bool(self.training if training is None else training) and self._trainable
-        if mask is not None and self.fused:
+        if mask is not None and built.fused:
             warnings.warn("The fused batch-normalization path ignores `mask` (as tf.keras does).", stacklevel=2)
             mask = None
-        renorm = None
-        if self.renorm:
-            renorm = F.RenormState(self.running_stddev, self.renorm_mean, self.renorm_stddev, self.renorm_momentum, self._clipping)
         out, stats = F.batch_norm(
             x, self.running_mean, self.running_var, self.weight, self.bias,
-            training=training, axis=self._axes, momentum=self.momentum, epsilon=self.epsilon,
-            variance_rule="unbiased" if self.fused else "biased", renorm=renorm,
+            training=training, axis=built.axes, momentum=self.momentum, epsilon=self.epsilon,
+            variance_rule=built.variance_rule, renorm=renorm_state(self, self.renorm_momentum) if self.renorm else None,
             virtual_batch_size=self.virtual_batch_size, adjustment=self.adjustment, mask=mask,
             synchronized=self.synchronized, process_group=self.process_group,
         )
-        if training:  # the new statistics are detached: the copy records nothing for autograd
-            buffers = self._buffers
-            pairs = [(buffers[name], value) for name, value in zip(_STATE, stats) if value is not None]
-            torch._foreach_copy_([target for target, _ in pairs], [value for _, value in pairs])
+        if training:
+            store_stats(self, stats)
         return out
 
-    def _check_input(self, x: Tensor) -> None:
-        if x.dim() != self._ndim:
+    def _check_input(self, x: Tensor, built: BuiltBN) -> None:
+        if x.dim() != built.ndim:
             raise ValueError(
-                f"Input 0 of layer is incompatible with the layer: expected ndim={self._ndim}, "
+                f"Input 0 of layer is incompatible with the layer: expected ndim={built.ndim}, "
                 f"found ndim={x.dim()}. Full shape received: {tuple(x.shape)}"
             )
-        size = math.prod([x.shape[a] for a in self._axes])
+        size = math.prod([x.shape[a] for a in built.axes])
         if size != self.running_mean.numel():
             raise ValueError(
                 f"Input 0 of layer is incompatible with the layer: expected axis {self.axis} of input "
@@ -250,54 +257,10 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
 
     @trainable.setter
     def trainable(self, value: bool) -> None:
-        self._trainable = opt.check_bool("trainable", value)
+        self._trainable = check_bool("trainable", value)
         for p in (self.weight, self.bias):
             if p is not None:
                 p.requires_grad = value
-
-    @property
-    def renorm_clipping(self) -> dict[str, float]:
-        """The current clipping bounds; change them with :meth:`set_renorm_clipping`."""
-        if self._clipping is None:
-            return {}
-        rmin, rmax, dmax = self._clipping.tolist()
-        bounds = {"rmax": rmax, "rmin": rmin, "dmax": dmax}
-        return {k: v for k, v in bounds.items() if math.isfinite(v)}
-
-    def set_renorm_clipping(self, **bounds: float | None) -> None:
-        """Change ``rmax``/``rmin``/``dmax`` during training (the paper's relaxation schedule).
-
-        Keys not given keep their value; ``None`` removes a bound.  No recompilation is
-        needed under ``torch.compile``: the bounds live in a tensor.
-        """
-        if self._clipping is None:
-            raise ValueError(f"`renorm_clipping` applies only with `renorm=True`; this layer has renorm={self.renorm}")
-        merged: dict[str, float | None] = {**self.renorm_clipping, **bounds}
-        values = opt.check_clipping(merged, renorm=True)
-        with torch.no_grad():
-            self._clipping.copy_(F.clipping_tensor(values))
-
-    def regularization_loss(self) -> Tensor:
-        """Sum of the gamma/beta penalties (Keras ``layer.losses``); add it to the loss.
-
-        As in tf.keras 2 a frozen layer (``trainable=False``) still reports its penalties
-        (Keras 3 reports none); they carry no gradient then.
-        """
-        total = self.running_mean.new_zeros(())
-        for name, tensor in (("gamma", self.weight), ("beta", self.bias)):
-            reg = self.regularizers[name]
-            if reg is not None and tensor is not None:
-                total = total + reg(tensor.view(self.keras_weight_shape or tensor.shape))
-        return total
-
-    @torch.no_grad()
-    def apply_constraints(self) -> None:
-        """Project gamma/beta with their constraints; call after ``optimizer.step()``."""
-        for name, tensor in (("gamma", self.weight), ("beta", self.bias)):
-            con = self.constraints[name]
-            if con is not None and tensor is not None:
-                shaped = tensor.view(self.keras_weight_shape or tensor.shape)
-                tensor.copy_(con(shaped).reshape(-1))
 
     gamma = property(lambda self: self.weight, doc="Keras name of ``weight`` (same tensor).")
     beta = property(lambda self: self.bias, doc="Keras name of ``bias`` (same tensor).")
@@ -321,17 +284,17 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
                               strict: bool, missing_keys: list[str], unexpected_keys: list[str],
                               error_msgs: list[str]) -> None:
         # Version 1 is the first format.  Keras-named entries (gamma, moving_mean, ...), in
-        # flat or Keras (1, ..., C) shape, are accepted and renamed here.
-        for keras_name, torch_name in KERAS_WEIGHT_NAMES.items():
-            key = prefix + keras_name
-            if key in state_dict and prefix + torch_name not in state_dict:
-                state_dict[prefix + torch_name] = state_dict.pop(key)
-            value = state_dict.get(prefix + torch_name)
-            if isinstance(value, Tensor) and value.dim() > 1:
-                state_dict[prefix + torch_name] = value.reshape(-1)
+        # flat or Keras (1, ..., C) shape, are accepted and renamed; a torch BN's
+        # num_batches_tracked has no meaning here and is dropped.
+        flat_state(state_dict, prefix, KERAS_WEIGHT_NAMES)
+        state_dict.pop(prefix + "num_batches_tracked", None)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
 
-# state names in the order of F.BatchNormStats
-_STATE = ("running_mean", "running_var", "running_stddev", "renorm_mean", "renorm_stddev")
+def _looks_channels_first(shape: torch.Size) -> bool:
+    """A 4-D/5-D shape whose trailing dims look spatial (equal) while NHWC's would not be."""
+    if len(shape) not in (4, 5):
+        return False
+    first_spatial, last_spatial = set(shape[2:]), set(shape[1:-1])
+    return len(first_spatial) == 1 and len(last_spatial) > 1

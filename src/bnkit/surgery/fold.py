@@ -193,10 +193,10 @@ def _inference_affine(bn: nn.Module) -> _Affine | str:
     if any(isinstance(t, nn.parameter.UninitializedTensorMixin) for t in (*bn.parameters(), *bn.buffers())):
         return "it is not built yet (run it once first)"
     if isinstance(bn, BatchNormalization):
-        axes = bn._axes if bn._ndim is not None else ([bn.axis] if isinstance(bn.axis, int) else bn.axis)
+        axes = list(bn.built.axes) if bn.built is not None else ([bn.axis] if isinstance(bn.axis, int) else bn.axis)
         if axes != [1]:
             return f"it normalises axis={bn.axis}; only axis=1 (channels first) folds into a layer"
-        layers = _LAYERS_FOR_NDIM.get(bn._ndim, ()) if bn._ndim is not None else _LAYERS
+        layers = _LAYERS_FOR_NDIM.get(bn.built.ndim, ()) if bn.built is not None else _LAYERS
         return _Affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.epsilon, layers)
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None or bn.running_var is None:
         return "it does not track running statistics (track_running_stats=False)"

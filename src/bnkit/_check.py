@@ -1,0 +1,51 @@
+"""Validation of user arguments, with one message format.
+
+Every message says what is wrong, what was expected and what was received, with the
+argument in backticks: ``"`momentum` must be a number between 0 and 1; received:
+momentum=1.5"``.  Type problems raise ``TypeError``, bad values ``ValueError``.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_axis(axis: Any) -> int | tuple[int, ...]:
+    """An int or a non-empty list/tuple of ints (returned as a tuple)."""
+    if isinstance(axis, (list, tuple)) and axis and all(is_int(a) for a in axis):
+        return tuple(int(a) for a in axis)
+    if is_int(axis):
+        return int(axis)
+    raise TypeError(
+        "Expected an int or a list/tuple of ints for the argument 'axis', "
+        f"but received: {axis!r}"
+    )
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """A number in [0, 1] (momentum-like arguments)."""
+    if not isinstance(value, Real) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"`{name}` must be a number between 0 and 1; received: {name}={value!r}")
+    return float(value)
+
+
+def check_positive(name: str, value: Any, kind: type = float) -> Any:
+    """A positive finite float, or a positive int with ``kind=int``."""
+    ok = isinstance(value, Real) and not isinstance(value, bool) and value > 0
+    if kind is int:
+        ok = ok and is_int(value)
+    if not ok or (kind is float and not math.isfinite(float(value))):
+        expected = "a positive integer" if kind is int else "a positive finite number"
+        raise ValueError(f"`{name}` must be {expected}; received: {name}={value!r}")
+    return kind(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False; received: {name}={value!r}")
+    return value
