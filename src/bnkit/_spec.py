@@ -226,7 +226,13 @@ class BNSpec:
         ndim = len(shape)
         if ndim == 0:
             raise ValueError("Input has undefined rank. Received: input_shape=() (a scalar)")
-        axes = normalize_axes(list(self.axis) if isinstance(self.axis, tuple) else self.axis, ndim)
+        try:
+            axes = normalize_axes(list(self.axis) if isinstance(self.axis, tuple) else self.axis, ndim)
+        except ValueError as error:
+            if isinstance(self.axis, int) and self.axis >= ndim:  # BatchNormalization(64) as a norm_layer
+                raise ValueError(f"{error}. `axis={self.axis}` looks like a channel count: PyTorch-style "
+                                 "`norm_layer(num_features)` code wants bnkit.BatchNorm2d") from None
+            raise
         if self.virtual_batch_size is not None and 0 in axes:
             raise ValueError(
                 "When using `virtual_batch_size`, the batch dimension must be 0 and thus axis "

@@ -76,6 +76,14 @@ class BNExtras:
     regularizers: dict[str, Any]
     constraints: dict[str, Any]
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` hook: TorchScript cannot compile bnkit's options, so say what can."""
+        raise TypeError(
+            f"torch.jit.script cannot compile {type(self).__name__} ({self.extra_repr()}); "
+            "expected torch.export.export(model, (x,)) (or torch.jit.trace(model.eval(), x)), which support it; "
+            "bnkit.to_torch_batchnorm(model) gives plain torch layers where they are exact"
+        )
+
     @property
     def renorm_clipping(self) -> dict[str, float]:
         """The current clipping bounds, exactly as given; change them with :meth:`set_renorm_clipping`."""
