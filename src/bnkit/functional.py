@@ -163,6 +163,8 @@ def batch_norm(
             f"`variance_rule` must be 'biased' or 'unbiased'; received: {variance_rule!r}"
         )
     axes = K.normalize_axes(axis, x.dim())
+    if not torch.jit.is_tracing():
+        _check_sizes(x, axes, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     out_dtype = x.dtype if x.is_floating_point() else torch.float32
     unchanged = BatchNormStats(running_mean, running_var, *_renorm_unchanged(renorm))
     if x.dtype in _LOW_PRECISION or not x.is_floating_point():
@@ -215,15 +217,11 @@ def torch_batch_norm(
     arguments add bnkit's options (:func:`batch_norm` documents them); ``renorm`` statistics
     are updated in place too.
     """
-    if training:
-        size = input.shape
-        per_channel = size[0] * math.prod(size[2:]) if input.dim() > 1 else size[0]
-        if per_channel == 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
-    elif running_mean is None or running_var is None:
-        raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
+    _check_torch_arguments(input, running_mean, running_var, weight, bias, training, eps)
     if input.dim() < 2:
-        raise RuntimeError(f"batch_norm expects an input with at least 2 dimensions; received shape {tuple(input.shape)}")
+        if input.numel() == 0:
+            return input.clone()  # as torch
+        raise RuntimeError(f"batch_norm expects an input of at least 2 dimensions; received shape {tuple(input.shape)}")
     out, stats = batch_norm(
         input, running_mean, running_var, weight, bias, training=training, axis=1, momentum=1.0 - momentum,
         epsilon=eps, variance_rule="unbiased", renorm=renorm, virtual_batch_size=virtual_batch_size,
@@ -235,6 +233,38 @@ def torch_batch_norm(
         if pairs:
             torch._foreach_copy_([old for old, _ in pairs], [new for _, new in pairs])
     return out
+
+
+def _check_sizes(x: Tensor, axes: list[int], **tensors: Tensor | None) -> None:
+    features = math.prod(x.shape[a] for a in axes)
+    for name, t in tensors.items():
+        if t is not None and t.numel() != features:
+            raise ValueError(f"`{name}` must hold one value per feature ({features} for axes {axes} of an input "
+                             f"of shape {tuple(x.shape)}); received {t.numel()} values")
+
+
+def _check_torch_arguments(
+    x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None,
+    bias: Tensor | None, training: bool, eps: float,
+) -> None:
+    """``torch.nn.functional.batch_norm``'s checks, with its exception types and messages."""
+    if not x.is_floating_point():
+        raise NotImplementedError(f'"batch_norm" not implemented for {str(x.dtype).replace("torch.", "")!r}')
+    size = x.shape
+    if training and x.dim() >= 1 and size[0] * math.prod(size[2:]) == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    if not training and (running_mean is None or running_var is None):
+        raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
+    if x.dim() < 2 and x.numel() == 0:
+        return
+    channels = size[1] if x.dim() > 1 else 0
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.numel() != channels:
+            raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
 
 
 def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
