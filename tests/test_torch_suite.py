@@ -8,6 +8,9 @@ memory formats, gradcheck/gradgradcheck, pickling, factory kwargs, errors), plus
 bfloat16.  Part 2 runs the ``nn.functional.batch_norm`` ``OpInfo`` samples through
 ``torch.nn.functional.batch_norm`` and ``bnkit.functional.torch_batch_norm``.
 
+With default arguments the classes run nn.BatchNorm's own code, so Part 1 also runs every
+input through bnkit's core (``test_module_through_bnkit_core``, the shortcut turned off).
+
 Comparisons are exact (rtol = atol = 0, same strides) for float32/float64: the classes promise
 PyTorch's numbers, and with the same inputs the same native kernel gives the same bits.  Only
 float16/bfloat16 use tolerances (torch.testing's defaults for those dtypes, ~1 ulp).
@@ -122,6 +125,44 @@ def test_module_matches_torch(case: ModuleCase) -> None:
     run_pair(t, b, _forward_input(mi))
     # a second call: statistics/num_batches_tracked keep evolving the same way
     run_pair(t, b, _forward_input(case.module_input(seed=7)), what="second call: ")
+
+
+def _through_core(cls: type) -> type:
+    """The class with its default-argument shortcut to nn.BatchNorm's code turned off, so
+    that every input runs bnkit's own core (``functional.batch_norm`` in torch's conventions)."""
+    def __init__(self, *args, **kwargs):
+        cls.__init__(self, *args, **kwargs)
+        self._plain = False
+    return type(f"{cls.__name__}ThroughCore", (cls,), {"__init__": __init__})
+
+
+@pytest.mark.parametrize("case", module_cases(FLOATS, extra_id="core"))
+def test_module_through_bnkit_core(case: ModuleCase) -> None:
+    """PyTorch's inputs through bnkit's core: outputs and gradients exact (the same native
+    kernels); statistics equal up to the rounding of the moving-average expression."""
+    mi = case.module_input()
+    args, kwargs = mi.constructor_input.args, mi.constructor_input.kwargs
+    t = TORCH_CLASSES[case.name](*args, **kwargs).to(case.dtype)
+    b = _through_core(bnkit_class(case.name))(*args, **kwargs).to(case.dtype)
+    with seeded():
+        randomize(t)
+    b.load_state_dict(t.state_dict(), strict=True)
+    t.train(case.training), b.train(case.training)
+    for seed, what in ((None, ""), (7, "second call: ")):
+        x = _forward_input(case.module_input(seed=seed) if seed else mi)
+        xt, xb = clone_leaf(x), clone_leaf(x)
+        yt, yb = t(xt), b(xb)
+        assert_same_tensor(yb, yt, f"{what}output")
+        for name, value in t.state_dict().items():
+            tol = {} if not value.is_floating_point() else _STATS_TOL[case.dtype]
+            assert_same_tensor(b.state_dict()[name], value, f"{what}{name}", **tol)
+        if yt.requires_grad:
+            with seeded(1):
+                g = torch.randn(yt.shape, dtype=yt.dtype)
+            yt.backward(g), yb.backward(g.clone())
+            assert_same_tensor(xb.grad, xt.grad, f"{what}grad of input")
+            for (name, pt), pb in zip(t.named_parameters(), b.parameters()):
+                assert_same_tensor(pb.grad, pt.grad, f"{what}grad of {name}")
 
 
 @pytest.mark.parametrize("case", module_cases(FLOATS))
