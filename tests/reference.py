@@ -77,7 +77,7 @@ def batch_norm_train(
             means.append(m)
             variances.append(v)
         mean, var = np.mean(means, axis=0), np.mean(variances, axis=0)
-        n = None
+        n = int(np.prod([x[0::groups].shape[d] for d in reduce]))  # elements behind each variance
     else:
         weights = None if mask is None else mask.astype(np.float64)[..., None]
         mean, var = _moments(x, reduce, weights)
@@ -97,6 +97,8 @@ def batch_norm_train(
         if cfg.clipping.get("dmax") is not None:
             d = np.clip(d, -cfg.clipping["dmax"], cfg.clipping["dmax"])
         xhat = xhat * r.reshape(shape) + d.reshape(shape)
+        # the moving statistics follow the variance rule (PyTorch's family: unbiased)
+        s = np.sqrt(var_f * (n / (n - 1)) + cfg.epsilon) if cfg.unbiased and n and n > 1 else s
         new.renorm_mean = _ema(state.renorm_mean, mean_f, cfg.renorm_momentum)
         new.renorm_stddev = _ema(state.renorm_stddev, s, cfg.renorm_momentum)
         new.mean = _ema(state.mean, mean_f, cfg.momentum)

@@ -10,6 +10,8 @@ Numerics (the contract of :func:`batch_norm`):
 * The moving variance is fed ``v_b`` (``variance_rule="biased"``, tf.keras' non-fused path
   and Keras 3) or ``v_b * n / (n - 1)`` (``"unbiased"``, tf.keras' fused path and PyTorch);
   with ``n == 1`` the correction factor is 1, as in TensorFlow's fused kernel.
+* With ghost batches the unbiased rule corrects by ``m / (m - 1)``, ``m`` the elements per
+  ghost batch and channel (each averaged variance is over ``m`` elements).
 * Moving averages use Keras' momentum: ``new = old - (old - batch) * (1 - momentum)``.
 * float16/bfloat16 inputs are computed in float32 and returned in their own dtype.
 * An empty batch returns an empty output and the statistics unchanged (tf.keras would
@@ -327,7 +329,8 @@ def _native(
     epsilon: float, renorm: RenormState | None, adjustment: Adjustment | None,
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """Training on the native kernels; returns output, batch mean/var and elements per channel."""
-    count = x.numel() // math.prod([x.shape[a] for a in axes])
+    # elements behind each statistic: per ghost batch with ghost BN (the unbiased rule corrects each)
+    count = x.numel() // math.prod([x.shape[a] for a in axes]) // groups
     # Gamma/beta are applied here unless an adjustment has to come between x-hat and them.
     w, b = (None, None) if adjustment is not None else (weight, bias)
     rows = K.row_view(x, axes, groups)

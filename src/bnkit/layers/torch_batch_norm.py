@@ -40,9 +40,11 @@ class TorchBatchNorm(BNExtras, _BatchNorm):
       :meth:`set_renorm_clipping`), ``renorm_momentum`` (weight of the new value, like
       ``momentum``; 0.01 is Keras' 0.99): batch renormalization (Ioffe, 2017).  Needs
       ``track_running_stats=True``; adds the buffers ``running_stddev``, ``renorm_mean``,
-      ``renorm_stddev``, and ``running_var`` follows ``running_stddev**2 - eps`` as in Keras.
+      ``renorm_stddev``, and ``running_var`` follows ``running_stddev**2 - eps`` as in Keras
+      (the moving stddevs are fed ``sqrt(unbiased batch variance + eps)``, PyTorch's rule).
     * ``virtual_batch_size``: ghost batch normalization in training (statistics per group of
-      that many samples, Keras' strided grouping; one averaged update per step).
+      that many samples, Keras' strided grouping; one averaged update per step, each ghost
+      variance Bessel-corrected over its own elements).
     * ``synchronized``/``process_group``: statistics over every process of a
       ``torch.distributed`` group (any backend, CPU included); ghost batches cannot be.
     * ``gamma_regularizer``/``beta_regularizer``/``gamma_constraint``/``beta_constraint``:
@@ -152,7 +154,11 @@ class TorchBatchNorm(BNExtras, _BatchNorm):
         return self._extended(input, batch_stats, factor, track)
 
     def _extended(self, x: Tensor, training: bool, factor: float, track: bool) -> Tensor:
-        """Training or inference with bnkit's options, in PyTorch's conventions."""
+        """Training or inference with bnkit's options, in PyTorch's conventions.
+
+        Ghost batches and renorm apply in ``train()`` only; an untracked layer in ``eval()``
+        normalises with the statistics of the whole batch, as ``nn.BatchNorm*`` does.
+        """
         if training and x.numel() and x.numel() // x.shape[1] == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
         spec = self._spec
@@ -160,7 +166,7 @@ class TorchBatchNorm(BNExtras, _BatchNorm):
             x, self.running_mean if track else None, self.running_var if track else None, self.weight, self.bias,
             training=training, axis=1, momentum=1.0 - factor, epsilon=self.eps, variance_rule="unbiased",
             renorm=renorm_state(self, spec.renorm_momentum) if spec.renorm and training and track else None,
-            virtual_batch_size=spec.virtual_batch_size if training else None,
+            virtual_batch_size=spec.virtual_batch_size if self.training else None,
             synchronized=spec.synchronized, process_group=self.process_group,
         )
         if training and track:
