@@ -45,6 +45,12 @@ class BatchNormalization(BNExtras, LazyModuleMixin, nn.Module):
     ``module.training``; ``trainable=False`` freezes gamma/beta *and* forces inference
     statistics (tf.keras 2).
 
+    ``load_state_dict`` accepts this layer's own keys, Keras names (``gamma``, ``moving_mean``...
+    in flat or Keras shape) and a ``torch.nn.BatchNorm*`` state (its ``num_batches_tracked``
+    is dropped).  ``epsilon`` is not part of any state_dict: PyTorch's layers use 1e-5, so
+    build the layer with ``epsilon=1e-5`` to keep a PyTorch model's outputs (the default 1e-3
+    changes them by about 1e-3 on unit-scale data, and no load can notice).
+
     ``fused`` does not select a different kernel (the same kernels run whatever it says); it
     keeps tf.keras' resolution rules and errors and its moving-variance rule: the fused path
     (4-D/5-D input, channels-first or channels-last axis) feeds the Bessel-corrected batch
