@@ -117,3 +117,30 @@ def test_from_torch_refuses_cumulative_averages_and_untracked_statistics() -> No
         from_torch_batchnorm(nn.LazyBatchNorm2d())
     with pytest.raises(TypeError, match="received: LayerNorm"):
         from_torch_batchnorm(nn.LayerNorm(3))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cls, shape", [(bnkit.BatchNorm1d, (10, 4)), (bnkit.BatchNorm2d, (6, 4, 3, 3)),
+                                        (bnkit.BatchNorm3d, (4, 4, 3, 2, 2))])
+def test_from_torch_takes_the_bnkit_torch_family_like_nn(cls: type[nn.Module], shape: tuple[int, ...]) -> None:
+    native = {bnkit.BatchNorm1d: nn.BatchNorm1d, bnkit.BatchNorm2d: nn.BatchNorm2d, bnkit.BatchNorm3d: nn.BatchNorm3d}
+    ours_torch = _trained_torch(cls(4, eps=1e-3, momentum=0.3, gamma_regularizer="l2"), shape)
+    plain = _trained_torch(native[cls](4, eps=1e-3, momentum=0.3), shape)
+    mine, theirs = from_torch_batchnorm(ours_torch), from_torch_batchnorm(plain)
+    assert (mine.axis, mine.momentum, mine.epsilon, mine.center, mine.scale) == (1, 0.7, 1e-3, True, True)
+    assert mine.built == theirs.built and mine.regularizers["gamma"] is not None
+    for name in ("running_mean", "running_var", "weight", "bias"):
+        torch.testing.assert_close(getattr(mine, name), getattr(theirs, name))
+    for a, b in zip(_steps(mine, shape), _steps(theirs, shape)):
+        torch.testing.assert_close(a, b)
+    no_bias = from_torch_batchnorm(cls(4, bias=False))
+    assert (no_bias.center, no_bias.scale, no_bias.bias) == (False, True, None)
+
+
+@pytest.mark.parametrize("options", [{"renorm": True}, {"virtual_batch_size": 2}, {"synchronized": True}])
+def test_from_torch_refuses_the_torch_family_extras(options: dict) -> None:
+    with pytest.raises(ValueError, match=f"converts plain batch normalization.*received: .*{next(iter(options))}="):
+        from_torch_batchnorm(bnkit.BatchNorm2d(3, **options))
+    with pytest.raises(ValueError, match="momentum=None"):
+        from_torch_batchnorm(bnkit.BatchNorm2d(3, momentum=None))
+    with pytest.raises(TypeError, match="received: SyncBatchNorm"):
+        from_torch_batchnorm(bnkit.SyncBatchNorm(3))

@@ -346,3 +346,66 @@ def test_a_frozen_model_freezes_its_batch_norm() -> None:
     before = model.layers["bn"].running_mean.clone()
     model(torch.randn(3, 5, 5, 2), torch.randn(3, 5, 5, 3))
     torch.testing.assert_close(model.layers["bn"].running_mean, before)
+
+
+def _torch_family_model(bn: type[nn.Module], bn1d: type[nn.Module], **options: object) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(3, 4, 3), bn=bn(4, momentum=0.2, eps=1e-3, **options), relu=nn.ReLU(),  # type: ignore[call-arg]
+        pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), dense=nn.Linear(4, 3), dense_bn=bn1d(3)))
+
+
+@pytest.mark.parametrize("suffix", ["keras", "h5"])
+def test_bnkit_torch_family_saves_like_nn_batchnorm_and_round_trips(tmp_path: Path, suffix: str) -> None:
+    ours = _trained(_torch_family_model(bnkit.BatchNorm2d, bnkit.BatchNorm1d), (3, 6, 6))
+    native = _trained(_torch_family_model(nn.BatchNorm2d, nn.BatchNorm1d), (3, 6, 6))
+    x = torch.randn(5, 3, 6, 6)
+    torch.testing.assert_close(ours(x), native(x))
+    saved = bk.save_model(ours, tmp_path / f"ours.{suffix}", input_shape=(3, 6, 6))
+    assert saved.notes == bk.save_model(native, tmp_path / f"native.{suffix}", input_shape=(3, 6, 6)).notes
+    assert any("dense_bn: Keras feeds the biased batch variance" in note for note in saved.notes)
+    assert bk.read_model_config(tmp_path / f"ours.{suffix}") == bk.read_model_config(tmp_path / f"native.{suffix}")
+    loaded = bk.load_model(tmp_path / f"ours.{suffix}")
+    assert (loaded.layers["bn"].momentum, loaded.layers["bn"].epsilon) == (pytest.approx(0.8), 1e-3)
+    torch.testing.assert_close(loaded(x.permute(0, 2, 3, 1)), ours(x), rtol=1e-5, atol=1e-6)
+    fresh = _torch_family_model(bnkit.BatchNorm2d, bnkit.BatchNorm1d).eval()
+    assert bk.load_weights(fresh, tmp_path / f"ours.{suffix}").ok
+    torch.testing.assert_close(fresh(x), ours(x))
+
+
+@pytest.mark.parametrize("options", [
+    {"renorm": True, "renorm_momentum": 0.05, "renorm_clipping": {"rmax": 3, "dmax": 0.5}},
+    {"virtual_batch_size": 4, "gamma_regularizer": "l2", "beta_constraint": "non_neg"},
+    {"synchronized": True, "bias": False},
+])
+def test_bnkit_torch_family_extras_are_written_from_their_spec(tmp_path: Path, options: dict) -> None:
+    model = _trained(_torch_family_model(bnkit.BatchNorm2d, nn.BatchNorm1d, **options), (3, 6, 6))
+    saved = bk.save_model(model, tmp_path / "extras.keras", input_shape=(3, 6, 6))
+    assert any(note.startswith("bn: Keras feeds the biased batch variance") for note in saved.notes)
+    config = next(layer["config"] for layer in bk.read_model_config(tmp_path / "extras.keras")["config"]["layers"]
+                  if layer["name"] == "bn")
+    assert (config["axis"], config["momentum"], config["epsilon"]) == (3, 0.8, 1e-3)
+    assert (config["center"], config["scale"]) == ("bias" not in options, True)
+    if "renorm" in options:
+        assert config["renorm_clipping"] == {"rmax": 3, "dmax": 0.5}  # exactly as given
+        assert (config["renorm"], config["renorm_momentum"]) == (True, 0.95)
+    assert config.get("virtual_batch_size") == options.get("virtual_batch_size")
+    assert config.get("synchronized", False) == options.get("synchronized", False)
+    assert ("gamma_regularizer" in config, "beta_constraint" in config) == ("gamma_regularizer" in options,) * 2
+    assert "beta_regularizer" not in config and "gamma_constraint" not in config  # unset ones are not written
+    loaded = bk.load_model(tmp_path / "extras.keras")
+    bn = loaded.layers["bn"]
+    assert (bn.renorm, bn.virtual_batch_size, bn.synchronized) == (
+        options.get("renorm", False), options.get("virtual_batch_size"), options.get("synchronized", False))
+    carried = (bn.regularizers["gamma"] is not None, bn.constraints["beta"] is not None)
+    assert carried == ("beta_constraint" in options,) * 2
+    x = torch.randn(8, 3, 6, 6)
+    torch.testing.assert_close(loaded(x.permute(0, 2, 3, 1)), model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{"momentum": None}, {"track_running_stats": False}])
+def test_bnkit_torch_family_refusals_match_nn_batchnorm(tmp_path: Path, options: dict) -> None:
+    for cls in (nn.BatchNorm2d, bnkit.BatchNorm2d):
+        with pytest.raises(bk.UnsupportedLayerError, match="momentum=None or track_running_stats=False"):
+            bk.save_model(nn.Sequential(nn.Conv2d(3, 4, 1), cls(4, **options)), tmp_path / "x.keras",
+                          input_shape=(3, 4, 4))

@@ -130,6 +130,23 @@ def test_renorm_buffers_count_and_clipping_buffer_does_not() -> None:
     assert (s.rows[0].params, s.rows[0].trainable) == (7 * 4, 2 * 4)
 
 
+@pytest.mark.parametrize("style", ["keras", "torch"])
+def test_bnkit_torch_family_counts_like_nn_batchnorm(style: str) -> None:
+    def model(bn2d: Any, bn1d: Any) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(3, 8, 3), bn2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(512, 4), bn1d(4))
+
+    ours = summary(model(bnkit.BatchNorm2d, bnkit.BatchNorm1d), (3, 10, 10), style=style)
+    native = summary(model(nn.BatchNorm2d, nn.BatchNorm1d), (3, 10, 10), style=style)
+    assert ours == native and str(ours) == str(native)
+    assert counts(ours) == ((2324, 2300, 24) if style == "keras" else (2300, 2300, 0))  # 2 x (8 + 4) running stats
+
+
+def test_bnkit_torch_family_renorm_buffers_count_like_the_keras_family() -> None:
+    torch_family = summary(nn.Sequential(bnkit.BatchNorm1d(4, renorm=True)), (4,))
+    keras_family = summary(nn.Sequential(bnkit.BatchNormalization(axis=1, num_features=4, renorm=True)), (4,))
+    assert counts(torch_family) == counts(keras_family) == (7 * 4, 2 * 4, 5 * 4)
+
+
 def test_frozen_parameters_are_non_trainable_and_non_persistent_buffers_not_counted() -> None:
     class Scaled(nn.Linear):
         def __init__(self) -> None:

@@ -332,6 +332,49 @@ def test_fold_vgg16_bn_after_training() -> None:
         assert _rel(model(test), folded(test)) <= 1e-5
 
 
+class TorchFamily(nn.Module):
+    """bnkit's PyTorch family in a traced model: plain, renorm and ghost BN, 2-D and 1-D."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0, self.bn0 = nn.Conv2d(3, 8, 3), bnkit.BatchNorm2d(8, momentum=0.5, renorm=True,
+                                                                     renorm_clipping={"rmax": 2.0, "dmax": 1.0})
+        self.bn1, self.conv1 = bnkit.BatchNorm2d(8, momentum=0.5, virtual_batch_size=4), nn.Conv2d(8, 4, 1)
+        self.head, self.bn2 = nn.Linear(4, 3), bnkit.BatchNorm1d(3, momentum=0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv1(self.bn1(F.relu(self.bn0(self.conv0(x)))))
+        return self.bn2(self.head(x.mean(dim=(2, 3))))
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_fold_handles_the_bnkit_torch_family_like_nn_batchnorm(traced: bool) -> None:
+    torch.manual_seed(0)
+    if traced:
+        model = _train(TorchFamily(), _images(8))
+        expected = [("bn0", "conv0", "previous"), ("bn1", "conv1", "next"), ("bn2", "head", "previous")]
+    else:
+        model = _train(nn.Sequential(nn.Conv2d(3, 8, 3), bnkit.BatchNorm2d(8, momentum=0.5, renorm=True), nn.ReLU(),
+                                     bnkit.BatchNorm2d(8, momentum=0.5, virtual_batch_size=4), nn.Conv2d(8, 4, 1),
+                                     nn.Flatten(), nn.Linear(400, 3), bnkit.BatchNorm1d(3, momentum=0.5),
+                                     bnkit.SyncBatchNorm(3, momentum=0.5, track_running_stats=False)), _images(8))
+        expected = [("1", "0", "previous"), ("3", "4", "next"), ("7", "6", "previous")]
+    folded, report = fold_batch_norm(model)
+    assert [(f.bn, f.into, f.direction) for f in report.folded] == expected
+    left = [(n.bn, "track_running_stats=False" in n.reason) for n in report.not_folded]
+    assert left == ([] if traced else [("8", True)])
+    assert sum(isinstance(m, bnkit.layers.TorchBatchNorm) for m in folded.modules()) == (0 if traced else 1)
+    test = _images(6, seed=5)
+    with torch.no_grad():
+        assert _rel(model(test), folded(test)) <= 1e-5
+
+
+def test_insert_skips_layers_followed_by_the_bnkit_torch_family() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), bnkit.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU())
+    new, report = insert_batch_norm(model)
+    assert report.names == ["3_bn"] and report.skipped == (("0", "already followed by batch norm 1"),)
+
+
 def test_fold_without_batch_norm_returns_a_copy() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
     folded, report = fold_batch_norm(model)

@@ -238,7 +238,7 @@ class BNSpec:
                 "When using `virtual_batch_size`, the batch dimension must be 0 and thus axis "
                 f"cannot include 0. Received axis={self.axis}"
             )
-        features = math.prod(int(shape[a]) for a in axes)
+        features = math.prod([int(shape[a]) for a in axes])
         fused = self._fused_at_build(axes, ndim, shape)
         rule = self.variance_rule
         if rule == "keras":

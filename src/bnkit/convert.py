@@ -128,7 +128,7 @@ def _replace(module: nn.Module, wanted: Callable[[nn.Module], bool], make: Calla
 
 def _options_of(m: TorchBatchNorm) -> dict[str, Any]:
     """The bnkit options of a torch-flavoured layer that differ from the defaults."""
-    spec = m._spec
+    spec = m.spec
     options: dict[str, Any] = {}
     if spec.renorm:
         options.update(renorm=True, renorm_clipping=spec.renorm_clipping.as_dict(), renorm_momentum=m.renorm_momentum)
@@ -182,7 +182,7 @@ def _synchronized_keras(layer: BatchNormalization, process_group: Any) -> BatchN
     new.__dict__ = dict(layer.__dict__)
     for attr in ("_parameters", "_buffers", "_modules"):
         new.__dict__[attr] = dict(layer.__dict__[attr])
-    new._spec = layer._spec.replace(synchronized=True, fused=None)
+    new._spec = layer.spec.replace(synchronized=True, fused=None)
     new.process_group = process_group
     if layer.built is not None:
         shape = [2] * layer.built.ndim

@@ -238,7 +238,7 @@ def torch_batch_norm(
 
 
 def _check_sizes(x: Tensor, axes: list[int], **tensors: Tensor | None) -> None:
-    features = math.prod(x.shape[a] for a in axes)
+    features = math.prod([x.shape[a] for a in axes])
     for name, t in tensors.items():
         if t is not None and t.numel() != features:
             raise ValueError(f"`{name}` must hold one value per feature ({features} for axes {axes} of an input "

@@ -15,46 +15,25 @@ Keras 3 always feeds the biased variance; bnkit keeps tf_keras' rule for Keras 3
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any
 
 from .. import constraints, initializers, regularizers
+from .._check import check_bool
+from .._spec import BNSpec
 from ..layers import BatchNormalization
 from ._build import Builder, Info, identity
 from ._config import LayerSpec
 from .errors import UnsupportedLayerError
 
-__all__ = ["keras_fused", "plan_batch_normalization"]
+__all__ = ["plan_batch_normalization"]
 
 _INITIALIZERS = ("beta_initializer", "gamma_initializer", "moving_mean_initializer", "moving_variance_initializer")
 _PENALTIES: tuple[tuple[str, Any], ...] = (
     ("beta_regularizer", regularizers), ("gamma_regularizer", regularizers),
     ("beta_constraint", constraints), ("gamma_constraint", constraints),
 )
-
-
-def keras_fused(axes: list[int], rank: int, renorm: bool, virtual_batch_size: int | None,
-                fused: bool | None = None, synchronized: bool = False) -> bool:
-    """Whether tf_keras 2 takes the fused path (Bessel-corrected moving variance)."""
-    if fused is False or renorm or virtual_batch_size is not None or synchronized:
-        return False
-    return len(axes) == 1 and rank in (4, 5) and axes[0] in (1, rank - 1)
-
-
-def _axes(b: Builder, raw: Any, rank: int, virtual_batch_size: Any) -> list[int]:
-    values = raw if isinstance(raw, list) else [raw]
-    if virtual_batch_size is not None and isinstance(raw, list) and all(isinstance(a, int) and a > 0 for a in raw):
-        # A built tf_keras layer with virtual batches stores its axes shifted by the ghost
-        # dimension it inserts (axis=[4] for channels-last rank 4), which tf_keras itself
-        # cannot load back; bnkit undoes the shift.  bnkit writes an int or negative axes.
-        values = [a - 1 for a in raw]
-    if not values or not all(isinstance(a, int) and not isinstance(a, bool) and -rank <= a < rank for a in values):
-        raise b.error("invalid `axis`", f"an int or a list of ints in [{-rank}, {rank})", raw)
-    axes = sorted({a % rank for a in values})
-    if len(axes) != len(values):
-        raise b.error("duplicate axes in `axis`", "distinct axes", raw)
-    return axes
+_LAYER_FIELDS = ("momentum", "epsilon", "center", "scale", "renorm", "renorm_clipping", "renorm_momentum",
+                 "virtual_batch_size", "synchronized")
 
 
 def _resolve(b: Builder, key: str, module: Any, raw: Any) -> Any:
@@ -77,63 +56,44 @@ def plan_batch_normalization(b: Builder, spec: LayerSpec, x: Info) -> tuple[Info
     cfg, rank = spec.config, len(x.shape)
     if cfg.get("adjustment") is not None:
         raise UnsupportedLayerError(str(b.error("`adjustment` is a callable", "no adjustment", cfg["adjustment"])))
-    renorm = cfg.get("renorm", False) is True
-    vbs = cfg.get("virtual_batch_size")
-    axes = _axes(b, cfg.get("axis", -1), rank, vbs)
-    synchronized = cfg.get("synchronized", False) is True
-    fused = keras_fused(axes, rank, renorm, vbs, cfg.get("fused"), synchronized)
-    if len(axes) > 1 or (fused and x.perm.index(axes[0]) not in (1, rank - 1)):
-        perm = identity(rank)
-    else:
-        perm = x.perm
-    torch_axes = sorted(perm.index(a) for a in axes)
-    sizes = [x.shape[a] for a in axes]
-    if any(size is None for size in sizes):
+    axis, vbs = cfg.get("axis", -1), cfg.get("virtual_batch_size")
+    if vbs is not None and isinstance(axis, list) and all(isinstance(a, int) and a > 0 for a in axis):
+        # A built tf_keras layer with virtual batches stores its axes shifted by the ghost
+        # dimension it inserts (axis=[4] for channels-last rank 4), which tf_keras itself
+        # cannot load back; bnkit undoes the shift.  bnkit writes an int or negative axes.
+        axis = [a - 1 for a in axis]
+    try:  # the Keras layer, in its Keras layout: tf_keras' validation, fused path and weight shape
+        keras = BNSpec.from_keras_config(cfg, axis=axis, fused=False if cfg.get("fused") is False else None)
+        built = keras.build([1 if d is None else d for d in x.shape])
+        trainable = check_bool("trainable", cfg.get("trainable", True))
+    except (ValueError, TypeError) as error:
+        raise b.error(f"the config is not a valid BatchNormalization ({error})", "tf_keras' rules", cfg) from error
+    axes = list(built.axes)
+    if any(x.shape[a] is None for a in axes):
         raise b.error("unknown size on the BN axis", "a fixed size", x.shape)
-    channels = math.prod(sizes)  # type: ignore[arg-type]
+    if built.features > 2**31:
+        raise b.error("absurd number of channels", "at most 2**31", built.features)
+    perm = identity(rank) if len(axes) > 1 or (built.fused and x.perm.index(axes[0]) not in (1, rank - 1)) else x.perm
+    torch_axes = sorted(perm.index(a) for a in axes)
     resolved: dict[str, Any] = {key: _initializer(b, key, cfg.get(key)) for key in _INITIALIZERS}
     resolved.update({key: _resolve(b, key, module, cfg.get(key)) for key, module in _PENALTIES})
     kwargs: dict[str, Any] = {
+        **{name: getattr(keras, name) for name in _LAYER_FIELDS}, "fused": built.fused, "trainable": trainable,
         "axis": torch_axes[0] if len(torch_axes) == 1 else torch_axes,
-        "momentum": cfg.get("momentum", 0.99), "epsilon": cfg.get("epsilon", 1e-3),
-        "center": cfg.get("center", True), "scale": cfg.get("scale", True),
-        "renorm": renorm, "renorm_clipping": cfg.get("renorm_clipping") if renorm else None,
-        "renorm_momentum": cfg.get("renorm_momentum", 0.99), "fused": fused,
-        "trainable": cfg.get("trainable", True), "virtual_batch_size": vbs, "synchronized": synchronized,
         **{key: value for key, value in resolved.items() if value is not None},
     }
-    if channels > 2**31:
-        raise b.error("absurd number of channels", "at most 2**31", channels)
-    try:
-        BatchNormalization(**kwargs, num_features=1)  # validates the arguments; one channel is enough
-    except (ValueError, TypeError) as error:
-        raise b.error(f"the config is not a valid BatchNormalization ({error})", "tf_keras' rules", cfg) from error
-    shape = [x.shape[d] if d in axes else 1 for d in range(rank)]
-    if vbs is not None:
-        shape.insert(1, 1)
-    keras_shape = (channels,) if len(axes) == 1 and vbs is None else tuple(shape)
-    names = [n for n, on in (("gamma", kwargs["scale"]), ("beta", kwargs["center"])) if on]
+    names = [n for n, on in (("gamma", keras.scale), ("beta", keras.center)) if on]
     names += ["moving_mean", "moving_variance"]
-    names += ["moving_stddev", "renorm_mean", "renorm_stddev"] if renorm else []
-    b.weight_shapes[spec.name] = {name: keras_shape for name in names}  # type: ignore[misc]
-    factory: Callable[[], BatchNormalization] = lambda: BatchNormalization(**kwargs, num_features=channels)  # noqa: E731
-    slot = b.run(spec.name, factory, [b.take(x, perm)])
+    names += ["moving_stddev", "renorm_mean", "renorm_stddev"] if keras.renorm else []
+    b.weight_shapes[spec.name] = {name: built.keras_weight_shape for name in names}  # type: ignore[misc]
+    slot = b.run(spec.name, lambda: BatchNormalization(**kwargs, num_features=built.features), [b.take(x, perm)])
     config = {
-        "name": spec.name, "trainable": kwargs["trainable"], "dtype": "float32",
+        "name": spec.name, "trainable": trainable, "dtype": "float32", **keras.keras_config(),
         "axis": axes[0] if len(axes) == 1 else [a - rank for a in axes] if vbs is not None else axes,
-        "momentum": kwargs["momentum"], "epsilon": kwargs["epsilon"],
-        "center": kwargs["center"], "scale": kwargs["scale"],
         **{key: initializers.serialize(value) for key, value in resolved.items()
            if key in _INITIALIZERS and value is not None},
         **{key: module.serialize(resolved[key]) for key, module in _PENALTIES},
     }
-    if renorm:
-        config.update(renorm=True, renorm_clipping=cfg.get("renorm_clipping") or {},
-                      renorm_momentum=kwargs["renorm_momentum"])
-    if vbs is not None:
-        config["virtual_batch_size"] = vbs
-    if synchronized:
-        config["synchronized"] = True
     return Info(x.shape, perm, slot), config
 
 

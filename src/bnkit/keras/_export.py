@@ -17,10 +17,11 @@ from typing import Any
 from torch import nn
 
 from .. import constraints, initializers, regularizers
-from ..layers import BatchNormalization, Dropout, Flatten
-from ._bn import keras_fused
+from .._spec import BNSpec
+from ..layers import BatchNormalization, Dropout, Flatten, TorchBatchNorm
 from ._build import moved
 from ._layers import same_padding
+from ._torch_bn import keras_spec
 from .errors import UnsupportedLayerError
 
 __all__ = ["Exported", "export_sequential"]
@@ -103,7 +104,7 @@ def export_sequential(model: nn.Module, input_shape: tuple[int, ...]) -> Exporte
         elif isinstance(module, (BatchNormalization, nn.modules.batchnorm._BatchNorm)):
             if torch_order:
                 raise _refuse(path, module, "batch norm between a torch-order flatten and a Linear")
-            _add(out, name, "BatchNormalization", _bn_config(path, module, len(shape) + 1, out), previous)
+            _add(out, name, "BatchNormalization", _bn_config(path, module, (1, *shape), out), previous)
             out.weighted[name] = (module, None)
         elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
             shape = _pool(out, path, name, module, shape, previous)
@@ -197,39 +198,37 @@ def _pool(out: Exported, path: str, name: str, pool: nn.Module, shape: tuple[int
     return (shape[0],) + tuple((n - k) // s + 1 for n, k, s in zip(shape[1:], kernel, stride))
 
 
-def _bn_config(path: str, bn: nn.Module, rank: int, out: Exported) -> dict[str, Any]:
-    perm = moved(rank)
-    if isinstance(bn, BatchNormalization):
-        axes = sorted(a % rank for a in (bn.axis if isinstance(bn.axis, list) else [bn.axis]))
-        keras_axes = [perm[a] for a in axes]
-        if keras_axes != sorted(keras_axes) or bn.adjustment is not None:
-            raise _refuse(path, bn, "an adjustment, or axes whose order changes in channels-last layout")
-        config: dict[str, Any] = {
-            "axis": keras_axes[0] if len(keras_axes) == 1 else [a - rank for a in keras_axes]
-            if bn.virtual_batch_size is not None else keras_axes, "momentum": bn.momentum,
-            "epsilon": bn.epsilon, "center": bn.center, "scale": bn.scale, "trainable": bn.trainable,
-            **{f"{k}_initializer": initializers.serialize(v) for k, v in bn.initializers.items()},
-            **{f"{k}_regularizer": regularizers.serialize(v) for k, v in bn.regularizers.items()},
-            **{f"{k}_constraint": constraints.serialize(v) for k, v in bn.constraints.items()},
-        }
-        if bn.renorm:
-            config.update(renorm=True, renorm_clipping=bn.renorm_clipping, renorm_momentum=bn.renorm_momentum)
-        if bn.virtual_batch_size is not None:
-            config["virtual_batch_size"] = bn.virtual_batch_size
-        if bn.synchronized:
-            config["synchronized"] = True
-        ours = bn.fused if bn.fused is not None else keras_fused(axes, rank, bn.renorm, bn.virtual_batch_size)
-        if bool(ours) != keras_fused(keras_axes, rank, bn.renorm, bn.virtual_batch_size, None, bn.synchronized):
-            out.notes.append(f"{path}: fused={bn.fused} is not saved by Keras; "
-                             "Keras picks its own moving-variance rule")
-        return config
-    if bn.momentum is None or not bn.track_running_stats:
+def _bn_config(path: str, bn: nn.Module, shape: tuple[int, ...], out: Exported) -> dict[str, Any]:
+    """The Keras config of a bnkit or torch BN on an NC... input of ``shape`` (batch included)."""
+    keras_family = isinstance(bn, BatchNormalization)
+    if not keras_family and (bn.momentum is None or not bn.track_running_stats):
         raise _refuse(path, bn, "momentum=None or track_running_stats=False have no Keras equivalent")
-    if rank in (2, 3):
-        out.notes.append(f"{path}: Keras feeds the biased batch variance to moving_variance here (torch: unbiased)")
-    momentum, epsilon = float(bn.momentum), float(bn.eps)  # type: ignore[arg-type]
-    return {"axis": perm[1], "momentum": round(1.0 - momentum, 15), "epsilon": epsilon,
-            "center": bn.affine, "scale": bn.affine}
+    spec, rank = bn.spec if keras_family else keras_spec(bn), len(shape)
+    try:
+        built = spec.build(shape)
+    except ValueError as error:
+        raise _refuse(path, bn, f"it cannot normalise a {rank}-D input ({error})") from error
+    keras_axes = [moved(rank)[a] for a in built.axes]
+    if keras_axes != sorted(keras_axes) or spec.adjustment is not None:
+        raise _refuse(path, bn, "an adjustment, or axes whose order changes in channels-last layout")
+    config: dict[str, Any] = {**spec.keras_config(), "axis": keras_axes[0] if len(keras_axes) == 1 else [
+        a - rank for a in keras_axes] if spec.virtual_batch_size is not None else keras_axes}
+    if keras_family:
+        config.update(trainable=bn.trainable, **{f"{k}_initializer": initializers.serialize(v)
+                                                 for k, v in bn.initializers.items()})
+    if isinstance(bn, (BatchNormalization, TorchBatchNorm)):  # the torch family writes only those it has
+        penalties = {**{f"{k}_regularizer": regularizers.serialize(v) for k, v in bn.regularizers.items()},
+                     **{f"{k}_constraint": constraints.serialize(v) for k, v in bn.constraints.items()}}
+        config.update({k: v for k, v in penalties.items() if keras_family or v is not None})
+    try:  # the rule Keras picks for the config (save_model's re-plan reports an invalid config)
+        keras_rule = BNSpec.from_keras_config(config).build((1,) * rank).variance_rule
+    except (ValueError, TypeError):
+        keras_rule = built.variance_rule
+    if keras_rule != built.variance_rule:
+        out.notes.append(f"{path}: fused={bn.fused} is not saved by Keras; Keras picks its own moving-variance rule"
+                         if keras_family else f"{path}: Keras feeds the biased batch variance to moving_variance "
+                         "here (torch: unbiased)")
+    return config
 
 
 def _dropout_config(path: str, drop: nn.Module, rank: int) -> dict[str, Any]:

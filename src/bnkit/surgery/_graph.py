@@ -22,7 +22,7 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
-from ..layers import BatchNormalization, Dropout, Flatten
+from ..layers import BatchNormalization, Dropout, Flatten, TorchBatchNorm
 
 __all__ = [
     "ACTIVATION_FUNCTIONS", "BATCH_NORM_TYPES", "FxView", "ModelView", "SequentialView", "Site",
@@ -52,9 +52,9 @@ ACTIVATION_FUNCTIONS: dict[type[nn.Module], tuple[Any, ...]] = {
 
 #: Batch-norm layers the surgery recognises (bnkit's and PyTorch's).
 BATCH_NORM_TYPES: tuple[type[nn.Module], ...] = (
-    BatchNormalization, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+    BatchNormalization, TorchBatchNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
 )
-_BNKIT_LEAVES = (BatchNormalization, Dropout, Flatten)
+_BNKIT_LEAVES = (BatchNormalization, TorchBatchNorm, Dropout, Flatten)
 
 
 @dataclass(eq=False)

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..layers import BatchNormalization
+from ..layers import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormalization
 from ._graph import BATCH_NORM_TYPES, ModelView, Site, open_view
 
 __all__ = ["FoldReport", "Folded", "NotFolded", "fold_batch_norm", "fold_into_next", "fold_into_previous"]
@@ -31,6 +31,7 @@ _LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Line
 _LAYERS_FOR_NDIM: dict[int, tuple[type[nn.Module], ...]] = {2: (nn.Linear,), 3: (nn.Conv1d,), 4: (nn.Conv2d,), 5: (nn.Conv3d,)}
 _LAYERS_FOR_TORCH_BN: dict[type[nn.Module], tuple[type[nn.Module], ...]] = {
     nn.BatchNorm1d: (nn.Conv1d, nn.Linear), nn.BatchNorm2d: (nn.Conv2d,), nn.BatchNorm3d: (nn.Conv3d,),
+    BatchNorm1d: (nn.Conv1d, nn.Linear), BatchNorm2d: (nn.Conv2d,), BatchNorm3d: (nn.Conv3d,),
 }
 FoldFunction = Callable[..., "tuple[Tensor, Tensor]"]
 
@@ -128,10 +129,10 @@ class FoldReport:
 def fold_batch_norm(model: nn.Module) -> tuple[nn.Module, FoldReport]:
     """Return an inference copy of ``model`` with every foldable batch norm merged and removed.
 
-    Handles :class:`~bnkit.BatchNormalization` with ``axis=1`` (renorm and ghost BN
-    included: they equal plain BN at inference) and ``torch.nn.BatchNorm1d/2d/3d`` with
-    running statistics.  A BN folds into the previous conv/linear layer when it is that
-    layer's only consumer, else into the next one when exact (see the module docstring).
+    Handles :class:`~bnkit.BatchNormalization` with ``axis=1`` and ``torch.nn.BatchNorm1d/2d/3d``
+    or bnkit's ``BatchNorm1d/2d/3d`` with running statistics (renorm and ghost BN included:
+    they equal plain BN at inference).  A BN folds into the previous conv/linear layer when
+    it is that layer's only consumer, else into the next one when exact (see the module docstring).
     Folded BNs are deleted (from their ``nn.Sequential``, or from the fx graph); the rest
     stay and are listed with the reason.  A ``BatchNorm1d`` after a linear layer is assumed
     to see ``(N, features)`` inputs.
@@ -193,14 +194,14 @@ def _inference_affine(bn: nn.Module) -> _Affine | str:
     if any(isinstance(t, nn.parameter.UninitializedTensorMixin) for t in (*bn.parameters(), *bn.buffers())):
         return "it is not built yet (run it once first)"
     if isinstance(bn, BatchNormalization):
-        axes = list(bn.built.axes) if bn.built is not None else ([bn.axis] if isinstance(bn.axis, int) else bn.axis)
-        if axes != [1]:
+        built, axis = bn.built, bn.spec.axis
+        if (built.axes if built is not None else axis if isinstance(axis, tuple) else (axis,)) != (1,):
             return f"it normalises axis={bn.axis}; only axis=1 (channels first) folds into a layer"
-        layers = _LAYERS_FOR_NDIM.get(bn.built.ndim, ()) if bn.built is not None else _LAYERS
-        return _Affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.epsilon, layers)
+        layers = _LAYERS_FOR_NDIM.get(built.ndim, ()) if built is not None else _LAYERS
+        return _Affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.spec.epsilon, layers)
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None or bn.running_var is None:
         return "it does not track running statistics (track_running_stats=False)"
-    layers = _LAYERS_FOR_TORCH_BN.get(type(bn), _LAYERS)
+    layers = _LAYERS_FOR_TORCH_BN.get(type(bn), _LAYERS)  # bnkit's family: renorm/ghost BN use running stats here
     return _Affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps, layers)
 
 
