@@ -252,6 +252,8 @@ class NormalizeWithStats(_NormalizeWithBatchStats):
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
+    if torch._C._are_functorch_transforms_active():  # vmap cannot be asked about layouts
+        return torch.contiguous_format
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return torch.channels_last
     if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():

@@ -298,20 +298,48 @@ def _inference(
 
 
 def _renorm_factors(renorm: RenormState, mean: Tensor, var: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
-    """Renorm's ``r`` and ``d`` (detached, clipped)."""
-    mean, var = mean.detach(), var.detach()
+    """Renorm's ``r`` and ``d`` (detached, clipped).
+
+    Under ``torch.compile`` they come from a custom op: AOTAutograd's partitioner may
+    otherwise recompute them in the backward from the renorm buffers, which the layer has
+    updated in place by then, and give gamma a wrong gradient (a PyTorch bug; custom ops are
+    never recomputed).
+    """
+    args = (mean.detach(), var.detach(), renorm.renorm_mean, renorm.renorm_stddev, renorm.clipping, epsilon)
+    if torch.compiler.is_compiling():
+        return torch.ops.bnkit.renorm_factors(*args)
+    return _renorm_factors_eager(*args)
+
+
+def _renorm_factors_eager(
+    mean: Tensor, var: Tensor, renorm_mean: Tensor, renorm_stddev: Tensor, clipping: Tensor | None, epsilon: float
+) -> tuple[Tensor, Tensor]:
     stddev = var.add(epsilon).sqrt_()
-    reference = torch.clamp(renorm.renorm_stddev, min=math.sqrt(epsilon))
+    reference = torch.clamp(renorm_stddev, min=math.sqrt(epsilon))
     r = stddev / reference
-    d = torch.sub(mean, renorm.renorm_mean).div_(reference)
-    if renorm.clipping is not None:
-        clipping = renorm.clipping
+    d = torch.sub(mean, renorm_mean).div_(reference)
+    if clipping is not None:
         if clipping.dtype != r.dtype or clipping.device != r.device:
             clipping = clipping.to(r)
         rmin, rmax, dmax = clipping.unbind()
         r.clamp_(rmin, rmax)
         d.clamp_(-dmax, dmax)
     return r, d
+
+
+@torch.library.custom_op("bnkit::renorm_factors", mutates_args=())
+def _renorm_factors_op(
+    mean: Tensor, var: Tensor, renorm_mean: Tensor, renorm_stddev: Tensor, clipping: Tensor | None, epsilon: float
+) -> tuple[Tensor, Tensor]:
+    return _renorm_factors_eager(mean, var, renorm_mean, renorm_stddev, clipping, epsilon)
+
+
+@_renorm_factors_op.register_fake
+def _(mean: Tensor, var: Tensor, renorm_mean: Tensor, renorm_stddev: Tensor, clipping: Tensor | None,
+      epsilon: float) -> tuple[Tensor, Tensor]:
+    r_dtype = torch.promote_types(var.dtype, renorm_stddev.dtype)
+    d_dtype = torch.promote_types(torch.promote_types(mean.dtype, renorm_mean.dtype), renorm_stddev.dtype)
+    return mean.new_empty(mean.shape, dtype=r_dtype), mean.new_empty(mean.shape, dtype=d_dtype)
 
 
 def _fold_renorm(

@@ -77,11 +77,16 @@ class BNExtras:
     constraints: dict[str, Any]
 
     def __prepare_scriptable__(self) -> nn.Module:
-        """``torch.jit.script`` hook: TorchScript cannot compile bnkit's options, so say what can."""
+        """``torch.jit.script`` hook: TorchScript cannot compile bnkit's layers; say what can.
+
+        (Returning an equivalent ``nn.BatchNorm*`` here would make ``torch.jit.script`` replace
+        the layer inside the caller's own model.)
+        """
         raise TypeError(
-            f"torch.jit.script cannot compile {type(self).__name__} ({self.extra_repr()}); "
-            "expected torch.export.export(model, (x,)) (or torch.jit.trace(model.eval(), x)), which support it; "
-            "bnkit.to_torch_batchnorm(model) gives plain torch layers where they are exact"
+            f"torch.jit.script cannot compile bnkit's {type(self).__name__}; expected torch.export.export(model, "
+            "(x,)) or torch.jit.trace(model.eval(), x), which support it, or, where every layer is plain, "
+            "torch.jit.script(bnkit.to_torch_batchnorm(model)) (converts the model in place); "
+            f"received: {type(self).__name__}({self.extra_repr()})"
         )
 
     @property

@@ -173,14 +173,6 @@ class TorchBatchNorm(BNExtras, _BatchNorm):
             store_stats(self, stats)
         return out
 
-    def __prepare_scriptable__(self) -> torch.nn.Module:
-        """``torch.jit.script`` compiles the equivalent ``nn.BatchNorm*`` (same tensors) when exact."""
-        if not self._plain or self.regularizers["gamma"] or self.regularizers["beta"] or \
-                self.constraints["gamma"] or self.constraints["beta"]:
-            return super().__prepare_scriptable__()
-        from ..convert import to_torch_batchnorm
-        return to_torch_batchnorm(self)
-
     def extra_repr(self) -> str:
         extras = {"renorm": self.renorm, "renorm_clipping": self.renorm_clipping or None,
                   "renorm_momentum": self.renorm_momentum if self.renorm else None,
