@@ -10,6 +10,8 @@ import math
 from numbers import Real
 from typing import Any
 
+from torch import Tensor
+
 
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -49,3 +51,36 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"`{name}` must be True or False; received: {name}={value!r}")
     return value
+
+
+# ---- tensors given to the functional core ----------------------------------------------
+def check_sizes(x: Tensor, axes: list[int], **tensors: Tensor | None) -> None:
+    features = math.prod([x.shape[a] for a in axes])
+    for name, t in tensors.items():
+        if t is not None and t.numel() != features:
+            raise ValueError(f"`{name}` must hold one value per feature ({features} for axes {axes} of an input "
+                             f"of shape {tuple(x.shape)}); received {t.numel()} values")
+
+
+def check_torch_arguments(
+    x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None,
+    bias: Tensor | None, training: bool, eps: float,
+) -> None:
+    """``torch.nn.functional.batch_norm``'s checks, with its exception types and messages."""
+    if not x.is_floating_point():
+        raise NotImplementedError(f'"batch_norm" not implemented for {str(x.dtype).replace("torch.", "")!r}')
+    size = x.shape
+    if training and x.dim() >= 1 and size[0] * math.prod(size[2:]) == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    if not training and (running_mean is None or running_var is None):
+        raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
+    if x.dim() < 2 and x.numel() == 0:
+        return
+    channels = size[1] if x.dim() > 1 else 0
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.numel() != channels:
+            raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")

@@ -259,3 +259,37 @@ def _memory_format(x: Tensor) -> torch.memory_format:
     if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
         return torch.channels_last_3d
     return torch.contiguous_format
+
+
+# ---- batch renormalization's r and d -------------------------------------------------------
+def renorm_factors(
+    mean: Tensor, var: Tensor, renorm_mean: Tensor, renorm_stddev: Tensor, clipping: Tensor | None, epsilon: float
+) -> tuple[Tensor, Tensor]:
+    """Renorm's ``r = stddev / renorm_stddev`` and ``d = (mean - renorm_mean) / renorm_stddev``,
+    clipped by ``clipping = [rmin, rmax, dmax]``; also the op ``bnkit::renorm_factors``."""
+    stddev = var.add(epsilon).sqrt_()
+    reference = torch.clamp(renorm_stddev, min=math.sqrt(epsilon))
+    r = stddev / reference
+    d = torch.sub(mean, renorm_mean).div_(reference)
+    if clipping is not None:
+        if clipping.dtype != r.dtype or clipping.device != r.device:
+            clipping = clipping.to(r)
+        rmin, rmax, dmax = clipping.unbind()
+        r.clamp_(rmin, rmax)
+        d.clamp_(-dmax, dmax)
+    return r, d
+
+
+@torch.library.custom_op("bnkit::renorm_factors", mutates_args=())
+def _renorm_factors_op(
+    mean: Tensor, var: Tensor, renorm_mean: Tensor, renorm_stddev: Tensor, clipping: Tensor | None, epsilon: float
+) -> tuple[Tensor, Tensor]:
+    return renorm_factors(mean, var, renorm_mean, renorm_stddev, clipping, epsilon)
+
+
+@_renorm_factors_op.register_fake
+def _(mean: Tensor, var: Tensor, renorm_mean: Tensor, renorm_stddev: Tensor, clipping: Tensor | None,
+      epsilon: float) -> tuple[Tensor, Tensor]:
+    r_dtype = torch.promote_types(var.dtype, renorm_stddev.dtype)
+    d_dtype = torch.promote_types(torch.promote_types(mean.dtype, renorm_mean.dtype), renorm_stddev.dtype)
+    return mean.new_empty(mean.shape, dtype=r_dtype), mean.new_empty(mean.shape, dtype=d_dtype)

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from . import _kernels as K
 from ._dropout_flatten import dropout, flatten
+from ._check import check_sizes, check_torch_arguments
 from ._spec import Clipping
 from .distributed import global_moments
 
@@ -166,7 +167,7 @@ def batch_norm(
         )
     axes = K.normalize_axes(axis, x.dim())
     if not torch.jit.is_tracing():
-        _check_sizes(x, axes, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+        check_sizes(x, axes, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     out_dtype = x.dtype if x.is_floating_point() else torch.float32
     unchanged = BatchNormStats(running_mean, running_var, *_renorm_unchanged(renorm))
     if x.dtype in _LOW_PRECISION or not x.is_floating_point():
@@ -219,7 +220,7 @@ def torch_batch_norm(
     arguments add bnkit's options (:func:`batch_norm` documents them); ``renorm`` statistics
     are updated in place too.
     """
-    _check_torch_arguments(input, running_mean, running_var, weight, bias, training, eps)
+    check_torch_arguments(input, running_mean, running_var, weight, bias, training, eps)
     if input.dim() < 2:
         if input.numel() == 0:
             return input.clone()  # as torch
@@ -235,38 +236,6 @@ def torch_batch_norm(
         if pairs:
             torch._foreach_copy_([old for old, _ in pairs], [new for _, new in pairs])
     return out
-
-
-def _check_sizes(x: Tensor, axes: list[int], **tensors: Tensor | None) -> None:
-    features = math.prod([x.shape[a] for a in axes])
-    for name, t in tensors.items():
-        if t is not None and t.numel() != features:
-            raise ValueError(f"`{name}` must hold one value per feature ({features} for axes {axes} of an input "
-                             f"of shape {tuple(x.shape)}); received {t.numel()} values")
-
-
-def _check_torch_arguments(
-    x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None,
-    bias: Tensor | None, training: bool, eps: float,
-) -> None:
-    """``torch.nn.functional.batch_norm``'s checks, with its exception types and messages."""
-    if not x.is_floating_point():
-        raise NotImplementedError(f'"batch_norm" not implemented for {str(x.dtype).replace("torch.", "")!r}')
-    size = x.shape
-    if training and x.dim() >= 1 and size[0] * math.prod(size[2:]) == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
-    if training and eps <= 0.0:
-        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
-    if eps < 0.0:
-        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    if not training and (running_mean is None or running_var is None):
-        raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
-    if x.dim() < 2 and x.numel() == 0:
-        return
-    channels = size[1] if x.dim() > 1 else 0
-    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
-        if t is not None and t.numel() != channels:
-            raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
 
 
 def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -308,38 +277,7 @@ def _renorm_factors(renorm: RenormState, mean: Tensor, var: Tensor, epsilon: flo
     args = (mean.detach(), var.detach(), renorm.renorm_mean, renorm.renorm_stddev, renorm.clipping, epsilon)
     if torch.compiler.is_compiling():
         return torch.ops.bnkit.renorm_factors(*args)
-    return _renorm_factors_eager(*args)
-
-
-def _renorm_factors_eager(
-    mean: Tensor, var: Tensor, renorm_mean: Tensor, renorm_stddev: Tensor, clipping: Tensor | None, epsilon: float
-) -> tuple[Tensor, Tensor]:
-    stddev = var.add(epsilon).sqrt_()
-    reference = torch.clamp(renorm_stddev, min=math.sqrt(epsilon))
-    r = stddev / reference
-    d = torch.sub(mean, renorm_mean).div_(reference)
-    if clipping is not None:
-        if clipping.dtype != r.dtype or clipping.device != r.device:
-            clipping = clipping.to(r)
-        rmin, rmax, dmax = clipping.unbind()
-        r.clamp_(rmin, rmax)
-        d.clamp_(-dmax, dmax)
-    return r, d
-
-
-@torch.library.custom_op("bnkit::renorm_factors", mutates_args=())
-def _renorm_factors_op(
-    mean: Tensor, var: Tensor, renorm_mean: Tensor, renorm_stddev: Tensor, clipping: Tensor | None, epsilon: float
-) -> tuple[Tensor, Tensor]:
-    return _renorm_factors_eager(mean, var, renorm_mean, renorm_stddev, clipping, epsilon)
-
-
-@_renorm_factors_op.register_fake
-def _(mean: Tensor, var: Tensor, renorm_mean: Tensor, renorm_stddev: Tensor, clipping: Tensor | None,
-      epsilon: float) -> tuple[Tensor, Tensor]:
-    r_dtype = torch.promote_types(var.dtype, renorm_stddev.dtype)
-    d_dtype = torch.promote_types(torch.promote_types(mean.dtype, renorm_mean.dtype), renorm_stddev.dtype)
-    return mean.new_empty(mean.shape, dtype=r_dtype), mean.new_empty(mean.shape, dtype=d_dtype)
+    return K.renorm_factors(*args)
 
 
 def _fold_renorm(
