@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -141,6 +142,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    try:
+        return _train(args)
+    except ValueError:
+        if _rank() != 0:  # under torchrun a bad option fails on every rank alike: rank 0 alone says it
+            return 2
+        raise
+
+
+def _train(args: argparse.Namespace) -> int:
     _require_experiment_packages()  # a dataset's own (scikit-learn, Pillow): checked as it loads
     from .experiments import ExperimentConfig, load_config, run_experiment
 
@@ -159,25 +169,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 _TRAIN_FLAGS = ("name", "dataset", "image_size", "limit", "model", "width", "variants", "batch_size", "optimizer",
-                "learning_rate", "schedule", "epochs", "seeds", "threads", "target_accuracy", "output_dir", "dropout")
+                "learning_rate", "schedule", "epochs", "seeds", "threads", "target_accuracy", "output_dir", "dropout",
+                "sync_bn", "device")
 
 
 def _run(job: Any) -> int:
     try:
         job()
     except KeyboardInterrupt:
+        if _rank() != 0:
+            return 130
         print("\ninterrupted: every finished epoch is checkpointed; continue with "
               "`bnkit train --resume RUN_DIR` (the run folder is printed above)", file=sys.stderr)
         return 130
     return 0
 
 
+def _rank() -> int:
+    """This process' rank under torchrun (0 when not launched by it)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def _announce_allocator(args: argparse.Namespace) -> None:
     from . import allocator
 
     if args.command_line and not args.no_fast_allocator:  # never re-run a caller's process
-        allocator.reexec_with_fast_allocator()
-    if not args.json:
+        allocator.reexec_with_fast_allocator()  # execve keeps the pid and torchrun's environment
+    if not args.json and _rank() == 0:
         print(f"allocator: {allocator.describe()}", file=sys.stderr)
 
 
@@ -211,7 +232,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=["vgg16", "vgg19"])
     p.add_argument("--width", type=float)
     p.add_argument("--variants", help="comma list of none, before_activation, after_activation, renorm, ghost")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int,
+                   help="the global batch: under torchrun each of N processes takes batch-size/N of every batch")
     p.add_argument("--optimizer", choices=["sgd", "adam"])
     p.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
     p.add_argument("--schedule", choices=["constant", "cosine", "step"])
@@ -221,6 +243,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float)
     p.add_argument("--target-accuracy", type=float)
     p.add_argument("--output-dir")
+    p.add_argument("--sync-bn", action="store_true", default=None,
+                   help="synchronized BN: statistics over the global batch of every torchrun process")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="cpu (default; gloo between processes) or cuda (GPU LOCAL_RANK per process; NCCL)")
     _experiment_arguments(p)
     p.set_defaults(run=_cmd_train)
 

@@ -9,8 +9,10 @@ from typing import Callable
 
 import torch
 
+from ..data import Dataset
+from . import parallel
 from .config import BN_VARIANTS, ExperimentConfig, Variant, load_config
-from .progress import make_progress
+from .progress import Progress, make_progress
 from .report import VariantResult, format_table, plot_curves, summarize
 from .runner import RunRecord, atomic_write, build_model, train_variant, write_metrics
 
@@ -62,45 +64,87 @@ def run_experiment(
     Writes ``config.json``, ``summary.txt``, ``metrics.jsonl``/``metrics.csv`` (after every
     epoch), ``checkpoints/<variant>-seed<k>.pt``, ``results.txt``/``results.json`` and
     ``curves.png``.  ``echo`` receives the human-readable report lines.
+
+    Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) every process calls this:
+    it initialises the process group (gloo on CPU, NCCL with ``device="cuda"``), trains with
+    DistributedDataParallel on its share of every global batch (``batch_size`` stays the global
+    batch) and destroys the group at the end; rank 0 alone reports and writes the run folder
+    (``config.json`` then records ``world_size``).  An already initialised process group is used
+    as it is and left alone.
     """
     from ..data import load_dataset
 
+    processes = parallel.from_environment()
+    recorded_world: int | None = None
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.json").is_file():
             raise FileNotFoundError(f"{run_dir} is not a bnkit run folder: expected {run_dir / 'config.json'}")
-        config = ExperimentConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+        stored = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        config = ExperimentConfig.from_dict(stored)
+        recorded_world = stored.get("world_size") if isinstance(stored, dict) else None
     else:
         config = config or ExperimentConfig()
-        run_dir = new_run_dir(config.output_dir, config.name)
-        atomic_write(run_dir / "config.json", lambda p: p.write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8"))
+    parallel.check_config(config, processes.world_size)
+    device = processes.device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     # Deep nets without BN produce denormal floats, which x86 CPUs process 10-30x slower;
     # flushing them to zero (as GPUs do) keeps the time comparison about BN, not the CPU.
     torch.set_flush_denormal(True)
     data = load_dataset(config.dataset, image_size=config.image_size, limit=config.limit)
-    reporter = make_progress(progress)
-    summary_text = _summaries(config, data.input_shape, data.num_classes)
-    atomic_write(run_dir / "summary.txt", lambda p: p.write_text(summary_text, encoding="utf-8"))
-    if progress == "bar":
-        echo(summary_text)
+    parallel.check_config(config, processes.world_size, len(data.x_train))
+    started = parallel.start(processes, device)
+    try:
+        result = _run(config, Path(resume) if resume is not None else None, recorded_world, data, processes,
+                      progress, echo)
+    except BaseException:
+        parallel.stop(started, wait=False)  # another rank may be gone: waiting for it could hang
+        raise
+    parallel.stop(started)
+    return result
+
+
+def _run(config: ExperimentConfig, run_dir: Path | None, recorded_world: int | None, data: Dataset,
+         processes: parallel.Processes, progress: str, echo: Callable[[str], None]) -> ExperimentResult:
+    main = processes.is_main
+    if run_dir is None:
+        created = new_run_dir(config.output_dir, config.name) if main else None
+        run_dir = Path(parallel.broadcast_object(str(created) if created else None, processes))
+        record = {**config.to_dict(), "world_size": processes.world_size}
+        if main:
+            atomic_write(run_dir / "config.json",
+                         lambda p: p.write_text(json.dumps(record, indent=2), encoding="utf-8"))
+    reporter = make_progress(progress) if main else Progress()  # the other ranks stay silent
+    if main and recorded_world is not None and recorded_world != processes.world_size:
+        reporter.message(f"note: {run_dir} was started on {recorded_world} process(es) and continues on "
+                         f"{processes.world_size}; the global batches stay the same"
+                         + ("" if config.sync_bn else ", but without --sync-bn the BN statistics change"))
+    if main:
+        summary_text = _summaries(config, data.input_shape, data.num_classes)
+        atomic_write(run_dir / "summary.txt", lambda p: p.write_text(summary_text, encoding="utf-8"))
+        if progress == "bar":
+            echo(summary_text)
     records = [RunRecord(v.name, seed) for v in config.variants for seed in config.seeds]
     for record in records:
         variant = next(v for v in config.variants if v.name == record.variant)
         train_variant(config, variant, record.seed, data, run_dir, reporter, record,
-                      on_epoch=lambda _: write_metrics(run_dir, records))
-    write_metrics(run_dir, records)
+                      on_epoch=lambda _: write_metrics(run_dir, records), processes=processes)
     results = summarize(records, config.target_accuracy)
     table = format_table(results, config.target_accuracy)
-    plot = plot_curves(records, run_dir / "curves.png",
-                       title=f"{config.model} (width {config.width}) on {config.dataset}, {len(config.seeds)} seeds")
-    atomic_write(run_dir / "results.txt", lambda p: p.write_text(table + "\n", encoding="utf-8"))
-    atomic_write(run_dir / "results.json", lambda p: p.write_text(
-        json.dumps([r.__dict__ for r in results], indent=2), encoding="utf-8"))
-    if progress != "json":
-        echo(table)
-        echo(f"\nrun folder: {run_dir}\nplot: {plot}")
+    plot = run_dir / "curves.png"
+    if main:
+        write_metrics(run_dir, records)
+        title = f"{config.model} (width {config.width}) on {config.dataset}, {len(config.seeds)} seeds"
+        if processes.distributed:
+            title += f", {processes.world_size} processes" + (" (sync BN)" if config.sync_bn else "")
+        plot = plot_curves(records, plot, title=title)
+        atomic_write(run_dir / "results.txt", lambda p: p.write_text(table + "\n", encoding="utf-8"))
+        atomic_write(run_dir / "results.json", lambda p: p.write_text(
+            json.dumps([r.__dict__ for r in results], indent=2), encoding="utf-8"))
+        if progress != "json":
+            echo(table)
+            echo(f"\nrun folder: {run_dir}\nplot: {plot}")
     return ExperimentResult(run_dir, records, results, table, plot)
 
 

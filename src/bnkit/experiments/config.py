@@ -13,10 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["BN_VARIANTS", "Variant", "ExperimentConfig", "load_config"]
+__all__ = ["BN_VARIANTS", "RECORDED_KEYS", "Variant", "ExperimentConfig", "load_config"]
 
 #: What each variant puts in the network.
 BN_VARIANTS = ("none", "before_activation", "after_activation", "renorm", "ghost")
+
+#: Keys a run folder's ``config.json`` records about how the run was launched; accepted (and
+#: checked) when read back, but not settings: ``world_size`` is the number of processes.
+RECORDED_KEYS = ("world_size",)
 
 
 def _text(key: str, value: Any) -> None:
@@ -106,6 +110,12 @@ class ExperimentConfig:
     threads: int | None = None
     target_accuracy: float = 0.9
     output_dir: str = "runs"
+    # Synchronized BN: statistics over the global batch of all processes (bnkit.convert_sync_batchnorm).
+    # Meaningful with torchrun and more than one process; with one it only switches bnkit's Keras
+    # layers to tf.keras' synchronized (non-fused, biased moving-variance) rule, so that a one-process
+    # --sync-bn run is the exact reference of an N-process one.
+    sync_bn: bool = False
+    device: str = "cpu"  # "cuda": GPU LOCAL_RANK of each process (NCCL between processes; gloo on CPU)
 
     def __post_init__(self) -> None:
         _text("name", self.name)
@@ -138,6 +148,9 @@ class ExperimentConfig:
             _integer("threads", self.threads, 1)
         _number("target_accuracy", self.target_accuracy, 0.0, 1.0, low_open=True)
         _text("output_dir", self.output_dir)
+        if not isinstance(self.sync_bn, bool):
+            raise ValueError(f"`sync_bn` must be true or false; received: {self.sync_bn!r}")
+        _choice("device", self.device, ("cpu", "cuda"))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ExperimentConfig":
@@ -145,10 +158,12 @@ class ExperimentConfig:
         if not isinstance(data, Mapping):
             raise ValueError(f"An experiment configuration must be a table of keys; received: {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known - set(RECORDED_KEYS))
         if unknown:
             raise ValueError(f"Unknown configuration keys {unknown}; expected some of {sorted(known)}")
-        values = dict(data)
+        values = {key: value for key, value in data.items() if key not in RECORDED_KEYS}
+        if "world_size" in data:
+            _integer("world_size", data["world_size"], 1)
         if "variants" in values:
             values["variants"] = tuple(_variant(v) for v in _listed("variants", values["variants"]))
         if "seeds" in values:

@@ -5,6 +5,8 @@ the other in a run folder.  After every epoch each (variant, seed) writes its ch
 atomically (model, optimizer, scheduler, history), and the metrics files are rewritten
 from all histories, so a run killed at any moment can be resumed and ends with the same
 metrics as an uninterrupted one: shuffling and dropout are seeded by (seed, epoch).
+Under torchrun the same loop runs in every process on its share of each global batch
+(:mod:`bnkit.experiments.parallel`), and rank 0 alone writes.
 """
 from __future__ import annotations
 
@@ -18,11 +20,14 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from .. import apply_constraints, models, regularization_loss
+from .. import apply_constraints, convert_sync_batchnorm, models, regularization_loss
 from .._files import write_atomically
 from ..data import Dataset
+from . import parallel
 from .config import ExperimentConfig, Variant
+from .parallel import Processes
 from .progress import Progress
 
 __all__ = ["RunRecord", "build_model", "train_variant", "atomic_write", "checkpoint_path"]
@@ -84,67 +89,134 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[to
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
+def _evaluation_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512,
+                     device: torch.device | None = None) -> tuple[float, int]:
+    """Summed cross-entropy and number of correct predictions of ``model`` (eval mode) on ``x``/``y``."""
     model.eval()
     loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
-        logits = model(x[start:start + batch_size])
-        target = y[start:start + batch_size]
+        inputs, target = x[start:start + batch_size], y[start:start + batch_size]
+        if device is not None:
+            inputs, target = inputs.to(device), target.to(device)
+        logits = model(inputs)
         loss += F.cross_entropy(logits, target, reduction="sum").item()
         correct += int((logits.argmax(1) == target).sum())
+    return loss, correct
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` (eval mode) on ``x``/``y``."""
+    param = next(model.parameters(), None)
+    device = None if param is None or param.device.type == "cpu" else param.device
+    loss, correct = _evaluation_sums(model, x, y, batch_size, device)
     return loss / len(x), correct / len(x)
+
+
+def _validate(model: nn.Module, data: Dataset, processes: Processes, device: torch.device) -> tuple[float, float]:
+    """Validation loss and accuracy over the whole validation set.
+
+    On several processes each one evaluates its consecutive part of the validation set with
+    rank 0's moving statistics (broadcast first: without synchronized BN, each process' own
+    statistics would differ) and the summed losses and correct counts are added up exactly as
+    one process would: the same numbers, up to the order of the float additions.
+    """
+    if not processes.distributed:
+        return evaluate(model, data.x_val, data.y_val)
+    parallel.broadcast_buffers(model, processes)
+    low, high = parallel.val_range(len(data.x_val), processes)
+    loss, correct = _evaluation_sums(model, data.x_val[low:high], data.y_val[low:high], device=device)
+    loss, correct, count = parallel.sum_across([loss, correct, high - low], processes, device)
+    return loss / count, correct / count
 
 
 def train_variant(
     config: ExperimentConfig, variant: Variant, seed: int, data: Dataset, run_dir: Path,
     progress: Progress, record: RunRecord, on_epoch: Callable[[RunRecord], None],
+    processes: Processes | None = None,
 ) -> RunRecord:
-    """Train one (variant, seed), resuming from its checkpoint when there is one."""
+    """Train one (variant, seed), resuming from its checkpoint when there is one.
+
+    With ``processes`` on several ranks (torchrun, an initialised process group), the model is
+    wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, each rank trains on its
+    :func:`~bnkit.experiments.parallel.shard` of every global batch, the metrics are summed over
+    the ranks, and rank 0 alone writes the checkpoint (``run_dir`` must then be readable by every
+    rank when resuming).
+    """
+    processes = processes or Processes()
+    device = processes.device(config.device)
     torch.manual_seed(seed)
-    model = build_model(config, variant, data.input_shape, data.num_classes)
-    optimizer = _optimizer(config, model)
+    net = build_model(config, variant, data.input_shape, data.num_classes)
+    if config.sync_bn:
+        net = convert_sync_batchnorm(net)
+    net = net.to(device)
+    optimizer = _optimizer(config, net)
     n = len(data.x_train)
     steps_per_epoch = max(1, n // config.batch_size) if n >= config.batch_size else 1
     scheduler = _schedule(config, optimizer, steps_per_epoch * config.epochs)
     path = checkpoint_path(run_dir, variant.name, seed)
-    if path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
+    if parallel.broadcast_object(path.exists(), processes):  # rank 0 decides: every rank resumes, or none
+        if not path.exists():
+            raise FileNotFoundError(f"rank {processes.rank} cannot read {path}, which rank 0 resumes from: on "
+                                    "several nodes the run folder must be on a file system every node reads")
+        state = torch.load(path, map_location=device, weights_only=True)
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         record.history, record.status, record.message = state["history"], state["status"], state["message"]
     if record.status in ("done", "diverged"):
         return record
+    # DDP averages the gradients over the ranks: each rank's loss is the mean over its equal
+    # share of the global batch, so the average is the gradient of the global batch's mean loss.
+    model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
+        if processes.distributed else net
     elapsed = record.history[-1]["time"] if record.history else 0.0
     for epoch in range(len(record.history) + 1, config.epochs + 1):
-        torch.manual_seed(seed * 100_003 + epoch)  # dropout masks: a function of (seed, epoch)
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        # Dropout masks: a function of (seed, epoch), and of the rank (rank 0: as on one process).
+        torch.manual_seed(seed * 100_003 + epoch + processes.rank * 2**40)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # the same global batches on every rank
         model.train()
         progress.start_epoch(variant.name, seed, epoch, config.epochs, steps_per_epoch)
         start, total_loss, correct, seen = time.perf_counter(), 0.0, 0, 0
         for index in _batches(n, config.batch_size, generator):
+            index = parallel.shard(index, processes)
             xb, yb = data.x_train[index], data.y_train[index]
+            if device.type != "cpu":
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             logits = model(xb)
-            loss = F.cross_entropy(logits, yb) + regularization_loss(model)
-            if not torch.isfinite(loss):
+            loss = F.cross_entropy(logits, yb) + regularization_loss(net)
+            if processes.distributed:  # the global step's numbers, on every rank (one small all_reduce)
+                step_loss, step_correct, step_seen = parallel.sum_across(
+                    [loss.item() * len(yb), int((logits.argmax(1) == yb).sum()), len(yb)],
+                    processes, device)
+                finite = math.isfinite(step_loss)  # the same decision on every rank: no rank waits alone
+                step_value = step_loss / step_seen
+            else:
+                finite = bool(torch.isfinite(loss))
+                step_value = loss.item()
+            if not finite:
                 record.status = "diverged"
-                record.message = f"loss became {loss.item()} in epoch {epoch}; variant stopped"
+                record.message = f"loss became {step_value} in epoch {epoch}; variant stopped"
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            apply_constraints(model)
+            apply_constraints(net)
             scheduler.step()
-            total_loss += loss.item() * len(yb)
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += len(yb)
+            if processes.distributed:
+                total_loss += step_loss
+                correct += int(step_correct)
+                seen += int(step_seen)
+            else:
+                total_loss += loss.item() * len(yb)
+                correct += int((logits.argmax(1) == yb).sum())
+                seen += len(yb)
             progress.step(total_loss / seen, correct / seen)
         train_time = time.perf_counter() - start
         if record.status == "diverged":
             progress.end_epoch(None)
             progress.message(f"{variant.name} seed {seed}: {record.message}")
         else:
-            val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
+            val_loss, val_acc = _validate(net, data, processes, device)
             if not math.isfinite(val_loss):
                 record.status = "diverged"
                 record.message = f"validation loss became {val_loss} after epoch {epoch}; variant stopped"
@@ -158,10 +230,12 @@ def train_variant(
             if epoch == config.epochs and record.status != "diverged":
                 record.status = "done"
             progress.end_epoch(entry)
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "history": record.history, "status": record.status, "message": record.message}
-        atomic_write(path, lambda p: torch.save(state, p))
-        on_epoch(record)
+        if processes.is_main:
+            state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "history": record.history, "status": record.status,
+                     "message": record.message}
+            atomic_write(path, lambda p: torch.save(state, p))
+            on_epoch(record)
         if record.status == "diverged":
             break
     return record
