@@ -24,6 +24,8 @@ Numerics (the contract of :func:`batch_norm`):
   over an innermost feature axis (2-D inputs, ``axis=-1``, channels-last memory) it runs on
   :class:`bnkit._kernels.RowNormalize` (a few fused elementwise ops and one-dimension
   reductions, with the centred values recomputed for the gradient).
+* ``synchronized`` statistics (:mod:`bnkit.distributed`) equal those of one process on the
+  concatenated batch; an empty share there still updates the statistics with the global ones.
 * ``dropout`` and ``flatten`` live in ``bnkit._dropout_flatten`` and are re-exported here.
 """
 from __future__ import annotations
@@ -38,7 +40,7 @@ from . import _kernels as K
 from ._dropout_flatten import dropout, flatten
 from ._check import check_sizes, check_torch_arguments
 from ._spec import Clipping
-from .distributed import global_moments
+from . import distributed
 
 __all__ = [
     "BatchNormStats",
@@ -158,7 +160,9 @@ def batch_norm(
         adjustment: ``adjustment(x.shape) -> (scale, bias)`` applied to the normalised
             value before gamma/beta, in training only.
         mask: ``x.shape[:-1]``-shaped weights for the moments (Keras' non-fused mask).
-        synchronized: reduce the statistics across ``torch.distributed`` processes.
+        synchronized: reduce the statistics across ``torch.distributed`` processes (training
+            only; one all-reduce forward and one backward, none in a group of one process;
+            see :mod:`bnkit.distributed`).
         process_group: the group for ``synchronized`` (default: the world).
     """
     if variance_rule not in ("biased", "unbiased"):
@@ -174,6 +178,14 @@ def batch_norm(
         x = x.float()
     if weight is not None and weight.dtype in _LOW_PRECISION or bias is not None and bias.dtype in _LOW_PRECISION:
         weight, bias = _float(weight), _float(bias)  # float16/bfloat16 modules: float32 math inside
+    if synchronized and training and distributed.is_distributed(process_group):
+        # before the empty-batch return: an empty share still joins the all-reduces
+        _refuse_ghost(virtual_batch_size)
+        out, stats = _synchronized(
+            x, axes, mask, weight, bias, epsilon, renorm, adjustment, process_group,
+            running_mean, running_var, momentum, variance_rule,
+        )
+        return _as(out, out_dtype), stats
     if not torch.jit.is_tracing() and x.numel() == 0:  # connected to gamma/beta (zero gradients), as torch is
         return _as(_affine(x, axes, x.dim(), weight, bias), out_dtype), unchanged
     if not training:
@@ -182,13 +194,10 @@ def batch_norm(
     groups = 1
     if virtual_batch_size is not None:
         groups = _ghost_groups(x.shape[0], virtual_batch_size)
-    if mask is not None or synchronized:
-        if virtual_batch_size is not None:
-            raise ValueError(
-                "`mask` and `synchronized` are not supported together with `virtual_batch_size`; "
-                f"received: virtual_batch_size={virtual_batch_size}"
-            )
-        out, mean, var, count = _composite(x, axes, mask, weight, bias, epsilon, renorm, adjustment, process_group if synchronized else False)
+    if mask is not None or synchronized:  # (synchronized here: a single process, local statistics)
+        _refuse_ghost(virtual_batch_size)
+    if mask is not None:
+        out, mean, var, count = _composite(x, axes, mask, weight, bias, epsilon, renorm, adjustment)
     else:
         out, mean, var, count = _native(x, axes, groups, weight, bias, epsilon, renorm, adjustment)
     if variance_rule == "unbiased" and count > 1:
@@ -336,18 +345,12 @@ def _native(
 
 
 def _composite(
-    x: Tensor, axes: list[int], mask: Tensor | None, weight: Tensor | None, bias: Tensor | None,
+    x: Tensor, axes: list[int], mask: Tensor, weight: Tensor | None, bias: Tensor | None,
     epsilon: float, renorm: RenormState | None, adjustment: Adjustment | None,
-    process_group: object | None,
 ) -> tuple[Tensor, Tensor, Tensor, int]:
-    """Training in plain tensor ops: masked moments or cross-process statistics."""
+    """Training in plain tensor ops, differentiated by autograd: masked moments in one process."""
     reduce = [d for d in range(x.dim()) if d not in axes]
-    if mask is not None:
-        weights = _mask_weights(mask, x)
-        mean, var = moments(x, reduce, keepdims=True, mask=weights)
-        count = 0  # masked statistics are never Bessel-corrected
-    else:
-        mean, var, count = global_moments(x, reduce, process_group)
+    mean, var = moments(x, reduce, keepdims=True, mask=_mask_weights(mask, x))
     y = (x - mean) * torch.rsqrt(var + epsilon)
     flat_mean, flat_var = mean.detach().reshape(-1), var.detach().reshape(-1)
     if renorm is not None:
@@ -356,7 +359,49 @@ def _composite(
         y = y * r.view(shape) + d.view(shape)
     if adjustment is not None:
         y = _adjust(y, adjustment, x.shape)
-    return _affine(y, axes, x.dim(), weight, bias), flat_mean, flat_var, count
+    return _affine(y, axes, x.dim(), weight, bias), flat_mean, flat_var, 0  # masked: never Bessel-corrected
+
+
+def _refuse_ghost(virtual_batch_size: int | None) -> None:
+    if virtual_batch_size is not None:
+        raise ValueError(
+            "`mask` and `synchronized` are not supported together with `virtual_batch_size` (ghost batches are "
+            f"per process); received: virtual_batch_size={virtual_batch_size}"
+        )
+
+
+def _synchronized(
+    x: Tensor, axes: list[int], mask: Tensor | None, weight: Tensor | None, bias: Tensor | None,
+    epsilon: float, renorm: RenormState | None, adjustment: Adjustment | None, process_group: object | None,
+    running_mean: Tensor | None, running_var: Tensor | None, momentum: float, variance_rule: str,
+) -> tuple[Tensor, BatchNormStats]:
+    """Training with statistics over every process of ``process_group`` (:mod:`bnkit.distributed`).
+
+    One all-reduce in the forward (:func:`~bnkit.distributed.global_moments`), one in the
+    backward (:class:`~bnkit.distributed.SyncNormalize`); the global count stays a tensor.
+    """
+    view = K.channel_view(x, axes)
+    weights = None
+    if mask is not None:
+        weights = K.channel_view(_mask_weights(mask, x).expand_as(x), axes).tensor
+    stats = distributed.global_moments(view.tensor, process_group, weights)
+    mean, var = stats.mean, stats.var
+    w, b = (None, None) if adjustment is not None else (weight, bias)
+    if renorm is not None:  # r and d from the global statistics
+        w, b = _fold_renorm(renorm, w, b, mean, var, epsilon)
+    y = distributed.SyncNormalize.apply(
+        view.tensor, w, b, mean, torch.rsqrt(var + epsilon), stats.inv_total, weights, process_group
+    )
+    out = K.restore(view, y)
+    if adjustment is not None:
+        out = _affine(_adjust(out, adjustment, x.shape), axes, x.dim(), weight, bias)
+    if variance_rule == "unbiased" and mask is None:
+        var = var * distributed.bessel(stats.count).to(var.dtype)
+    new = _update(running_mean, running_var, mean, var, momentum, epsilon, renorm)
+    # every process empty: the statistics stay unchanged, as for an empty batch in one process
+    olds = (running_mean, running_var, *_renorm_unchanged(renorm))
+    kept = stats.count > 0
+    return out, BatchNormStats(*[n if n is None or o is None else torch.where(kept, n, o) for n, o in zip(new, olds)])
 
 
 def _mask_weights(mask: Tensor, x: Tensor) -> Tensor:

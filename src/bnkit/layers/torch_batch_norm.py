@@ -23,6 +23,7 @@ from .. import constraints, regularizers
 from .. import functional as F
 from .._check import check_bool, check_fraction, check_positive
 from .._spec import BNSpec
+from ..distributed import is_distributed
 from ._common import BNExtras, fx_leaf, flat_state, is_tracing, renorm_state, store_stats
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "TorchBatchNorm"]
@@ -159,9 +160,10 @@ class TorchBatchNorm(BNExtras, _BatchNorm):
         Ghost batches and renorm apply in ``train()`` only; an untracked layer in ``eval()``
         normalises with the statistics of the whole batch, as ``nn.BatchNorm*`` does.
         """
-        if training and x.numel() and x.numel() // x.shape[1] == 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
         spec = self._spec
+        local = not (spec.synchronized and is_distributed(self.process_group))  # else the global batch counts
+        if training and local and x.numel() and x.numel() // x.shape[1] == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
         out, stats = F.batch_norm(
             x, self.running_mean if track else None, self.running_var if track else None, self.weight, self.bias,
             training=training, axis=1, momentum=1.0 - factor, epsilon=self.eps, variance_rule="unbiased",
