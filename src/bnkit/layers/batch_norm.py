@@ -51,6 +51,13 @@ class BatchNormalization(BNExtras, LazyModuleMixin, nn.Module):
     build the layer with ``epsilon=1e-5`` to keep a PyTorch model's outputs (the default 1e-3
     changes them by about 1e-3 on unit-scale data, and no load can notice).
 
+    ``synchronized=True`` computes the batch statistics over every process of
+    ``process_group`` (default: the world of ``torch.distributed``, any backend): one
+    all-reduce of ``2C+1`` numbers forward and one of ``2C`` backward, none with a single
+    process or in inference.  As in tf.keras it forces the non-fused path, so the moving
+    variance is fed the *biased* variance of the global batch.  Ghost batches are per process
+    by definition and cannot be synchronized.
+
     ``fused`` does not select a different kernel (the same kernels run whatever it says); it
     keeps tf.keras' resolution rules and errors and its moving-variance rule: the fused path
     (4-D/5-D input, channels-first or channels-last axis) feeds the Bessel-corrected batch
