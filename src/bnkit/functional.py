@@ -13,7 +13,9 @@ Numerics (the contract of :func:`batch_norm`):
 * With ghost batches the unbiased rule corrects by ``m / (m - 1)``, ``m`` the elements per
   ghost batch and channel (each averaged variance is over ``m`` elements).
 * Moving averages use Keras' momentum: ``new = old - (old - batch) * (1 - momentum)``.
-* float16/bfloat16 inputs are computed in float32 and returned in their own dtype.
+* float16/bfloat16 inputs are computed in float32 and returned in their own dtype: plain BN
+  and inference hand them to PyTorch's kernels as they are (float32 math inside), the other
+  paths convert them to float32 and back.
 * An empty batch returns an empty output and the statistics unchanged (tf.keras would
   write NaN into them).
 * Plain BN calls PyTorch's native kernel once and derives the statistics from the mean and
@@ -174,10 +176,11 @@ def batch_norm(
         check_sizes(x, axes, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     out_dtype = x.dtype if x.is_floating_point() else torch.float32
     unchanged = BatchNormStats(running_mean, running_var, *_renorm_unchanged(renorm))
-    if x.dtype in _LOW_PRECISION or not x.is_floating_point():
-        x = x.float()
-    if weight is not None and weight.dtype in _LOW_PRECISION or bias is not None and bias.dtype in _LOW_PRECISION:
-        weight, bias = _float(weight), _float(bias)  # float16/bfloat16 modules: float32 math inside
+    plain = renorm is None and adjustment is None and mask is None and not synchronized and virtual_batch_size is None
+    if not _native_dtypes(x, weight, bias, running_mean, running_var) or not (plain or not training):
+        if x.dtype in _LOW_PRECISION or not x.is_floating_point():
+            x = x.float()  # float16/bfloat16: float32 math inside
+        weight, bias = _float(weight), _float(bias)
     if synchronized and training and distributed.is_distributed(process_group):
         # before the empty-batch return: an empty share still joins the all-reduces
         _refuse_ghost(virtual_batch_size)
@@ -189,8 +192,9 @@ def batch_norm(
     if not torch.jit.is_tracing() and x.numel() == 0:  # connected to gamma/beta (zero gradients), as torch is
         return _as(_affine(x, axes, x.dim(), weight, bias), out_dtype), unchanged
     if not training:
-        mean, var = _float(running_mean), _float(running_var)
-        return _as(_inference(x, axes, mean, var, weight, bias, epsilon), out_dtype), unchanged
+        if x.dtype == torch.float32:
+            running_mean, running_var = _float(running_mean), _float(running_var)
+        return _as(_inference(x, axes, running_mean, running_var, weight, bias, epsilon), out_dtype), unchanged
     groups = 1
     if virtual_batch_size is not None:
         groups = _ghost_groups(x.shape[0], virtual_batch_size)
@@ -249,6 +253,17 @@ def torch_batch_norm(
 
 def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)
+
+
+def _native_dtypes(x: Tensor, *tensors: Tensor | None) -> bool:
+    """Whether PyTorch's kernels take ``x`` with these parameters/statistics as they are:
+    all of one dtype, and ``x`` of that dtype or float16/bfloat16 with float32 ones (the
+    kernels compute in float32 inside either way)."""
+    dtypes = {t.dtype for t in tensors if t is not None}
+    if not x.is_floating_point() or len(dtypes) > 1:
+        return False
+    dtype = dtypes.pop() if dtypes else x.dtype
+    return dtype == x.dtype or (x.dtype in _LOW_PRECISION and dtype == torch.float32)
 
 
 def _float(t: Tensor | None) -> Tensor | None:
@@ -323,10 +338,12 @@ def _native(
             # The kernel writes the exact unbiased batch variance into a zeroed "running"
             # buffer when its momentum is 1 (invstd**-2 - eps would lose it for var << eps).
             # (the backward keeps these buffers: they are not modified afterwards)
-            unbiased = xv.new_zeros(xv.shape[1])
+            stats_dtype = next((t.dtype for t in (w, b) if t is not None),
+                               torch.float32 if xv.dtype in _LOW_PRECISION else xv.dtype)
+            unbiased = xv.new_zeros(xv.shape[1], dtype=stats_dtype)
             out, mean_v, _ = torch.native_batch_norm(
-                xv, K.per_view_channel(w, groups), K.per_view_channel(b, groups), xv.new_zeros(xv.shape[1]),
-                unbiased, True, 1.0, epsilon,
+                xv, K.per_view_channel(w, groups), K.per_view_channel(b, groups),
+                xv.new_zeros(xv.shape[1], dtype=stats_dtype), unbiased, True, 1.0, epsilon,
             )
             per_channel = xv.numel() // xv.shape[1]
             var_v = unbiased * ((per_channel - 1) / per_channel) if per_channel > 1 else torch.zeros_like(unbiased)
