@@ -178,8 +178,7 @@ def _move_state(m: _BatchNorm, cls: type, options: dict[str, Any]) -> nn.Module:
 
 
 def _synchronized_keras(layer: BatchNormalization, process_group: Any) -> BatchNormalization:
-    new = copy.copy(layer)  # shares parameters and buffers; its own spec and dicts
-    new.__dict__ = dict(layer.__dict__)
+    new = copy.copy(layer)  # its own __dict__; the dicts below are copied so the tensors are shared, not the slots
     for attr in ("_parameters", "_buffers", "_modules"):
         new.__dict__[attr] = dict(layer.__dict__[attr])
     new._spec = layer.spec.replace(synchronized=True, fused=None)

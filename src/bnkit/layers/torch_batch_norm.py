@@ -24,12 +24,11 @@ from .. import functional as F
 from .._check import check_bool, check_fraction, check_positive
 from .._spec import BNSpec
 from ..distributed import is_distributed
+from .batch_norm import KERAS_WEIGHT_NAMES
 from ._common import BNExtras, fx_leaf, flat_state, is_tracing, renorm_state, store_stats
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "TorchBatchNorm"]
 
-_KERAS_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var",
-                "moving_stddev": "running_stddev"}
 
 
 class TorchBatchNorm(BNExtras, _BatchNorm):
@@ -185,7 +184,7 @@ class TorchBatchNorm(BNExtras, _BatchNorm):
                               strict: bool, missing_keys: list[str], unexpected_keys: list[str],
                               error_msgs: list[str]) -> None:
         # Keras-named entries (gamma, moving_mean, ...; flat or Keras-shaped) load too.
-        flat_state(state_dict, prefix, _KERAS_NAMES)
+        flat_state(state_dict, prefix, KERAS_WEIGHT_NAMES)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
