@@ -14,11 +14,11 @@ from a file is ever executed and nothing is unpickled.  Errors: :class:`KerasFor
 """
 from __future__ import annotations
 
-from ._config import SUPPORTED_LAYERS
 from ._load import build_from_config, load_model, read_model_config
 from ._mapping import RULES as WEIGHT_RULES
 from ._model import KerasModel
 from ._save import SaveSummary, save_model
+from ._table import SUPPORTED_LAYERS
 from ._torch_bn import from_torch_batchnorm, to_torch_batchnorm
 from ._weights import LoadReport, load_weights
 from .errors import KerasFormatError, UnsupportedLayerError, WeightMismatchError

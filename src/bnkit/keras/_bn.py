@@ -17,15 +17,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from .. import constraints, initializers, regularizers
 from .._check import check_bool
 from .._spec import BNSpec
-from ..layers import BatchNormalization
-from ._build import Builder, Info, identity
+from ..layers import BatchNormalization, TorchBatchNorm
+from ..layers.batch_norm import KERAS_WEIGHT_NAMES
+from ._build import Builder, Info, identity, moved
 from ._config import LayerSpec
+from ._entry import ExportState, LayerEntry, WeightRule, as_is, view_shape
+from ._options import drop_nones, one_input
+from ._torch_bn import keras_spec
 from .errors import UnsupportedLayerError
 
-__all__ = ["plan_batch_normalization"]
+__all__ = ["BN_WEIGHTS", "ENTRIES", "plan_batch_normalization"]
+
+#: gamma -> weight, beta -> bias, moving_mean -> running_mean, moving_variance -> running_var,
+#: moving_stddev -> running_stddev, renorm_mean, renorm_stddev: flat ``(C,)`` in torch;
+#: Keras stores ``(1, ..., C)`` with ``virtual_batch_size`` or several axes.
+BN_WEIGHTS = tuple(WeightRule(keras, attribute, as_is, view_shape(as_is), exact_shape=False)
+                   for keras, attribute in KERAS_WEIGHT_NAMES.items())
 
 _INITIALIZERS = ("beta_initializer", "gamma_initializer", "moving_mean_initializer", "moving_variance_initializer")
 _PENALTIES: tuple[tuple[str, Any], ...] = (
@@ -37,7 +49,7 @@ _LAYER_FIELDS = ("momentum", "epsilon", "center", "scale", "renorm", "renorm_cli
 
 
 def _resolve(b: Builder, key: str, module: Any, raw: Any) -> Any:
-    for candidate in (raw, _drop_nones(raw)):
+    for candidate in (raw, drop_nones(raw)):
         try:
             return module.get(candidate, arg_name=key)
         except (ValueError, TypeError):
@@ -45,10 +57,8 @@ def _resolve(b: Builder, key: str, module: Any, raw: Any) -> Any:
     raise UnsupportedLayerError(str(b.error(f"`{key}` is not available in bnkit", "a built-in Keras object", raw)))
 
 
-def _drop_nones(raw: Any) -> Any:
-    if isinstance(raw, dict) and isinstance(raw.get("config"), dict):
-        return {**raw, "config": {k: v for k, v in raw["config"].items() if v is not None}}
-    return raw
+def batch_normalization(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
+    return plan_batch_normalization(b, spec, one_input(b, xs))
 
 
 def plan_batch_normalization(b: Builder, spec: LayerSpec, x: Info) -> tuple[Info, dict[str, Any]]:
@@ -105,3 +115,51 @@ def _initializer(b: Builder, key: str, raw: Any) -> Any:
     except UnsupportedLayerError:
         b.note(f"`{key}` {raw!r:.80} is not available in bnkit; Keras' default is used")
         return None
+
+
+# ---- export of plain torch modules ---------------------------------------------------------
+def _export(state: ExportState, path: str, name: str, bn: nn.Module) -> int:
+    if state.torch_order:
+        raise state.refuse(path, bn, "batch norm between a torch-order flatten and a Linear")
+    state.add(name, "BatchNormalization", export_config(state, path, bn, (1, *state.shape)), bn)
+    return 1
+
+
+def export_config(state: ExportState, path: str, bn: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
+    """The Keras config of a bnkit or torch BN on an NC... input of ``shape`` (batch included)."""
+    keras_family = isinstance(bn, BatchNormalization)
+    if not keras_family and (bn.momentum is None or not bn.track_running_stats):
+        raise state.refuse(path, bn, "momentum=None or track_running_stats=False have no Keras equivalent")
+    spec, rank = bn.spec if keras_family else keras_spec(bn), len(shape)
+    try:
+        built = spec.build(shape)
+    except ValueError as error:
+        raise state.refuse(path, bn, f"it cannot normalise a {rank}-D input ({error})") from error
+    keras_axes = [moved(rank)[a] for a in built.axes]
+    if keras_axes != sorted(keras_axes) or spec.adjustment is not None:
+        raise state.refuse(path, bn, "an adjustment, or axes whose order changes in channels-last layout")
+    config: dict[str, Any] = {**spec.keras_config(), "axis": keras_axes[0] if len(keras_axes) == 1 else [
+        a - rank for a in keras_axes] if spec.virtual_batch_size is not None else keras_axes}
+    if keras_family:
+        config.update(trainable=bn.trainable, **{f"{k}_initializer": initializers.serialize(v)
+                                                 for k, v in bn.initializers.items()})
+    if isinstance(bn, (BatchNormalization, TorchBatchNorm)):  # the torch family writes only those it has
+        penalties = {**{f"{k}_regularizer": regularizers.serialize(v) for k, v in bn.regularizers.items()},
+                     **{f"{k}_constraint": constraints.serialize(v) for k, v in bn.constraints.items()}}
+        config.update({k: v for k, v in penalties.items() if keras_family or v is not None})
+    try:  # the rule Keras picks for the config (save_model's re-plan reports an invalid config)
+        keras_rule = BNSpec.from_keras_config(config).build((1,) * rank).variance_rule
+    except (ValueError, TypeError):
+        keras_rule = built.variance_rule
+    if keras_rule != built.variance_rule:
+        state.notes.append(f"{path}: fused={bn.fused} is not saved by Keras; Keras picks its own moving-variance "
+                           "rule" if keras_family else f"{path}: Keras feeds the biased batch variance to "
+                           "moving_variance here (torch: unbiased)")
+    return config
+
+
+ENTRIES: tuple[LayerEntry, ...] = (
+    LayerEntry("BatchNormalization", batch_normalization, BN_WEIGHTS,
+               torch_types=(BatchNormalization, nn.modules.batchnorm._BatchNorm), export=_export,
+               example=((None, 4, 4, 3), {"axis": -1, "renorm": True})),
+)

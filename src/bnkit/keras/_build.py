@@ -9,21 +9,27 @@ in Keras' layout.
 
 The build is planned before anything is allocated: handlers return module *factories*
 plus the Keras weight shapes, so :func:`load_model` can check the whole plan against the
-file before creating a single tensor.
+file before creating a single tensor.  The graph walk itself is in :mod:`bnkit.keras._plan`;
+this module holds the state handlers write into and the layout helpers they share.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import torch
 from torch import nn
 
+from .. import initializers
 from ._config import LayerSpec, ModelSpec
+from ._entry import WeightRule, present_rules, resolve_tensor
+from ._layers import ACTIVATIONS
 from ._model import KerasModel, Step
 from .errors import KerasFormatError
 
-__all__ = ["MAX_BUILD_ELEMENTS", "Builder", "Info", "Plan", "identity", "moved", "plan_model"]
+__all__ = ["MAX_BUILD_ELEMENTS", "Builder", "Info", "Perm", "Plan", "Shape", "identity", "image", "inverse", "layout",
+           "moved", "spatial", "weighted"]
 
 #: build_from_config refuses configs with more weight elements than this (2**31, 8 GiB of float32).
 MAX_BUILD_ELEMENTS = 2**31
@@ -69,6 +75,7 @@ class Plan(NamedTuple):
     config: dict[str, Any]
     weight_shapes: dict[str, dict[str, tuple[int, ...]]]
     notes: list[str]
+    classes: dict[str, str]
 
     def elements(self) -> int:
         return sum(math.prod(shape) for layer in self.weight_shapes.values() for shape in layer.values())
@@ -76,11 +83,15 @@ class Plan(NamedTuple):
     def create(self) -> KerasModel:
         layers = {name: factory() for name, factory in self.factories.items()}
         return KerasModel(self.name, layers, self.steps, self.inputs, self.input_ranks, self.outputs,
-                          self.slots, self.config, self.weight_shapes, self.notes)
+                          self.slots, self.config, self.weight_shapes, self.notes, self.classes)
 
 
 class Builder:
-    """The state handlers write into; see :mod:`bnkit.keras._handlers`."""
+    """The state a layer entry's ``plan`` writes into (see :mod:`bnkit.keras._entry`).
+
+    ``init`` is True for :func:`build_from_config` (initialise weights with the config's
+    Keras initializers) and False when loading (weights come from the file).
+    """
 
     def __init__(self, spec: ModelSpec, init: bool, source: object) -> None:
         self.spec, self.init, self.source = spec, init, source
@@ -126,6 +137,13 @@ class Builder:
             name += "_"
         return name
 
+    def activate(self, name: str, slot: int, perm: Perm) -> int:
+        """Apply the Keras activation ``name`` (a layer's ``activation=``) to ``slot``."""
+        if name == "linear":
+            return slot
+        dim = perm.index(len(perm) - 1)
+        return self.run(self.aux_name(name), lambda: ACTIVATIONS[name](dim), [slot])
+
     def run(self, name: str, factory: Callable[[], nn.Module], slots: list[int], many: bool = False) -> int:
         """Register module ``name`` and a step calling it on ``slots``; returns the output slot."""
         self.factories[name] = factory
@@ -134,49 +152,53 @@ class Builder:
         return out
 
 
-def plan_model(spec: ModelSpec, config: dict[str, Any], init: bool, source: object) -> Plan:
-    """Plan a KerasModel for ``spec``; ``config`` is rewritten into bnkit's dialect."""
-    from ._handlers import HANDLERS, input_layer
+def spatial(x: Info, data_format: str) -> tuple[int | None, ...]:
+    """(channels, *spatial sizes) of a rank >= 3 Keras tensor."""
+    if data_format == "channels_last":
+        return (x.shape[-1], *x.shape[1:-1])
+    return tuple(x.shape[1:])
 
-    builder = Builder(spec, init, source)
-    infos: dict[str, Info] = {}
-    canonical: list[dict[str, Any]] = []
-    for layer in spec.layers:
-        builder.layer = layer
-        if layer.class_name == "InputLayer":
-            infos[layer.name], layer_config = input_layer(builder, layer)
+
+def image(shape_cs: Sequence[int | None], data_format: str, batch: int | None) -> Shape:
+    """The Keras shape of (channels, *spatial sizes) in ``data_format``."""
+    c, *sizes = shape_cs
+    return (batch, *sizes, c) if data_format == "channels_last" else (batch, c, *sizes)
+
+
+def layout(data_format: str, rank: int = 4) -> Perm:
+    """The torch layout a spatial layer computes in: channels first."""
+    return moved(rank) if data_format == "channels_last" else identity(rank)
+
+
+def weighted(b: Builder, make: Callable[[str | None], nn.Module], rules: Sequence[WeightRule],
+             inits: dict[str, Any], trainable: bool) -> Callable[[], nn.Module]:
+    """A factory for a module with Keras weights, built by ``make(device)``.
+
+    When loading, the module is made on "meta" and every parameter and buffer replaced by
+    an empty CPU tensor (the file fills those in ``rules``; ``to_empty`` is slow on first
+    use).  Otherwise it is made normally and each weight whose Keras initializer is given
+    in ``inits`` (keyed by Keras weight name) is drawn in Keras' layout.
+    """
+    init = b.init
+
+    def factory() -> nn.Module:
+        if not init:
+            module = make("meta")
+            for sub in module.modules():
+                for name, parameter in list(sub.named_parameters(recurse=False)):
+                    setattr(sub, name, nn.Parameter(torch.empty(parameter.shape, dtype=parameter.dtype)))
+                for name, buffer in list(sub.named_buffers(recurse=False)):
+                    sub._buffers[name] = torch.empty(buffer.shape, dtype=buffer.dtype)
         else:
-            arguments = [infos[ref] for ref in layer.inbound]
-            infos[layer.name], layer_config = HANDLERS[layer.class_name](builder, layer, arguments)
-        canonical.append({"module": "keras.layers", "class_name": layer.class_name, "config": layer_config,
-                          "registered_name": None, "name": layer.name,
-                          "inbound_nodes": [[[ref, 0, 0, {}] for ref in layer.inbound]] if layer.inbound else []})
-    builder.layer = None
-    inputs = [infos[name].slot for name in spec.inputs]
-    ranks = [len(infos[name].shape) for name in spec.inputs]
-    outputs = [builder.take(infos[name], identity(len(infos[name].shape))) for name in spec.outputs]
-    _add_releases(builder, set(inputs) | set(outputs))
-    model_config = {
-        "module": "keras", "class_name": "Model", "registered_name": None,
-        "config": {"name": spec.name, "trainable": True, "layers": canonical,
-                   "input_layers": [[name, 0, 0] for name in spec.inputs],
-                   "output_layers": [[name, 0, 0] for name in spec.outputs]},
-    }
-    plan = Plan(spec.name, builder.factories, builder.steps, inputs, ranks, outputs, builder.slots,
-                model_config, builder.weight_shapes, builder.notes)
-    if init and plan.elements() > MAX_BUILD_ELEMENTS:
-        raise KerasFormatError(
-            f"{source}: the config declares {plan.elements():,} weight values; expected at most "
-            f"{MAX_BUILD_ELEMENTS:,} (an absurd or corrupted config)"
-        )
-    return plan
+            module = make(None)
+            with torch.no_grad():
+                for rule in present_rules(module, rules):
+                    tensor = resolve_tensor(module, rule.torch)
+                    if inits.get(rule.keras) is not None and tensor is not None:
+                        values = initializers.get(inits[rule.keras])(rule.keras_shape(tensor))
+                        rule.view(tensor, None).copy_(values)
+        for parameter in module.parameters():
+            parameter.requires_grad_(trainable)
+        return module
 
-
-def _add_releases(builder: Builder, keep: set[int]) -> None:
-    last_use: dict[int, int] = {}
-    for index, step in enumerate(builder.steps):
-        for slot in step.inputs:
-            last_use[slot] = index
-    for index, step in enumerate(builder.steps):
-        release = tuple(s for s in set(step.inputs) if last_use[s] == index and s not in keep)
-        builder.steps[index] = step._replace(release=release)
+    return factory

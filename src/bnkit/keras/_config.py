@@ -1,9 +1,10 @@
 """Parse a Keras model config (tf_keras 2.x or Keras 3 dialect) into a plain layer graph.
 
-The config is data: it is read as JSON and checked against a fixed list of built-in
-layer classes.  ``Lambda`` layers, custom (registered) objects, nested models and shared
-layers are refused with an :class:`~bnkit.keras.UnsupportedLayerError` naming the layer;
-nothing in the config is ever imported or executed.
+The config is data: it is read as JSON; ``Lambda`` layers, custom (registered) objects,
+nested models and shared layers are refused with an
+:class:`~bnkit.keras.UnsupportedLayerError` naming the layer; nothing in the config is ever
+imported or executed.  Which layer classes bnkit rebuilds is the layer table's business
+(:mod:`bnkit.keras._table`), checked by the planner.
 """
 from __future__ import annotations
 
@@ -12,17 +13,8 @@ from typing import Any
 
 from .errors import KerasFormatError, UnsupportedLayerError
 
-__all__ = ["SUPPORTED_LAYERS", "LayerSpec", "ModelSpec", "parse_model_config"]
+__all__ = ["LayerSpec", "ModelSpec", "parse_model_config"]
 
-#: Keras layer classes bnkit can rebuild (plus Keras' own aliases of some of them).
-SUPPORTED_LAYERS = (
-    "InputLayer", "Conv2D", "Dense", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-    "GlobalMaxPooling2D", "Flatten", "Dropout", "BatchNormalization", "Activation", "ReLU", "Softmax",
-    "Add", "Concatenate", "ZeroPadding2D",
-)
-_ALIASES = {"MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D",
-            "GlobalAvgPool2D": "GlobalAveragePooling2D", "GlobalMaxPool2D": "GlobalMaxPooling2D",
-            "Convolution2D": "Conv2D"}
 _MODEL_CLASSES = ("Sequential", "Functional", "Model")
 _CODE_CLASSES = ("Lambda", "TFOpLambda", "SlicingOpLambda")
 _FLOAT32 = ("float32", None)
@@ -99,13 +91,7 @@ def _entry(raw: Any, index: int, source: object) -> tuple[str, str, dict[str, An
             f"{source}: layer {name!r} is a nested {cls} model; load_model expects a flat graph of "
             "built-in layers (load_weights can still read nested weight files)"
         )
-    cls = _ALIASES.get(cls, cls)
     _check_custom(raw, f"layer {name!r}", cls, source)
-    if cls not in SUPPORTED_LAYERS:
-        raise UnsupportedLayerError(
-            f"{source}: layer {name!r} has class {cls!r}, which bnkit cannot rebuild; "
-            f"expected one of {', '.join(SUPPORTED_LAYERS)}"
-        )
     _check_dtype(cfg.get("dtype"), name, cls, source)
     return name, cls, cfg, raw.get("inbound_nodes", [])
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from ..layers import BatchNormalization
 from ._archive import is_keras_archive, read_archive_json
-from ._build import plan_model
 from ._config import parse_model_config
 from ._h5 import open_h5, read_json_attr, translating
 from ._model import KerasModel
+from ._plan import plan_model
 from ._weights import LoadReport, collect_targets, copy_planned, open_weights, plan_load
 from .errors import KerasFormatError
 

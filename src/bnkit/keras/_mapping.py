@@ -1,4 +1,7 @@
-"""The Keras <-> torch weight table: every weight name, attribute and layout change, once.
+"""The Keras <-> torch weight table, derived from the layer table (:mod:`bnkit.keras._table`).
+
+Each layer entry lists its Keras weights (:class:`~bnkit.keras._entry.WeightRule`: Keras
+name, torch tensor, layout change).  For example:
 
 ========================  ==========  =========  ======================================
 Keras layer / weight      torch type  attribute  layout change (Keras -> torch)
@@ -13,98 +16,38 @@ BatchNormalization        bnkit BN or weight,    flat ``(C,)``; Keras stores ``(
 ``gamma`` ... (7 names)   BatchNormNd bias, ...  with ``virtual_batch_size`` or several axes
 ========================  ==========  =========  ======================================
 
-The BN names come from :data:`bnkit.layers.batch_norm.KERAS_WEIGHT_NAMES` (gamma -> weight,
-beta -> bias, moving_mean -> running_mean, moving_variance -> running_var, moving_stddev ->
-running_stddev, renorm_mean, renorm_stddev).  Each rule maps a torch tensor to a *view* in
-Keras' layout, so one function serves loading (copy into the view) and saving (read it).
+Each rule maps a torch tensor to a *view* in Keras' layout, so one function serves loading
+(copy into the view) and saving (read it).  A :class:`~bnkit.keras.KerasModel` pairs its
+modules by the Keras class each was built for; plain torch models by torch type.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import nn
 
-from ..layers.batch_norm import KERAS_WEIGHT_NAMES, BatchNormalization
+from ._entry import WeightRule
+from ._table import ENTRIES, TABLE, entry_for_module
 
-__all__ = ["KERAS_ALIASES", "RULES", "WeightRule", "keras_class", "present_rules", "short_name", "snake_case"]
-
-
-def _conv_kernel(tensor: Tensor, channels: int | None) -> Tensor:
-    return tensor.permute(2, 3, 1, 0)  # OIHW -> HWIO; the inverse of transpose(3, 2, 0, 1)
-
-
-def _dense_kernel(tensor: Tensor, channels: int | None) -> Tensor:
-    if channels is None:
-        return tensor.T
-    units, features = tensor.shape
-    # torch flattens NCHW as (c, hw); Keras as (hw, c): view (U, C, HW) as (HW, C, U).
-    return tensor.view(units, channels, features // channels).permute(2, 1, 0)
-
-
-def _as_is(tensor: Tensor, channels: int | None) -> Tensor:
-    return tensor
-
-
-def _dense_shape(tensor: Tensor) -> tuple[int, ...]:
-    return (tensor.shape[1], tensor.shape[0])
-
-
-def _view_shape(view: Callable[[Tensor, int | None], Tensor]) -> Callable[[Tensor], tuple[int, ...]]:
-    return lambda tensor: tuple(view(tensor, None).shape)
-
-
-@dataclass(frozen=True)
-class WeightRule:
-    """One Keras weight of a layer class and where it lives on the torch module."""
-
-    keras: str
-    torch: str
-    view: Callable[[Tensor, int | None], Tensor]
-    keras_shape: Callable[[Tensor], tuple[int, ...]]
-    exact_shape: bool = True
-
+__all__ = ["KERAS_ALIASES", "RULES", "WeightRule", "keras_class", "rules_for", "short_name", "snake_case"]
 
 #: Keras class -> its weights in Keras' order (trainable first, then non-trainable).
-RULES: dict[str, tuple[WeightRule, ...]] = {
-    "Conv2D": (
-        WeightRule("kernel", "weight", _conv_kernel, _view_shape(_conv_kernel)),
-        WeightRule("bias", "bias", _as_is, _view_shape(_as_is)),
-    ),
-    "Dense": (
-        WeightRule("kernel", "weight", _dense_kernel, _dense_shape),
-        WeightRule("bias", "bias", _as_is, _view_shape(_as_is)),
-    ),
-    "BatchNormalization": tuple(
-        WeightRule(keras, attribute, _as_is, _view_shape(_as_is), exact_shape=False)
-        for keras, attribute in KERAS_WEIGHT_NAMES.items()
-    ),
-}
-
-#: torch module type -> Keras class, most specific first.
-_CLASSES: tuple[tuple[type[nn.Module], str], ...] = (
-    (nn.Conv2d, "Conv2D"),
-    (nn.Linear, "Dense"),
-    (BatchNormalization, "BatchNormalization"),
-    (nn.modules.batchnorm._BatchNorm, "BatchNormalization"),
-)
+RULES: dict[str, tuple[WeightRule, ...]] = {entry.keras_class: entry.weights for entry in ENTRIES if entry.weights}
 
 #: Weight names of older files -> today's Keras names (Keras 1: ``W``, ``b``, ``running_*``).
 KERAS_ALIASES = {"W": "kernel", "b": "bias", "running_mean": "moving_mean", "running_std": "moving_variance"}
 
 
+def rules_for(keras_class: str) -> tuple[WeightRule, ...]:
+    """The weight rules of a Keras class (none for unknown or weightless classes)."""
+    entry = TABLE.get(keras_class)
+    return entry.weights if entry is not None else ()
+
+
 def keras_class(module: nn.Module) -> str | None:
-    """The Keras class a torch module stands for, or None when it has no Keras weights."""
-    for kind, name in _CLASSES:
-        if isinstance(module, kind):
-            return name
-    return None
-
-
-def present_rules(module: nn.Module, class_name: str) -> list[WeightRule]:
-    """The rules whose tensor exists on ``module`` (no bias, scale=False... drop out)."""
-    return [rule for rule in RULES[class_name] if getattr(module, rule.torch, None) is not None]
+    """The Keras class a plain torch module stands for, or None when it has no Keras weights."""
+    entry = entry_for_module(module)
+    return entry.keras_class if entry is not None else None
 
 
 def short_name(stored: str, layer: str | None) -> str:

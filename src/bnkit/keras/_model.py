@@ -35,12 +35,15 @@ class KerasModel(nn.Module):
     tensor (or a tuple for several outputs) in Keras' layout.  ``keras_config`` is the
     model config bnkit writes back (a tf_keras-style dialect that tf_keras 2.x and Keras 3
     both read); ``keras_notes`` lists Keras settings with no torch effect (e.g. kernel
-    regularizers), so nothing is dropped silently.
+    regularizers), so nothing is dropped silently.  ``keras_classes`` maps each module
+    holding Keras weights to its Keras class (a ``DepthwiseConv2D`` is an ``nn.Conv2d``
+    whose Keras weights differ from a ``Conv2D``'s), so weights are paired by Keras class.
     """
 
     def __init__(self, name: str, layers: dict[str, nn.Module], steps: list[Step], inputs: list[int],
                  input_ranks: list[int], outputs: list[int], slots: int, keras_config: dict[str, Any],
-                 keras_weight_shapes: dict[str, dict[str, tuple[int, ...]]], keras_notes: list[str]) -> None:
+                 keras_weight_shapes: dict[str, dict[str, tuple[int, ...]]], keras_notes: list[str],
+                 keras_classes: dict[str, str] | None = None) -> None:
         super().__init__()
         self.name = name
         self.layers = nn.ModuleDict(layers)
@@ -52,6 +55,7 @@ class KerasModel(nn.Module):
         self.keras_config = keras_config
         self.keras_weight_shapes = keras_weight_shapes
         self.keras_notes = list(keras_notes)
+        self.keras_classes = dict(keras_classes or {})
 
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         if len(inputs) != len(self.input_slots):

@@ -2,17 +2,30 @@
 
 Each reader takes the :class:`~bnkit.keras._build.Builder` (for the layer name in errors),
 the layer config, the key and a default; a wrong value raises KerasFormatError saying what
-was expected and what was received.
+was expected and what was received.  Also here: the pieces every layer config shares
+(:func:`common`, :func:`data_format`, :func:`activation_name`, :func:`initializer`,
+:func:`training_only`).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from torch import nn
+
+from .. import initializers
 from ._build import Builder, Info
+from ._config import LayerSpec
+from ._layers import ACTIVATIONS
 from .errors import UnsupportedLayerError
 
-__all__ = ["bool_option", "choice", "float_option", "int_option", "is_int", "known", "one_input", "pair"]
+__all__ = ["ACTIVATION_TYPES", "TRAINING_ONLY", "activation_name", "activation_of", "axis_option", "bool_option",
+           "choice", "common", "data_format", "drop_nones", "float_option", "initializer", "int_option", "is_int",
+           "known", "one_input", "pair", "training_only"]
+
+#: Config keys that only matter to Keras' training loop (noted, not applied, not written back).
+TRAINING_ONLY = ("kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint",
+                 "bias_constraint")
 
 
 def _get(b: Builder, cfg: dict[str, Any], key: str, default: Any, check: Callable[[Any], bool], expected: str) -> Any:
@@ -67,3 +80,80 @@ def known(b: Builder, value: int | None, what: str) -> int:
     if value is None:
         raise b.error(f"unknown {what}", "a fixed size in the model's input shape", None)
     return value
+
+
+def axis_option(b: Builder, value: Any, rank: int) -> int:
+    """A Keras ``axis`` (an int or tf_keras' one-element list) as a non-negative axis."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if not is_int(value) or not -rank <= value < rank:
+        raise b.error("invalid `axis`", f"an int in [{-rank}, {rank})", value)
+    return int(value) % rank
+
+
+def common(spec: LayerSpec) -> dict[str, Any]:
+    """The config keys every written layer has: name, trainable, dtype."""
+    return {"name": spec.name, "trainable": spec.config.get("trainable", True) is not False, "dtype": "float32"}
+
+
+def data_format(b: Builder, cfg: dict[str, Any]) -> str:
+    return choice(b, cfg, "data_format", ("channels_last", "channels_first"), "channels_last")
+
+
+def activation_name(b: Builder, value: Any) -> str:
+    """A built-in Keras activation name (``"linear"`` for None); anything else is refused."""
+    if isinstance(value, dict) and isinstance(value.get("config"), str) and \
+            str(value.get("module", "keras.activations")).split(".")[0] in ("keras", "tf_keras", "builtins"):
+        value = value["config"]
+    if value is None or value == "linear":
+        return "linear"
+    if not isinstance(value, str) or value not in ACTIVATIONS:
+        raise UnsupportedLayerError(str(b.error("unsupported activation", f"one of {['linear', *ACTIVATIONS]}", value)))
+    return value
+
+
+def initializer(b: Builder, cfg: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The serialised Keras initializer of ``key``, None (with a note) if bnkit lacks it."""
+    raw = cfg.get(key)
+    if raw is None:
+        return None
+    for candidate in (raw, drop_nones(raw)):
+        try:
+            return initializers.serialize(initializers.get(candidate))
+        except (ValueError, TypeError):
+            continue
+    b.note(f"`{key}` {raw!r:.80} is not available in bnkit; Keras' default is written instead")
+    return None
+
+
+def drop_nones(raw: Any) -> Any:
+    """A serialised Keras object without its null config entries (tf_keras writes ``seed: null``)."""
+    if isinstance(raw, dict) and isinstance(raw.get("config"), dict):
+        return {**raw, "config": {k: v for k, v in raw["config"].items() if v is not None}}
+    return raw
+
+
+def training_only(b: Builder, cfg: dict[str, Any], keys: tuple[str, ...] = TRAINING_ONLY) -> None:
+    """Note every set key of ``keys``: it has no effect in torch."""
+    for key in keys:
+        if cfg.get(key) is not None:
+            b.note(f"`{key}` {cfg[key]!r:.80} has no effect in torch (not applied, not written back)")
+
+
+_ELEMENTWISE = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.SELU: "selu", nn.Softsign: "softsign",
+                nn.SiLU: "swish", nn.ReLU6: "relu6"}
+#: Torch modules that may equal a Keras activation (see :func:`activation_of`).
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (*_ELEMENTWISE, nn.Softmax, nn.ELU, nn.GELU, nn.Softplus)
+
+
+def activation_of(module: nn.Module | None) -> str | None:
+    """The Keras activation equal to ``module`` on a channels-first tensor, or None."""
+    if isinstance(module, nn.Softmax) and module.dim == 1:  # torch channels = Keras' last axis
+        return "softmax"
+    if isinstance(module, nn.ELU) and module.alpha == 1.0:
+        return "elu"
+    if isinstance(module, nn.GELU) and module.approximate == "none":
+        return "gelu"
+    if isinstance(module, nn.Softplus) and module.beta == 1.0:
+        return "softplus"
+    return next((name for kind, name in _ELEMENTWISE.items() if type(module) is kind), None)

@@ -23,12 +23,13 @@ from torch import nn
 
 from .._files import write_atomically
 from ._archive import write_archive
-from ._build import plan_model
 from ._config import parse_model_config
+from ._entry import present_rules, resolve_tensor
 from ._export import export_sequential
 from ._h5 import h5py_module
-from ._mapping import RULES, keras_class, present_rules, snake_case
+from ._mapping import rules_for, snake_case
 from ._model import KerasModel
+from ._plan import plan_model
 from .errors import KerasFormatError
 
 __all__ = ["KERAS_VERSION", "SaveSummary", "save_model"]
@@ -110,16 +111,16 @@ def _collect_weights(config: dict[str, Any], modules: dict[str, tuple[nn.Module,
     for layer in config["config"]["layers"]:
         name, cls = layer["name"], layer["class_name"]
         expected = plan.weight_shapes.get(name)
-        if cls not in RULES or expected is None:
+        if not rules_for(cls) or expected is None:
             layers.append((name, cls, []))
             continue
         module, channels = modules.get(name, (None, None))
-        if module is None or keras_class(module) != cls:
+        rules = present_rules(module, rules_for(cls)) if module is not None else []
+        if not rules:
             raise KerasFormatError(
-                f"Layer {name!r}: the model no longer fits its Keras config; expected a module for {cls}; "
-                f"received {type(module).__name__ if module is not None else 'nothing'}"
+                f"Layer {name!r}: the model no longer fits its Keras config; expected a module with the weights "
+                f"of a {cls}; received {type(module).__name__ if module is not None else 'nothing'}"
             )
-        rules = present_rules(module, cls)
         if [rule.keras for rule in rules] != list(expected):
             raise KerasFormatError(
                 f"Layer {name!r}: expected weights {list(expected)} for its config; the module has "
@@ -127,7 +128,7 @@ def _collect_weights(config: dict[str, Any], modules: dict[str, tuple[nn.Module,
             )
         arrays = []
         for rule in rules:
-            view = rule.view(getattr(module, rule.torch).detach(), channels)
+            view = rule.view(resolve_tensor(module, rule.torch).detach(), channels)  # type: ignore[union-attr]
             if view.numel() != int(np.prod(expected[rule.keras])):
                 raise KerasFormatError(
                     f"Layer {name!r} weight {rule.keras}: expected shape {expected[rule.keras]}; the module "

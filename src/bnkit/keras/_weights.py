@@ -2,7 +2,8 @@
 
 Loading happens in two phases.  *Plan*: index the file, pair every stored layer with a
 torch module (by name; for ``.keras``/``.weights.h5`` files without names, by Keras' layer
-order), pair their weights through :data:`~bnkit.keras._mapping.RULES`, and check counts,
+order), pair their weights through the layer entries' weight rules (:mod:`bnkit.keras._table`:
+by the Keras class a :class:`KerasModel` built each module for, by torch type otherwise), and check counts,
 shapes, dtypes and storage.  *Copy*: only when the plan is clean (or ``strict=False``),
 copy each dataset under ``torch.no_grad`` straight into a Keras-layout view of its tensor.
 """
@@ -25,7 +26,8 @@ from ..layers.flatten import Flatten
 from ._archive import is_keras_archive, open_archive_weights
 from ._copy import copy_all
 from ._h5 import open_h5
-from ._mapping import RULES, WeightRule, keras_class, present_rules, short_name, snake_case
+from ._entry import WeightRule, present_rules, resolve_tensor
+from ._mapping import keras_class, rules_for, short_name, snake_case
 from ._model import KerasModel
 from ._stored import StoredLayer, index_weights
 from .errors import KerasFormatError, WeightMismatchError
@@ -87,16 +89,28 @@ def collect_targets(model: nn.Module) -> tuple[list[Target], list[str]]:
     """The modules taking Keras weights, in module order, and the parametrised ones that cannot."""
     shapes: dict[str, dict[str, tuple[int, ...]]] = getattr(model, "keras_weight_shapes", {}) or {}
     channels = {} if isinstance(model, KerasModel) else _flatten_channels(model)  # KerasModel flattens Keras-style
+    classes: dict[str, str] = model.keras_classes if isinstance(model, KerasModel) else {}
     targets: list[Target] = []
     unmapped: list[str] = []
+    inside: list[str] = []  # paths of targets: their submodules belong to them
     for path, module in model.named_modules():
-        cls = keras_class(module)
+        if any(path.startswith(prefix + ".") for prefix in inside):
+            continue
         leaf = path.rsplit(".", 1)[-1]
+        cls = _built_class(classes, path, module) or keras_class(module)
         if cls is not None:
             targets.append(Target(leaf, path, module, cls, channels.get(path), shapes.get(leaf)))
+            inside.append(path)
         elif any(True for _ in module.parameters(recurse=False)):
             unmapped.append(f"{path} ({type(module).__name__}: no Keras equivalent)")
     return targets, unmapped
+
+
+def _built_class(classes: dict[str, str], path: str, module: nn.Module) -> str | None:
+    """The Keras class a KerasModel built the module at ``path`` for, while it still holds
+    that class's weights (surgery may have replaced it, e.g. a folded BN by an Identity)."""
+    cls = classes.get(path[len("layers."):]) if path.startswith("layers.") else None
+    return cls if cls is not None and present_rules(module, rules_for(cls)) else None
 
 
 def _flatten_channels(model: nn.Module) -> dict[str, int]:
@@ -162,7 +176,7 @@ def plan_load(targets: list[Target], stored: list[StoredLayer], layout: str, rep
     pairs.sort(key=lambda pair: order[id(pair[1])])
     used = {id(target) for _, target in pairs}
     report.missing.extend(f"{t.path} ({t.keras_class})" for t in targets if id(t) not in used
-                          and present_rules(t.module, t.keras_class))
+                          and present_rules(t.module, rules_for(t.keras_class)))
     copies: list[_Copy] = []
     for layer, target in pairs:
         layer_copies = _pair_weights(layer, target, report)
@@ -191,8 +205,8 @@ def _pair_by_order(targets: list[Target], stored: list[StoredLayer],
 
 
 def _pair_weights(layer: StoredLayer, target: Target, report: LoadReport) -> list[_Copy] | None:
-    rules = present_rules(target.module, target.keras_class)
-    known = {rule.keras for rule in RULES[target.keras_class]}
+    rules = present_rules(target.module, rules_for(target.keras_class))
+    known = {rule.keras for rule in rules_for(target.keras_class)}
     shorts = [short_name(name, layer.name) for name in layer.names]
     expected = [rule.keras for rule in rules]
     if not layer.positional and set(shorts) <= known and len(set(shorts)) == len(shorts):
@@ -210,8 +224,8 @@ def _pair_weights(layer: StoredLayer, target: Target, report: LoadReport) -> lis
     copies = []
     problems = []
     for name, dataset, rule in zip(layer.names, layer.datasets, ordered):
-        tensor = getattr(target.module, rule.torch)
-        if isinstance(tensor, (UninitializedParameter, UninitializedBuffer)):
+        tensor = resolve_tensor(target.module, rule.torch)
+        if tensor is None or isinstance(tensor, (UninitializedParameter, UninitializedBuffer)):
             report.mismatched.append(f"{target.name}: {type(target.module).__name__} is not built yet; "
                                      "call the model once (or pass num_features) before loading")
             return None

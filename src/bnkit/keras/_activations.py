@@ -1,0 +1,96 @@
+"""Activation layers and merges: Activation, ReLU, Softmax, Add, Concatenate (no weights)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from ._build import Builder, Info
+from ._config import LayerSpec
+from ._entry import ExportState, Handler, LayerEntry
+from ._layers import ACTIVATIONS, Add, Concatenate, KerasReLU
+from ._options import ACTIVATION_TYPES, activation_name, activation_of, axis_option, common, float_option, one_input
+
+__all__ = ["ENTRIES"]
+
+
+def activation(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
+    x = one_input(b, xs)
+    name = activation_name(b, spec.config.get("activation"))
+    if name == "linear":
+        slot = x.slot
+    else:
+        dim = x.perm.index(len(x.shape) - 1)
+        slot = b.run(spec.name, lambda: ACTIVATIONS[name](dim), [x.slot])
+    return Info(x.shape, x.perm, slot), {**common(spec), "activation": name}
+
+
+def relu(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
+    x, cfg = one_input(b, xs), spec.config
+    max_value = cfg.get("max_value")
+    if max_value is not None:
+        max_value = float_option(b, cfg, "max_value", 0.0, 0.0, math.inf)
+    slope = float_option(b, cfg, "negative_slope", 0.0, 0.0, math.inf)
+    threshold = float_option(b, cfg, "threshold", 0.0, -math.inf, math.inf)
+    if (max_value, slope, threshold) == (None, 0.0, 0.0):
+        factory: Callable[[], nn.Module] = nn.ReLU
+    else:
+        factory = lambda: KerasReLU(max_value, slope, threshold)  # noqa: E731
+    slot = b.run(spec.name, factory, [x.slot])
+    config = {**common(spec), "max_value": max_value, "negative_slope": slope, "threshold": threshold}
+    return Info(x.shape, x.perm, slot), config
+
+
+def softmax(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
+    x = one_input(b, xs)
+    axis = axis_option(b, spec.config.get("axis", -1), len(x.shape))
+    dim = x.perm.index(axis)
+    slot = b.run(spec.name, lambda: nn.Softmax(dim=dim), [x.slot])
+    return Info(x.shape, x.perm, slot), {**common(spec), "axis": axis}
+
+
+def _merge(kind: str) -> Handler:
+    def merge(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
+        if len(xs) < 2 or len({len(x.shape) for x in xs}) != 1:
+            raise b.error("inputs of one rank needed", "two or more inputs of equal rank", [x.shape for x in xs])
+        rank, perm = len(xs[0].shape), xs[0].perm
+        slots = [b.take(x, perm) for x in xs]
+        if kind == "add":
+            shape = tuple(next((d for d in dims if d is not None), None) for dims in zip(*(x.shape for x in xs)))
+            return Info(shape, perm, b.run(spec.name, Add, slots, many=True)), common(spec)
+        axis = axis_option(b, spec.config.get("axis", -1), rank)
+        total = None if any(x.shape[axis] is None for x in xs) else sum(x.shape[axis] for x in xs)  # type: ignore[misc]
+        dim = perm.index(axis)
+        shape = xs[0].shape[:axis] + (total,) + xs[0].shape[axis + 1:]
+        slot = b.run(spec.name, lambda: Concatenate(dim), slots, many=True)
+        return Info(shape, perm, slot), {**common(spec), "axis": axis}
+    return merge
+
+
+# ---- export of plain torch modules ---------------------------------------------------------
+def _export_softmax(state: ExportState, path: str, name: str, module: nn.Module) -> int:
+    from ._build import moved
+
+    rank = len(state.shape) + 1
+    dim = (module.dim if module.dim is not None else 1) % rank
+    state.add(name, "Softmax", {"axis": moved(rank)[dim]})
+    return 1
+
+
+def _export_activation(state: ExportState, path: str, name: str, module: nn.Module) -> int:
+    found = activation_of(module)
+    if found is None:
+        return 0
+    state.add(name, "Activation", {"activation": found})
+    return 1
+
+
+ENTRIES: tuple[LayerEntry, ...] = (
+    LayerEntry("Softmax", softmax, torch_types=(nn.Softmax,), export=_export_softmax),
+    LayerEntry("Activation", activation, torch_types=ACTIVATION_TYPES, export=_export_activation),
+    LayerEntry("ReLU", relu),
+    LayerEntry("Add", _merge("add")),
+    LayerEntry("Concatenate", _merge("concatenate")),
+)
