@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._repr import short
 from .. import constraints, initializers, regularizers
 from .._check import check_bool
 from .._spec import BNSpec
@@ -103,5 +104,5 @@ def _initializer(b: Builder, key: str, raw: Any) -> Any:
     try:
         return _resolve(b, key, initializers, raw)
     except UnsupportedLayerError:
-        b.note(f"`{key}` {raw!r:.80} is not available in bnkit; Keras' default is used")
+        b.note(f"`{key}` {short(raw)} is not available in bnkit; Keras' default is used")
         return None

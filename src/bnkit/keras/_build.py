@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
+from .._repr import short
 from ._config import LayerSpec, ModelSpec
 from ._model import KerasModel, Step
 from .errors import KerasFormatError
@@ -97,7 +98,7 @@ class Builder:
     def error(self, problem: str, expected: str, received: object) -> KerasFormatError:
         layer = self.layer
         where = f"layer {layer.name!r} ({layer.class_name})" if layer else "model"
-        return KerasFormatError(f"{self.source}: {where}: {problem}; expected {expected}; received {received!r:.200}")
+        return KerasFormatError(f"{self.source}: {where}: {problem}; expected {expected}; received {short(received, 200)}")
 
     def note(self, text: str) -> None:
         name = self.layer.name if self.layer else "model"

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from .._repr import short
 from .. import constraints, initializers, regularizers
 from .._spec import BNSpec
 from ..layers import BatchNormalization, Dropout, Flatten, TorchBatchNorm
@@ -75,7 +76,7 @@ def export_sequential(model: nn.Module, input_shape: tuple[int, ...]) -> Exporte
     out = Exported()
     shape = tuple(input_shape)  # torch layout, no batch
     if len(shape) not in (1, 3) or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise ValueError(f"`input_shape` must be (channels, height, width) or (features,); received: {input_shape!r}")
+        raise ValueError(f"`input_shape` must be (channels, height, width) or (features,); received: {short(input_shape)}")
     keras_shape = [None, *shape[1:], shape[0]] if len(shape) == 3 else [None, *shape]
     _add(out, "input_layer", "InputLayer", {"batch_input_shape": keras_shape, "dtype": "float32", "sparse": False,
                                           "ragged": False, "name": "input_layer"}, None)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._repr import short
 from .. import initializers
 from ..layers import Dropout, Flatten
 from ._build import Builder, Info, Perm, Shape, identity, inverse, moved
@@ -81,7 +82,7 @@ def _initializer(b: Builder, cfg: dict[str, Any], key: str) -> dict[str, Any] | 
             return initializers.serialize(initializers.get(candidate))
         except (ValueError, TypeError):
             continue
-    b.note(f"`{key}` {raw!r:.80} is not available in bnkit; Keras' default is written instead")
+    b.note(f"`{key}` {short(raw)} is not available in bnkit; Keras' default is written instead")
     return None
 
 
@@ -94,7 +95,7 @@ def _drop_nones(raw: Any) -> Any:
 def _training_only(b: Builder, cfg: dict[str, Any], keys: tuple[str, ...]) -> None:
     for key in keys:
         if cfg.get(key) is not None:
-            b.note(f"`{key}` {cfg[key]!r:.80} has no effect in torch (not applied, not written back)")
+            b.note(f"`{key}` {short(cfg[key])} has no effect in torch (not applied, not written back)")
 
 
 def _weighted(b: Builder, spec: LayerSpec, cls: type[nn.Module], args: tuple[Any, ...], kwargs: dict[str, Any],
