@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .. import initializers
+from .._repr import short
 from ._config import LayerSpec, ModelSpec
 from ._entry import WeightRule, present_rules, resolve_tensor
 from ._layers import ACTIVATIONS
@@ -108,7 +109,7 @@ class Builder:
     def error(self, problem: str, expected: str, received: object) -> KerasFormatError:
         layer = self.layer
         where = f"layer {layer.name!r} ({layer.class_name})" if layer else "model"
-        return KerasFormatError(f"{self.source}: {where}: {problem}; expected {expected}; received {received!r:.200}")
+        return KerasFormatError(f"{self.source}: {where}: {problem}; expected {expected}; received {short(received, 200)}")
 
     def note(self, text: str) -> None:
         name = self.layer.name if self.layer else "model"

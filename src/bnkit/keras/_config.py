@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .._repr import short
 from .errors import KerasFormatError, UnsupportedLayerError
 
 __all__ = ["LayerSpec", "ModelSpec", "parse_model_config"]
@@ -51,13 +52,13 @@ def parse_model_config(config: Any, source: object = "config") -> ModelSpec:
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
         raise KerasFormatError(
             f"{source}: expected a model config {{'class_name': ..., 'config': {{...}}}}; "
-            f"received {type(config).__name__} {str(config)[:120]}"
+            f"received {type(config).__name__} {short(config)}"
         )
     kind = config.get("class_name")
     body = config["config"]
     if kind not in _MODEL_CLASSES or not isinstance(body.get("layers"), list):
         raise UnsupportedLayerError(
-            f"{source}: the model class {kind!r} is not supported; expected a Sequential or "
+            f"{source}: the model class {short(kind)} is not supported; expected a Sequential or "
             "functional model (subclassed models carry code and cannot be rebuilt)"
         )
     _check_custom(config, "the model", kind, source, allow_registered=("Functional",))
@@ -73,13 +74,13 @@ def parse_model_config(config: Any, source: object = "config") -> ModelSpec:
 def _entry(raw: Any, index: int, source: object) -> tuple[str, str, dict[str, Any], Any]:
     if not (isinstance(raw, dict) and isinstance(raw.get("class_name"), str) and isinstance(raw.get("config"), dict)):
         raise KerasFormatError(
-            f"{source}: layer #{index} must be {{'class_name': str, 'config': dict}}; received {str(raw)[:120]}"
+            f"{source}: layer #{index} must be {{'class_name': str, 'config': dict}}; received {short(raw)}"
         )
     cls, cfg = raw["class_name"], raw["config"]
     name = raw.get("name", cfg.get("name"))
     if not isinstance(name, str) or not name or "." in name or "/" in name:
         raise KerasFormatError(
-            f"{source}: layer #{index} ({cls}) needs a name without '.' or '/'; received name={name!r}"
+            f"{source}: layer #{index} ({cls}) needs a name without '.' or '/'; received name={short(name)}"
         )
     if cls in _CODE_CLASSES:
         raise UnsupportedLayerError(
@@ -101,12 +102,12 @@ def _check_custom(raw: dict[str, Any], what: str, cls: Any, source: object,
     module, registered = raw.get("module"), raw.get("registered_name")
     if module is not None and not (isinstance(module, str) and module.split(".")[0] in ("keras", "tf_keras")):
         raise UnsupportedLayerError(
-            f"{source}: {what} ({cls}) is a custom object from module {module!r}; expected a built-in "
+            f"{source}: {what} ({cls}) is a custom object from module {short(module)}; expected a built-in "
             "Keras class (custom code is never imported)"
         )
     if registered is not None and registered != cls and registered not in allow_registered:
         raise UnsupportedLayerError(
-            f"{source}: {what} ({cls}) is a custom registered object {registered!r}; expected a "
+            f"{source}: {what} ({cls}) is a custom registered object {short(registered)}; expected a "
             "built-in Keras class (custom code is never imported)"
         )
 
@@ -118,7 +119,7 @@ def _check_dtype(dtype: Any, name: str, cls: str, source: object) -> None:
         policy = inner.get("name") if isinstance(inner, dict) else None
     if policy not in _FLOAT32:
         raise UnsupportedLayerError(
-            f"{source}: layer {name!r} ({cls}) uses dtype policy {policy!r}; expected 'float32'"
+            f"{source}: layer {short(name)} ({cls}) uses dtype policy {short(policy)}; expected 'float32'"
         )
 
 
@@ -155,7 +156,7 @@ def _functional(name: str, entries: list[tuple[str, str, dict[str, Any], Any]], 
     by_name = {spec.name: spec for spec in layers}
     for endpoint in inputs + outputs:
         if endpoint not in by_name:
-            raise KerasFormatError(f"{source}: model endpoint {endpoint!r} is not a layer of the model")
+            raise KerasFormatError(f"{source}: model endpoint {short(endpoint)} is not a layer of the model")
     for spec in layers:
         if (spec.class_name == "InputLayer") != (spec.name in inputs):
             raise KerasFormatError(
@@ -164,13 +165,13 @@ def _functional(name: str, entries: list[tuple[str, str, dict[str, Any], Any]], 
             )
         for ref in spec.inbound:
             if ref not in by_name:
-                raise KerasFormatError(f"{source}: layer {spec.name!r} consumes unknown layer {ref!r}")
+                raise KerasFormatError(f"{source}: layer {short(spec.name)} consumes unknown layer {short(ref)}")
     return ModelSpec(name, "Functional", _topological(layers, source), inputs, outputs)
 
 
 def _inbound(nodes: Any, name: str, source: object) -> tuple[str, ...]:
     if not isinstance(nodes, list):
-        raise KerasFormatError(f"{source}: layer {name!r}: `inbound_nodes` must be a list; received {nodes!r:.80}")
+        raise KerasFormatError(f"{source}: layer {short(name)}: `inbound_nodes` must be a list; received {short(nodes)}")
     if not nodes:
         return ()
     if len(nodes) > 1:
@@ -184,19 +185,19 @@ def _inbound(nodes: Any, name: str, source: object) -> tuple[str, ...]:
         kwargs = node.get("kwargs") or {}
         if not isinstance(kwargs, dict) or not _ignorable(kwargs):
             raise UnsupportedLayerError(
-                f"{source}: layer {name!r} is called with arguments {kwargs!r:.120}; expected none"
+                f"{source}: layer {short(name)} is called with arguments {short(kwargs)}; expected none"
             )
     elif isinstance(node, list):  # tf_keras: [[name, node, tensor, kwargs], ...]
         for item in node:
             if not (isinstance(item, list) and len(item) in (3, 4)):
-                raise KerasFormatError(f"{source}: layer {name!r}: malformed inbound node {item!r:.80}")
+                raise KerasFormatError(f"{source}: layer {short(name)}: malformed inbound node {short(item)}")
             if len(item) == 4 and not (isinstance(item[3], dict) and _ignorable(item[3])):
                 raise UnsupportedLayerError(
-                    f"{source}: layer {name!r} is called with arguments {item[3]!r:.120}; expected none"
+                    f"{source}: layer {short(name)} is called with arguments {short(item[3])}; expected none"
                 )
             refs.append((item[0], item[1], item[2]))
     else:
-        raise KerasFormatError(f"{source}: layer {name!r}: malformed inbound node {node!r:.80}")
+        raise KerasFormatError(f"{source}: layer {short(name)}: malformed inbound node {short(node)}")
     return tuple(_ref(ref, name, source) for ref in refs)
 
 
@@ -213,11 +214,11 @@ def _keras3_tensors(value: Any, refs: list[Ref], name: str, source: object) -> N
     elif isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
         history = (value.get("config") or {}).get("keras_history")
         if not isinstance(history, list) or len(history) != 3:
-            raise KerasFormatError(f"{source}: layer {name!r}: malformed keras_history {history!r:.80}")
+            raise KerasFormatError(f"{source}: layer {short(name)}: malformed keras_history {short(history)}")
         refs.append((history[0], history[1], history[2]))
     else:
         raise UnsupportedLayerError(
-            f"{source}: layer {name!r} is called with a non-tensor argument {value!r:.80}; expected tensors only"
+            f"{source}: layer {short(name)} is called with a non-tensor argument {short(value)}; expected tensors only"
         )
 
 
@@ -225,7 +226,7 @@ def _ref(ref: Ref, name: str, source: object) -> str:
     layer, node, tensor = ref
     if not isinstance(layer, str) or node != 0 or tensor != 0:
         raise UnsupportedLayerError(
-            f"{source}: layer {name!r} consumes {list(ref)!r}; expected the single output of a "
+            f"{source}: layer {short(name)} consumes {short(list(ref))}; expected the single output of a "
             "single-call layer ([name, 0, 0])"
         )
     return layer
@@ -235,7 +236,7 @@ def _endpoints(value: Any, key: str, source: object) -> tuple[str, ...]:
     if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str):
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(v, list) and len(v) == 3 for v in value):
-        raise KerasFormatError(f"{source}: `{key}` must be [[name, 0, 0], ...]; received {value!r:.120}")
+        raise KerasFormatError(f"{source}: `{key}` must be [[name, 0, 0], ...]; received {short(value)}")
     return tuple(_ref((v[0], v[1], v[2]), key, source) for v in value)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from .._repr import short
 
 __all__ = ["ACTIVATIONS", "Add", "AvgPoolSame2d", "Concatenate", "GlobalPool2d", "KerasReLU", "SamePad2d",
            "same_padding"]
@@ -64,7 +65,7 @@ class GlobalPool2d(nn.Module):
     def __init__(self, mode: str, keepdims: bool = False) -> None:
         super().__init__()
         if mode not in ("avg", "max"):
-            raise ValueError(f"`mode` must be 'avg' or 'max'; received: mode={mode!r}")
+            raise ValueError(f"`mode` must be 'avg' or 'max'; received: mode={short(mode)}")
         self.mode, self.keepdims = mode, keepdims
 
     def forward(self, x: Tensor) -> Tensor:
