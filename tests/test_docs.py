@@ -224,6 +224,7 @@ def test_mkdocs_builds_strictly_without_network(tmp_path: Path) -> None:
     # Any attempt to fetch something (fonts, plugins) fails instead of silently succeeding.
     for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         env[key] = "http://127.0.0.1:9"
+    env["NO_MKDOCS_2_WARNING"] = "1"  # a banner about mkdocs 2, not a build problem
     env.pop("NO_PROXY", None)
     env.pop("no_proxy", None)
     proc = subprocess.run(
