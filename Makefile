@@ -22,8 +22,10 @@ $(VENV)/.dev: $(VENV)/.base
 	$(PIP) --no-deps tf-keras==2.21.0
 	touch $@
 
-$(VENV)/.docs: $(VENV)/.base
-	$(PIP) -e '.[docs]'
+# The site needs only mkdocs (pinned in constraints.txt), not torch.
+$(VENV)/.docs: constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) mkdocs mkdocs-material
 	touch $@
 
 setup: $(VENV)/.base
