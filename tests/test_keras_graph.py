@@ -102,3 +102,29 @@ def test_custom_objects_code_and_dtype_policies_are_listed_together() -> None:
     assert "Dense x1 ('reg'): a custom registered object 'Pkg>D'" in message
     assert "Dense x1 ('half'): dtype policy 'mixed_float16'" in message
     assert "Lambda x1 ('code'): its Python code" in message
+
+
+# ---- b. names with '/' and '.' -------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", FORMATS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_layer_names_with_slashes_and_dots(built: Any, flavour: str, suffix: str, tmp_path: Path) -> None:
+    model = bk.load_model(_file(built, flavour, "odd_names", suffix))
+    xs, ys = _reference(built, flavour, "odd_names")
+    _assert_close(model(*xs), ys)
+    sep = "/" if flavour == "tf_keras" else "."
+    names = [layer["name"] for layer in model.keras_config["config"]["layers"]]
+    assert f"conv1{sep}conv" in names and "conv1_conv" in names and "head.fc" in names
+    assert all("." not in key for key in model.layers)
+    # the clash: 'conv1_conv' keeps its name as key; the renamed layer gets another key
+    assert model.keras_layer("conv1_conv") is model.layers["conv1_conv"]
+    assert model.keras_layer(f"conv1{sep}conv") is not model.layers["conv1_conv"]
+    assert model.keras_name(next(k for k, v in model.keras_names.items() if v == "head.fc")) == "head.fc"
+    assert set(model.keras_classes) >= {f"conv1{sep}conv", f"conv1{sep}bn", "conv1", "conv1_conv", "head.fc"}
+    for out in ("keras", "h5"):  # bnkit writes the names back and reads its own files
+        bk.save_model(model, tmp_path / f"back.{out}")
+        again = bk.load_model(tmp_path / f"back.{out}")
+        assert [layer["name"] for layer in again.keras_config["config"]["layers"]] == names
+        _assert_close(again(*xs), ys)
+    fresh = bk.build_from_config(model.keras_config)  # load_weights pairs the Keras names too
+    assert bk.load_weights(fresh, _file(built, flavour, "odd_names", suffix)).ok
+    _assert_close(fresh.eval()(*xs), ys)

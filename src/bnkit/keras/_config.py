@@ -84,10 +84,8 @@ def _entry(raw: Any, index: int, source: object) -> Entry:
         )
     cls, cfg = raw["class_name"], raw["config"]
     name = raw.get("name", cfg.get("name"))
-    if not isinstance(name, str) or not name or "." in name or "/" in name:
-        raise KerasFormatError(
-            f"{source}: layer #{index} ({cls}) needs a name without '.' or '/'; received name={name!r}"
-        )
+    if not isinstance(name, str) or not name or len(name) > 1000:
+        raise KerasFormatError(f"{source}: layer #{index} ({cls}) needs a non-empty name; received name={short(name)}")
     refusal = ""
     if cls in _CODE_CLASSES:
         refusal = "its Python code is stored in the file and bnkit never executes code from a file"

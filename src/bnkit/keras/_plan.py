@@ -65,7 +65,8 @@ def plan_model(spec: ModelSpec, config: dict[str, Any], init: bool, source: obje
                    "output_layers": [[name, 0, 0] for name in spec.outputs]},
     }
     plan = Plan(spec.name, builder.factories, builder.steps, inputs, ranks, outputs, builder.slots,
-                model_config, builder.weight_shapes, builder.notes, classes)
+                model_config, builder.weight_shapes, builder.notes, classes,
+                {key: name for name, key in builder.keys.items() if key in builder.factories})
     if init and plan.elements() > MAX_BUILD_ELEMENTS:
         raise KerasFormatError(
             f"{source}: the config declares {plan.elements():,} weight values; expected at most "
