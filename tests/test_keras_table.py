@@ -193,7 +193,7 @@ def test_weights_are_paired_by_keras_class_not_torch_type(tmp_path: Path, monkey
         x = torch.randn(2, 5, 5, 2)
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     monkeypatch.undo()
-    with pytest.raises(bk.UnsupportedLayerError, match="'OddConv'"):
+    with pytest.raises(bk.UnsupportedLayerError, match=r"OddConv x1 \('layer'\): no bnkit equivalent"):
         _plan.check_supported(parse_model_config(config), "config")
 
 

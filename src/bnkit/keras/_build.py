@@ -15,6 +15,7 @@ this module holds the state handlers write into and the layout helpers they shar
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -30,7 +31,7 @@ from ._model import KerasModel, Step
 from .errors import KerasFormatError
 
 __all__ = ["MAX_BUILD_ELEMENTS", "Builder", "Info", "Perm", "Plan", "Shape", "identity", "image", "inverse", "layout",
-           "moved", "spatial", "weighted"]
+           "module_keys", "moved", "spatial", "weighted"]
 
 #: build_from_config refuses configs with more weight elements than this (2**31, 8 GiB of float32).
 MAX_BUILD_ELEMENTS = 2**31
@@ -77,6 +78,7 @@ class Plan(NamedTuple):
     weight_shapes: dict[str, dict[str, tuple[int, ...]]]
     notes: list[str]
     classes: dict[str, str]
+    names: dict[str, str]
 
     def elements(self) -> int:
         return sum(math.prod(shape) for layer in self.weight_shapes.values() for shape in layer.values())
@@ -84,7 +86,7 @@ class Plan(NamedTuple):
     def create(self) -> KerasModel:
         layers = {name: factory() for name, factory in self.factories.items()}
         return KerasModel(self.name, layers, self.steps, self.inputs, self.input_ranks, self.outputs,
-                          self.slots, self.config, self.weight_shapes, self.notes, self.classes)
+                          self.slots, self.config, self.weight_shapes, self.notes, self.classes, self.names)
 
 
 class Builder:
@@ -102,7 +104,8 @@ class Builder:
         self.cache: dict[tuple[int, Perm], int] = {}
         self.weight_shapes: dict[str, dict[str, tuple[int, ...]]] = {}
         self.notes: list[str] = []
-        self.reserved = {layer.name for layer in spec.layers}
+        self.keys = module_keys([layer.name for layer in spec.layers])
+        self.reserved = {layer.name for layer in spec.layers} | set(self.keys.values())
         self.layer: LayerSpec | None = None
 
     # ---- errors and notes ------------------------------------------------------------
@@ -133,7 +136,8 @@ class Builder:
         return self.cache[key]
 
     def aux_name(self, suffix: str) -> str:
-        name = f"{self.layer.name if self.layer else 'model'}_{suffix}"
+        """A fresh module key for a helper of the current layer (``conv_pad``, ``conv_relu``)."""
+        name = f"{self.keys[self.layer.name] if self.layer else 'model'}_{suffix}"
         while name in self.reserved or name in self.factories:
             name += "_"
         return name
@@ -146,11 +150,36 @@ class Builder:
         return self.run(self.aux_name(name), lambda: ACTIVATIONS[name](dim), [slot])
 
     def run(self, name: str, factory: Callable[[], nn.Module], slots: list[int], many: bool = False) -> int:
-        """Register module ``name`` and a step calling it on ``slots``; returns the output slot."""
+        """Register module ``name`` (a layer's Keras name, stored under its module key, or an
+        :meth:`aux_name`) and a step calling it on ``slots``; returns the output slot."""
+        name = self.keys.get(name, name)
         self.factories[name] = factory
         out = self.new_slot()
         self.steps.append(Step("module", name, tuple(slots), out, many=many))
         return out
+
+
+_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def module_keys(names: Sequence[str]) -> dict[str, str]:
+    """A torch module key for every Keras layer name: the name itself when it is made of
+    letters, digits, '_' and '-', else the name with every other character replaced by '_'
+    (torch keys cannot hold '.'; tf_keras names hold '/'), made unique against every name
+    and key by appending '_'."""
+    taken = set(names)
+    keys: dict[str, str] = {}
+    for name in names:
+        if _SAFE.fullmatch(name):
+            keys[name] = name
+    for name in names:
+        if name not in keys:
+            key = re.sub(r"[^A-Za-z0-9_-]", "_", name)
+            while key in taken:
+                key += "_"
+            taken.add(key)
+            keys[name] = key
+    return keys
 
 
 def spatial(x: Info, data_format: str) -> tuple[int | None, ...]:

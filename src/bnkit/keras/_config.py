@@ -31,6 +31,7 @@ class LayerSpec:
     class_name: str
     config: dict[str, Any]
     inbound: tuple[str, ...]
+    refusal: str = ""  # why bnkit must refuse the layer whatever the table holds (code, custom object...)
 
 
 @dataclass(frozen=True)
@@ -65,65 +66,62 @@ def parse_model_config(config: Any, source: object = "config") -> ModelSpec:
     name = body.get("name") if isinstance(body.get("name"), str) else "model"
     entries = [_entry(raw, index, source) for index, raw in enumerate(body["layers"])]
     if body.get("trainable", True) is False:  # a frozen model freezes every layer (BN: inference statistics)
-        entries = [(n, cls, {**cfg, "trainable": False}, nodes) for n, cls, cfg, nodes in entries]
+        entries = [(n, cls, {**cfg, "trainable": False}, nodes, why) for n, cls, cfg, nodes, why in entries]
     if kind == "Sequential":
         return _sequential(name, entries, body, config, source)
     return _functional(name, entries, body, source)
 
 
-def _entry(raw: Any, index: int, source: object) -> tuple[str, str, dict[str, Any], Any]:
+Entry = tuple[str, str, dict[str, Any], Any, str]
+
+
+def _entry(raw: Any, index: int, source: object) -> Entry:
+    """``(name, class, config, inbound nodes, refusal)``; a refusal is reported by the planner
+    together with every other blocking layer."""
     if not (isinstance(raw, dict) and isinstance(raw.get("class_name"), str) and isinstance(raw.get("config"), dict)):
         raise KerasFormatError(
             f"{source}: layer #{index} must be {{'class_name': str, 'config': dict}}; received {short(raw)}"
         )
     cls, cfg = raw["class_name"], raw["config"]
     name = raw.get("name", cfg.get("name"))
-    if not isinstance(name, str) or not name or "." in name or "/" in name:
-        raise KerasFormatError(
-            f"{source}: layer #{index} ({cls}) needs a name without '.' or '/'; received name={short(name)}"
-        )
+    if not isinstance(name, str) or not name or len(name) > 1000:
+        raise KerasFormatError(f"{source}: layer #{index} ({cls}) needs a non-empty name; received name={short(name)}")
+    refusal = ""
     if cls in _CODE_CLASSES:
-        raise UnsupportedLayerError(
-            f"{source}: layer {name!r} is a {cls} layer; its Python code is stored in the file and "
-            "bnkit never executes code from a file; expected built-in layers only"
-        )
-    if cls in _MODEL_CLASSES:
-        raise UnsupportedLayerError(
-            f"{source}: layer {name!r} is a nested {cls} model; load_model expects a flat graph of "
-            "built-in layers (load_weights can still read nested weight files)"
-        )
-    _check_custom(raw, f"layer {name!r}", cls, source)
-    _check_dtype(cfg.get("dtype"), name, cls, source)
-    return name, cls, cfg, raw.get("inbound_nodes", [])
+        refusal = "its Python code is stored in the file and bnkit never executes code from a file"
+    elif cls in _MODEL_CLASSES:
+        refusal = "a nested model; load_model expects a flat graph (load_weights can read nested weight files)"
+    refusal = refusal or _custom(raw, cls) or _dtype(cfg.get("dtype"))
+    return name, cls, cfg, raw.get("inbound_nodes", []), refusal
 
 
 def _check_custom(raw: dict[str, Any], what: str, cls: Any, source: object,
                   allow_registered: tuple[str, ...] = ()) -> None:
+    problem = _custom(raw, cls, allow_registered)
+    if problem:
+        raise UnsupportedLayerError(f"{source}: {what} ({cls}) is {problem}")
+
+
+def _custom(raw: dict[str, Any], cls: Any, allow_registered: tuple[str, ...] = ()) -> str:
     module, registered = raw.get("module"), raw.get("registered_name")
     if module is not None and not (isinstance(module, str) and module.split(".")[0] in ("keras", "tf_keras")):
-        raise UnsupportedLayerError(
-            f"{source}: {what} ({cls}) is a custom object from module {short(module)}; expected a built-in "
-            "Keras class (custom code is never imported)"
-        )
+        return (f"a custom object from module {short(module)}; expected a built-in Keras class (custom code is "
+                "never imported)")
     if registered is not None and registered != cls and registered not in allow_registered:
-        raise UnsupportedLayerError(
-            f"{source}: {what} ({cls}) is a custom registered object {short(registered)}; expected a "
-            "built-in Keras class (custom code is never imported)"
-        )
+        return (f"a custom registered object {short(registered)}; expected a built-in Keras class (custom code "
+                "is never imported)")
+    return ""
 
 
-def _check_dtype(dtype: Any, name: str, cls: str, source: object) -> None:
+def _dtype(dtype: Any) -> str:
     policy = dtype
     if isinstance(dtype, dict):
         inner = dtype.get("config")
         policy = inner.get("name") if isinstance(inner, dict) else None
-    if policy not in _FLOAT32:
-        raise UnsupportedLayerError(
-            f"{source}: layer {short(name)} ({cls}) uses dtype policy {short(policy)}; expected 'float32'"
-        )
+    return "" if policy in _FLOAT32 else f"dtype policy {short(policy)}; expected 'float32'"
 
 
-def _sequential(name: str, entries: list[tuple[str, str, dict[str, Any], Any]], body: dict[str, Any],
+def _sequential(name: str, entries: list[Entry], body: dict[str, Any],
                 config: dict[str, Any], source: object) -> ModelSpec:
     layers: list[LayerSpec] = []
     if not entries or entries[0][1] != "InputLayer":
@@ -136,20 +134,20 @@ def _sequential(name: str, entries: list[tuple[str, str, dict[str, Any], Any]], 
             )
         taken = {entry[0] for entry in entries}
         input_name = next(f"input_{i}" for i in range(1, len(taken) + 2) if f"input_{i}" not in taken)
-        entries = [(input_name, "InputLayer", {"batch_input_shape": shape, "name": input_name}, [])] + entries
+        entries = [(input_name, "InputLayer", {"batch_input_shape": shape, "name": input_name}, [], "")] + entries
     previous: str | None = None
-    for layer_name, cls, cfg, _ in entries:
+    for layer_name, cls, cfg, _, refusal in entries:
         if cls == "InputLayer" and previous is not None:
             raise KerasFormatError(f"{source}: InputLayer {layer_name!r} must come first in a Sequential model")
-        layers.append(LayerSpec(layer_name, cls, cfg, () if previous is None else (previous,)))
+        layers.append(LayerSpec(layer_name, cls, cfg, () if previous is None else (previous,), refusal))
         previous = layer_name
     _check_unique(layers, source)
     return ModelSpec(name, "Sequential", tuple(layers), (layers[0].name,), (layers[-1].name,))
 
 
-def _functional(name: str, entries: list[tuple[str, str, dict[str, Any], Any]], body: dict[str, Any],
+def _functional(name: str, entries: list[Entry], body: dict[str, Any],
                 source: object) -> ModelSpec:
-    layers = [LayerSpec(n, cls, cfg, _inbound(nodes, n, source)) for n, cls, cfg, nodes in entries]
+    layers = [LayerSpec(n, cls, cfg, _inbound(nodes, n, source), why) for n, cls, cfg, nodes, why in entries]
     _check_unique(layers, source)
     inputs = _endpoints(body.get("input_layers"), "input_layers", source)
     outputs = _endpoints(body.get("output_layers"), "output_layers", source)

@@ -65,7 +65,7 @@ def load_model(path: str | os.PathLike[str]) -> KerasModel:
     config = read_model_config(source)
     spec = parse_model_config(config, source)
     plan = plan_model(spec, config, init=False, source=source)
-    with open_weights(source) as (layout, stored):
+    with open_weights(source, {layer.name for layer in spec.layers}) as (layout, stored):
         available = sum(int(ds.size) for layer in stored for ds in layer.datasets)
         if plan.elements() > available:
             raise KerasFormatError(
@@ -86,7 +86,8 @@ def load_model(path: str | os.PathLike[str]) -> KerasModel:
         model.keras_notes.extend(
             f"{name}: Keras 3 updates moving_variance with the biased batch variance; bnkit follows tf_keras 2 "
             "here (Bessel-corrected on this fused, 4-D/5-D layer), so training statistics differ from Keras 3"
-            for name, layer in model.layers.items() if isinstance(layer, BatchNormalization) and layer.fused)
+            for name, layer in ((model.keras_name(k), m) for k, m in model.layers.items())
+            if isinstance(layer, BatchNormalization) and layer.fused)
     return model.eval()
 
 

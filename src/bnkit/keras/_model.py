@@ -38,12 +38,15 @@ class KerasModel(nn.Module):
     regularizers), so nothing is dropped silently.  ``keras_classes`` maps each module
     holding Keras weights to its Keras class (a ``DepthwiseConv2D`` is an ``nn.Conv2d``
     whose Keras weights differ from a ``Conv2D``'s), so weights are paired by Keras class.
+    Layers live under module keys: their Keras names, except that names torch cannot use as
+    keys (``conv1/conv``, ``head.fc``) get a safe key (``conv1_conv``); ``keras_names`` maps
+    each layer's key to its Keras name, and :meth:`keras_layer` finds a layer by Keras name.
     """
 
     def __init__(self, name: str, layers: dict[str, nn.Module], steps: list[Step], inputs: list[int],
                  input_ranks: list[int], outputs: list[int], slots: int, keras_config: dict[str, Any],
                  keras_weight_shapes: dict[str, dict[str, tuple[int, ...]]], keras_notes: list[str],
-                 keras_classes: dict[str, str] | None = None) -> None:
+                 keras_classes: dict[str, str] | None = None, keras_names: dict[str, str] | None = None) -> None:
         super().__init__()
         self.name = name
         self.layers = nn.ModuleDict(layers)
@@ -56,6 +59,7 @@ class KerasModel(nn.Module):
         self.keras_weight_shapes = keras_weight_shapes
         self.keras_notes = list(keras_notes)
         self.keras_classes = dict(keras_classes or {})
+        self.keras_names = dict(keras_names or {})
 
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         if len(inputs) != len(self.input_slots):
@@ -82,6 +86,19 @@ class KerasModel(nn.Module):
                 values[slot] = None
         results = tuple(values[slot] for slot in self.output_slots)
         return results[0] if len(results) == 1 else results  # type: ignore[return-value]
+
+    def keras_name(self, key: str) -> str:
+        """The Keras layer name of the module under ``key``."""
+        return self.keras_names.get(key, key)
+
+    def keras_layer(self, name: str) -> nn.Module:
+        """The module of the Keras layer ``name``."""
+        for key, keras_name in self.keras_names.items():
+            if keras_name == name:
+                return self.layers[key]
+        if name in self.layers:
+            return self.layers[name]
+        raise KeyError(f"Model {self.name!r} has no Keras layer named {name!r}")
 
     @property
     def keras_input_shapes(self) -> list[tuple[int | None, ...]]:

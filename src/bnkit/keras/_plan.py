@@ -9,17 +9,31 @@ from ._config import ModelSpec
 from ._table import SUPPORTED_LAYERS, TABLE
 from .errors import KerasFormatError, UnsupportedLayerError
 
-__all__ = ["check_supported", "plan_model"]
+__all__ = ["SHOWN_NAMES", "check_supported", "plan_model"]
+
+
+#: How many layer names each blocking class shows.
+SHOWN_NAMES = 3
 
 
 def check_supported(spec: ModelSpec, source: object) -> None:
-    """Refuse a graph with a layer class the table lacks."""
+    """Refuse a graph with layers bnkit cannot rebuild, listing every blocking class at once:
+    its count, its first layer names and why (not in the layer table, code, custom object...)."""
+    blocked: dict[tuple[str, str], list[str]] = {}
     for layer in spec.layers:
-        if layer.class_name not in TABLE:
-            raise UnsupportedLayerError(
-                f"{source}: layer {layer.name!r} has class {layer.class_name!r}, which bnkit cannot rebuild; "
-                f"expected one of {', '.join(SUPPORTED_LAYERS)}"
-            )
+        if layer.refusal or layer.class_name not in TABLE:
+            blocked.setdefault((layer.class_name, layer.refusal), []).append(layer.name)
+    if not blocked:
+        return
+    lines = []
+    for (cls, why), names in blocked.items():
+        shown = ", ".join(repr(name) for name in names[:SHOWN_NAMES]) + (", ..." if len(names) > SHOWN_NAMES else "")
+        lines.append(f"{cls} x{len(names)} ({shown}): {why or 'no bnkit equivalent'}")
+    total = sum(len(names) for names in blocked.values())
+    raise UnsupportedLayerError(
+        f"{source}: bnkit cannot rebuild {total} layer(s) of {len(blocked)} kind(s); expected built-in layers of "
+        f"bnkit.keras.SUPPORTED_LAYERS ({len(SUPPORTED_LAYERS)} classes); received:\n  " + "\n  ".join(lines)
+    )
 
 
 def plan_model(spec: ModelSpec, config: dict[str, Any], init: bool, source: object) -> Plan:
@@ -51,7 +65,8 @@ def plan_model(spec: ModelSpec, config: dict[str, Any], init: bool, source: obje
                    "output_layers": [[name, 0, 0] for name in spec.outputs]},
     }
     plan = Plan(spec.name, builder.factories, builder.steps, inputs, ranks, outputs, builder.slots,
-                model_config, builder.weight_shapes, builder.notes, classes)
+                model_config, builder.weight_shapes, builder.notes, classes,
+                {key: name for name, key in builder.keys.items() if key in builder.factories})
     if init and plan.elements() > MAX_BUILD_ELEMENTS:
         raise KerasFormatError(
             f"{source}: the config declares {plan.elements():,} weight values; expected at most "

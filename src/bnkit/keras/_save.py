@@ -79,7 +79,8 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, input_shape: S
     notes: list[str] = []
     if isinstance(model, KerasModel):
         config = model.keras_config
-        modules: dict[str, tuple[nn.Module, int | None]] = {name: (model.layers[name], None) for name in model.layers}
+        modules: dict[str, tuple[nn.Module, int | None]] = {
+            model.keras_name(key): (module, None) for key, module in model.layers.items()}
         notes.extend(model.keras_notes)
     else:
         if input_shape is None:
@@ -165,8 +166,10 @@ def _write_legacy(path: Path, config: dict[str, Any], weights: LayerWeights) -> 
         group.attrs["backend"] = "tensorflow"
         group.attrs["keras_version"] = KERAS_VERSION
         _write_names(group, "layer_names", [name for name, _, _ in weights])
-        for name, _, arrays in weights + [("top_level_model_weights", "", [])]:
-            layer_group = group.create_group(name)
+        # sorted, as tf_keras does: a name that is a path prefix of others ('conv1' of 'conv1/conv')
+        # is then created before them
+        for name, _, arrays in sorted(weights, key=lambda item: item[0]) + [("top_level_model_weights", "", [])]:
+            layer_group = group.require_group(name)
             _write_names(layer_group, "weight_names", [f"{name}/{weight}:0" for weight, _ in arrays])
             for weight, array in arrays:
                 layer_group.create_dataset(f"{name}/{weight}:0", data=array)

@@ -3,8 +3,10 @@
 * legacy HDF5 (``save_weights("w.h5")``: at the root; ``model.save("m.h5")``: under
   ``model_weights``): ``layer_names``, then per layer group ``weight_names`` (the
   authoritative order), datasets at ``group[weight_name]``.  Nested models list all their
-  trainable weights before the non-trainable ones; the owner of a weight is the path
-  component before its name (``c1/kernel:0`` -> ``c1``), so they split back per layer.
+  trainable weights before the non-trainable ones; the owner of a weight is the longest
+  run of path components before its name, ending last, that is a known layer name (``conv1/conv/kernel:0``
+  -> ``conv1/conv``; Keras 3's ``model/c1/kernel`` -> ``c1``; ``lstm/lstm_cell/kernel:0`` ->
+  ``lstm``), else the component before its name, so they split back per layer.
 * the Keras-1 applications files (``block1_conv1_W_1:0``): the same, byte-string attributes.
 * the v3 layout (``.weights.h5`` and ``model.weights.h5`` in ``.keras``):
   ``layers/<snake_case class>[_k]/vars/<i>``, numbered in the layer's weight order, with a
@@ -15,6 +17,7 @@ straight into the destination tensors.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,17 +39,19 @@ class StoredLayer:
     positional: bool = False
 
 
-def index_weights(h5: Any, label: str, file_size: int | None) -> tuple[str, list[StoredLayer]]:
-    """``(layout, layers)`` for an open file; layout is ``"legacy"`` or ``"v3"``.
+def index_weights(h5: Any, label: str, file_size: int | None,
+                  names: Collection[str] = ()) -> tuple[str, list[StoredLayer]]:
+    """``(layout, layers)`` for an open file; layout is ``"legacy"`` or ``"v3"``; ``names``:
+    the layer names expected (they tell which part of a weight's path names its layer).
 
     Layers without weights are left out.  Every dataset is checked (dtype, storage) here,
     before any value is read.
     """
     with translating(label, "index its weights"):
         if "model_weights" in h5:
-            layout, layers = "legacy", _legacy(h5["model_weights"], "model_weights", label)
+            layout, layers = "legacy", _legacy(h5["model_weights"], "model_weights", label, names)
         elif read_names(h5, "layer_names", label) is not None:
-            layout, layers = "legacy", _legacy(h5, "", label)
+            layout, layers = "legacy", _legacy(h5, "", label, names)
         elif "layers" in h5 or "vars" in h5:
             layout, layers = "v3", _v3(h5, "", label)
         else:
@@ -62,7 +67,17 @@ def index_weights(h5: Any, label: str, file_size: int | None) -> tuple[str, list
     return layout, layers
 
 
-def _legacy(group: Any, prefix: str, label: str) -> list[StoredLayer]:
+def _owner(weight_name: str, layer_name: str, names: Collection[str]) -> str:
+    parts = weight_name.split("/")[:-1]
+    # runs of components, the one ending last first, then the longest
+    runs = ["/".join(parts[i:j]) for j in range(len(parts), 0, -1) for i in range(j)]
+    found = next((run for run in runs if run in names), None)
+    if found is not None:
+        return found
+    return parts[-1] if parts else layer_name
+
+
+def _legacy(group: Any, prefix: str, label: str, names: Collection[str]) -> list[StoredLayer]:
     layer_names = read_names(group, "layer_names", label) or []
     if "top_level_model_weights" in group and "top_level_model_weights" not in layer_names:
         layer_names = layer_names + ["top_level_model_weights"]
@@ -82,8 +97,7 @@ def _legacy(group: Any, prefix: str, label: str) -> list[StoredLayer]:
                     f"{label}: layer {layer_name!r} lists weight {weight_name!r} but the file has no such "
                     "dataset (missing weights)"
                 )
-            parts = weight_name.split("/")
-            owner = parts[-2] if len(parts) >= 2 else layer_name
+            owner = _owner(weight_name, layer_name, names)
             stored = owners.setdefault(owner, StoredLayer(owner, path if owner == layer_name else f"{path}/{owner}"))
             stored.names.append(weight_name)
             stored.datasets.append(sub[weight_name])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,7 @@ def collect_targets(model: nn.Module) -> tuple[list[Target], list[str]]:
     """The modules taking Keras weights, in module order, and the parametrised ones that cannot."""
     shapes: dict[str, dict[str, tuple[int, ...]]] = getattr(model, "keras_weight_shapes", {}) or {}
     channels = {} if isinstance(model, KerasModel) else _flatten_channels(model)  # KerasModel flattens Keras-style
-    classes: dict[str, str] = model.keras_classes if isinstance(model, KerasModel) else {}
+    keras = model if isinstance(model, KerasModel) else None
     targets: list[Target] = []
     unmapped: list[str] = []
     inside: list[str] = []  # paths of targets: their submodules belong to them
@@ -97,7 +97,9 @@ def collect_targets(model: nn.Module) -> tuple[list[Target], list[str]]:
         if any(path.startswith(prefix + ".") for prefix in inside):
             continue
         leaf = path.rsplit(".", 1)[-1]
-        cls = _built_class(classes, path, module) or keras_class(module)
+        if keras is not None and path.startswith("layers.") and path.count(".") == 1:
+            leaf = keras.keras_name(leaf)
+        cls = _built_class(keras, leaf, module) or keras_class(module)
         if cls is not None:
             targets.append(Target(leaf, path, module, cls, channels.get(path), shapes.get(leaf)))
             inside.append(path)
@@ -106,10 +108,10 @@ def collect_targets(model: nn.Module) -> tuple[list[Target], list[str]]:
     return targets, unmapped
 
 
-def _built_class(classes: dict[str, str], path: str, module: nn.Module) -> str | None:
-    """The Keras class a KerasModel built the module at ``path`` for, while it still holds
+def _built_class(model: KerasModel | None, name: str, module: nn.Module) -> str | None:
+    """The Keras class a KerasModel built layer ``name`` for, while its module still holds
     that class's weights (surgery may have replaced it, e.g. a folded BN by an Identity)."""
-    cls = classes.get(path[len("layers."):]) if path.startswith("layers.") else None
+    cls = model.keras_classes.get(name) if model is not None else None
     return cls if cls is not None and present_rules(module, rules_for(cls)) else None
 
 
@@ -136,18 +138,20 @@ def _flatten_channels(model: nn.Module) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def open_weights(path: str | os.PathLike[str]) -> Iterator[tuple[str, list[StoredLayer]]]:
-    """Yield ``(layout, stored layers)`` of a ``.h5``, ``.weights.h5`` or ``.keras`` file."""
+def open_weights(path: str | os.PathLike[str],
+                 names: Collection[str] = ()) -> Iterator[tuple[str, list[StoredLayer]]]:
+    """Yield ``(layout, stored layers)`` of a ``.h5``, ``.weights.h5`` or ``.keras`` file
+    (``names``: the layer names expected, see :func:`~bnkit.keras._stored.index_weights`)."""
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"No Keras file at {source}")
     if is_keras_archive(source):
         with open_archive_weights(source) as (h5, size):
-            yield index_weights(h5, f"{source}", size)
+            yield index_weights(h5, f"{source}", size, names)
         return
     h5 = open_h5(source, source)
     try:
-        yield index_weights(h5, f"{source}", source.stat().st_size)
+        yield index_weights(h5, f"{source}", source.stat().st_size, names)
     finally:
         with contextlib.suppress(Exception):
             h5.close()
@@ -296,7 +300,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = 
     targets, unmapped = collect_targets(model)
     report = LoadReport(str(path))
     report.missing.extend(unmapped)
-    with open_weights(path) as (layout, stored):
+    with open_weights(path, {target.name for target in targets}) as (layout, stored):
         report.layout = layout
         copies = plan_load(targets, stored, layout, report)
         if strict and not report.ok:

@@ -1,0 +1,130 @@
+"""Graph-level Keras features against the live oracle (tf_keras 2.21 and Keras 3.15.1 build
+and save the models in subprocesses; bnkit loads them here, without TensorFlow):
+
+* a file with layers bnkit cannot rebuild lists every blocking class at once;
+* layer names holding '/' (tf_keras applications) or '.';
+* nested Sequential/functional models and shared layers;
+* the channels-first interface (``data_format="channels_first"``).
+
+Outputs are compared as max abs difference / max abs output <= 1e-5.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import bnkit.keras as bk
+from tests.keras_fixtures import oracle
+from tests.keras_fixtures.oracle import require_ok
+
+pytestmark = pytest.mark.oracle
+
+FLAVOURS = ("tf_keras", "keras3")
+FORMATS = ("h5", "keras")
+RECIPES = ("blocked", "odd_names", "nested_models", "shared_layers", "plain_cnn")
+TOLERANCE = 1e-5
+GRAPH_JOBS = Path(oracle.__file__).resolve().parent / "graph_jobs.py"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, str]]]:
+    work = tmp_path_factory.mktemp("keras_graph")
+    tasks = {flavour: [{"kind": "graph", "name": f"{flavour}_{recipe}", "recipe": recipe, "formats": list(FORMATS),
+                        "predict": recipe != "blocked"} for recipe in RECIPES] for flavour in FLAVOURS}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(oracle, "JOBS", GRAPH_JOBS)
+        return work, oracle.run_jobs(work, tasks, "graph")
+
+
+def _file(built: Any, flavour: str, recipe: str, suffix: str) -> Path:
+    work, results = built
+    require_ok(results, flavour, f"{flavour}_{recipe}")
+    return work / f"{flavour}_{recipe}.{suffix}"
+
+
+def _reference(built: Any, flavour: str, recipe: str) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+    with np.load(built[0] / f"{flavour}_{recipe}_ref.npz") as data:
+        xs = [torch.from_numpy(data[f"x{i}"]) for i in range(sum(k.startswith("x") for k in data.files) - 1)]
+        ys = [data[f"y{i}"] for i in range(sum(k.startswith("y") for k in data.files) - 1)]
+    return xs, ys
+
+
+def _assert_close(received: Any, expected: list[np.ndarray]) -> None:
+    outputs = received if isinstance(received, tuple) else (received,)
+    assert len(outputs) == len(expected)
+    for output, want in zip(outputs, expected):
+        got = output.detach().numpy()
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= TOLERANCE * np.abs(want).max()
+
+
+# ---- a. every blocking layer at once -----------------------------------------------------------
+@pytest.mark.parametrize("suffix", FORMATS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_unsupported_file_lists_every_blocking_class(built: Any, flavour: str, suffix: str) -> None:
+    with pytest.raises(bk.UnsupportedLayerError) as caught:
+        bk.load_model(_file(built, flavour, "blocked", suffix))
+    message = str(caught.value)
+    assert "Lambda x2 ('double', 'plus_one'): its Python code is stored in the file" in message
+    expected = {"ActivityRegularization": "x4 ('penalty_a', 'penalty_b', 'penalty_c', ...)",
+                "UnitNormalization": "x1 ('unit')"}
+    for cls, detail in expected.items():
+        if cls not in bk.SUPPORTED_LAYERS:
+            assert f"{cls} {detail}: no bnkit equivalent" in message
+    blocking = 1 + sum(cls not in bk.SUPPORTED_LAYERS for cls in expected)
+    assert f"of {blocking} kind(s)" in message
+    for supported in ("Conv2D", "Dense", "Flatten"):
+        assert not re.search(rf"^\s+{supported} x", message, re.MULTILINE)
+
+
+def test_custom_objects_code_and_dtype_policies_are_listed_together() -> None:
+    def layer(name: str, cls: str, **extra: Any) -> dict[str, Any]:
+        return {"class_name": cls, "name": name, "config": {"name": name, "units": 2, **extra.pop("config", {})},
+                "inbound_nodes": [[["x", 0, 0, {}]]], **extra}
+
+    config = {"class_name": "Functional", "config": {
+        "name": "m", "input_layers": [["x", 0, 0]], "output_layers": [["d", 0, 0]],
+        "layers": [{"class_name": "InputLayer", "name": "x", "config": {"batch_input_shape": [None, 3], "name": "x"},
+                    "inbound_nodes": []},
+                   layer("mine", "MyDense", module="my_package.layers"), layer("reg", "Dense", registered_name="Pkg>D"),
+                   layer("half", "Dense", config={"dtype": "mixed_float16"}), layer("code", "Lambda"),
+                   layer("d", "Dense")]}}
+    with pytest.raises(bk.UnsupportedLayerError) as caught:
+        bk.build_from_config(config)
+    message = str(caught.value)
+    assert "4 layer(s) of 4 kind(s)" in message
+    assert "MyDense x1 ('mine'): a custom object from module 'my_package.layers'" in message
+    assert "Dense x1 ('reg'): a custom registered object 'Pkg>D'" in message
+    assert "Dense x1 ('half'): dtype policy 'mixed_float16'" in message
+    assert "Lambda x1 ('code'): its Python code" in message
+
+
+# ---- b. names with '/' and '.' -------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", FORMATS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_layer_names_with_slashes_and_dots(built: Any, flavour: str, suffix: str, tmp_path: Path) -> None:
+    model = bk.load_model(_file(built, flavour, "odd_names", suffix))
+    xs, ys = _reference(built, flavour, "odd_names")
+    _assert_close(model(*xs), ys)
+    sep = "/" if flavour == "tf_keras" else "."
+    names = [layer["name"] for layer in model.keras_config["config"]["layers"]]
+    assert f"conv1{sep}conv" in names and "conv1_conv" in names and "head.fc" in names
+    assert all("." not in key for key in model.layers)
+    # the clash: 'conv1_conv' keeps its name as key; the renamed layer gets another key
+    assert model.keras_layer("conv1_conv") is model.layers["conv1_conv"]
+    assert model.keras_layer(f"conv1{sep}conv") is not model.layers["conv1_conv"]
+    assert model.keras_name(next(k for k, v in model.keras_names.items() if v == "head.fc")) == "head.fc"
+    assert set(model.keras_classes) >= {f"conv1{sep}conv", f"conv1{sep}bn", "conv1", "conv1_conv", "head.fc"}
+    for out in ("keras", "h5"):  # bnkit writes the names back and reads its own files
+        bk.save_model(model, tmp_path / f"back.{out}")
+        again = bk.load_model(tmp_path / f"back.{out}")
+        assert [layer["name"] for layer in again.keras_config["config"]["layers"]] == names
+        _assert_close(again(*xs), ys)
+    fresh = bk.build_from_config(model.keras_config)  # load_weights pairs the Keras names too
+    assert bk.load_weights(fresh, _file(built, flavour, "odd_names", suffix)).ok
+    _assert_close(fresh.eval()(*xs), ys)
