@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._repr import short
+from ._call_args import OP_CLASSES, CallArgs, TensorArg, app_layer_class, op_call, op_class
 from .errors import KerasFormatError, UnsupportedLayerError
 
-__all__ = ["LayerSpec", "ModelSpec", "parse_model_config"]
+__all__ = ["CallArgs", "LayerSpec", "ModelSpec", "TensorArg", "parse_model_config"]
 
 _MODEL_CLASSES = ("Sequential", "Functional", "Model")
-_CODE_CLASSES = ("Lambda", "TFOpLambda", "SlicingOpLambda")
+_CODE_CLASSES = ("Lambda",)  # TFOpLambda & co. name a function of a fixed table: see _call_args
 _FLOAT32 = ("float32", None)
 
 Ref = tuple[str, int, int]
@@ -25,12 +26,17 @@ Ref = tuple[str, int, int]
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One Keras layer: its class, config and the tensors its single call consumes."""
+    """One Keras layer: its class, config and the tensors its single call consumes.
+
+    ``call`` is set only for operation layers (see :mod:`bnkit.keras._call_args`): their
+    call's arguments with constants kept and tensors replaced by :class:`TensorArg`.
+    """
 
     name: str
     class_name: str
     config: dict[str, Any]
     inbound: tuple[str, ...]
+    call: CallArgs | None = None
 
 
 @dataclass(frozen=True)
@@ -76,9 +82,9 @@ def _entry(raw: Any, index: int, source: object) -> tuple[str, str, dict[str, An
         raise KerasFormatError(
             f"{source}: layer #{index} must be {{'class_name': str, 'config': dict}}; received {short(raw)}"
         )
-    cls, cfg = raw["class_name"], raw["config"]
+    cls, cfg = op_class(raw)
     name = raw.get("name", cfg.get("name"))
-    if not isinstance(name, str) or not name or "." in name or "/" in name:
+    if not isinstance(name, str) or not name or ("." in name and cls not in OP_CLASSES) or "/" in name:
         raise KerasFormatError(
             f"{source}: layer #{index} ({cls}) needs a name without '.' or '/'; received name={short(name)}"
         )
@@ -92,7 +98,8 @@ def _entry(raw: Any, index: int, source: object) -> tuple[str, str, dict[str, An
             f"{source}: layer {name!r} is a nested {cls} model; load_model expects a flat graph of "
             "built-in layers (load_weights can still read nested weight files)"
         )
-    _check_custom(raw, f"layer {name!r}", cls, source)
+    if cls not in OP_CLASSES and app_layer_class(raw) is None:
+        _check_custom(raw, f"layer {name!r}", cls, source)
     _check_dtype(cfg.get("dtype"), name, cls, source)
     return name, cls, cfg, raw.get("inbound_nodes", [])
 
@@ -149,7 +156,8 @@ def _sequential(name: str, entries: list[tuple[str, str, dict[str, Any], Any]], 
 
 def _functional(name: str, entries: list[tuple[str, str, dict[str, Any], Any]], body: dict[str, Any],
                 source: object) -> ModelSpec:
-    layers = [LayerSpec(n, cls, cfg, _inbound(nodes, n, source)) for n, cls, cfg, nodes in entries]
+    layers = [_op_layer(n, cls, cfg, nodes, source) if cls in OP_CLASSES
+              else LayerSpec(n, cls, cfg, _inbound(nodes, n, source)) for n, cls, cfg, nodes in entries]
     _check_unique(layers, source)
     inputs = _endpoints(body.get("input_layers"), "input_layers", source)
     outputs = _endpoints(body.get("output_layers"), "output_layers", source)
@@ -167,6 +175,11 @@ def _functional(name: str, entries: list[tuple[str, str, dict[str, Any], Any]], 
             if ref not in by_name:
                 raise KerasFormatError(f"{source}: layer {short(spec.name)} consumes unknown layer {short(ref)}")
     return ModelSpec(name, "Functional", _topological(layers, source), inputs, outputs)
+
+
+def _op_layer(name: str, cls: str, cfg: dict[str, Any], nodes: Any, source: object) -> LayerSpec:
+    inbound, call = op_call(nodes, name, source)
+    return LayerSpec(name, cls, cfg, inbound, call=call)
 
 
 def _inbound(nodes: Any, name: str, source: object) -> tuple[str, ...]:

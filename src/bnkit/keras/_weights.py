@@ -110,7 +110,12 @@ def _built_class(classes: dict[str, str], path: str, module: nn.Module) -> str |
     """The Keras class a KerasModel built the module at ``path`` for, while it still holds
     that class's weights (surgery may have replaced it, e.g. a folded BN by an Identity)."""
     cls = classes.get(path[len("layers."):]) if path.startswith("layers.") else None
-    return cls if cls is not None and present_rules(module, rules_for(cls)) else None
+    if cls is None:
+        return None
+    # A module with no weights at all still counts (Keras numbers every layer of a class in .keras
+    # files, e.g. a Normalization whose statistics are config constants), and expects none.
+    weightless = not any(True for _ in module.parameters()) and not module.state_dict()
+    return cls if present_rules(module, rules_for(cls)) or weightless else None
 
 
 def _flatten_channels(model: nn.Module) -> dict[str, int]:
