@@ -26,7 +26,7 @@ from .. import initializers
 from .._repr import short
 from ._config import LayerSpec, ModelSpec
 from ._entry import WeightRule, present_rules, resolve_tensor
-from ._layers import ACTIVATIONS
+from ._layers import activation_module, keras3_dialect
 from ._model import KerasModel, Step
 from .errors import KerasFormatError
 
@@ -107,6 +107,9 @@ class Builder:
         self.keys = module_keys([layer.name for layer in spec.layers])
         self.reserved = {layer.name for layer in spec.layers} | set(self.keys.values())
         self.layer: LayerSpec | None = None
+        #: layer name -> fields of its written config entry that differ from a plain
+        #: ``keras.layers`` layer (an operation layer's class, module and inbound node)
+        self.written: dict[str, dict[str, Any]] = {}
 
     # ---- errors and notes ------------------------------------------------------------
     def error(self, problem: str, expected: str, received: object) -> KerasFormatError:
@@ -147,7 +150,8 @@ class Builder:
         if name == "linear":
             return slot
         dim = perm.index(len(perm) - 1)
-        return self.run(self.aux_name(name), lambda: ACTIVATIONS[name](dim), [slot])
+        keras3 = self.layer is not None and keras3_dialect(self.layer.config)  # hard_sigmoid changed in Keras 3
+        return self.run(self.aux_name(name), lambda: activation_module(name, dim, keras3), [slot])
 
     def run(self, name: str, factory: Callable[[], nn.Module], slots: list[int], many: bool = False) -> int:
         """Register module ``name`` (a layer's Keras name, stored under its module key, or an

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._repr import short
+from ._call_args import OP_CLASSES, CallArgs, TensorArg, app_layer_class, op_call, op_class
 from .errors import KerasFormatError, UnsupportedLayerError
 
-__all__ = ["LayerSpec", "ModelSpec", "parse_model_config"]
+__all__ = ["CallArgs", "LayerSpec", "ModelSpec", "TensorArg", "parse_model_config"]
 
 _MODEL_CLASSES = ("Sequential", "Functional", "Model")
-_CODE_CLASSES = ("Lambda", "TFOpLambda", "SlicingOpLambda")
+_CODE_CLASSES = ("Lambda",)  # TFOpLambda & co. name a function of a fixed table: see _call_args
 _FLOAT32 = ("float32", None)
 
 Ref = tuple[str, int, int]
@@ -25,13 +26,18 @@ Ref = tuple[str, int, int]
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One Keras layer: its class, config and the tensors its single call consumes."""
+    """One Keras layer: its class, config and the tensors its single call consumes.
+
+    ``call`` is set only for operation layers (see :mod:`bnkit.keras._call_args`): their
+    call's arguments with constants kept and tensors replaced by :class:`TensorArg`.
+    """
 
     name: str
     class_name: str
     config: dict[str, Any]
     inbound: tuple[str, ...]
     refusal: str = ""  # why bnkit must refuse the layer whatever the table holds (code, custom object...)
+    call: CallArgs | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ def _entry(raw: Any, index: int, source: object) -> Entry:
         raise KerasFormatError(
             f"{source}: layer #{index} must be {{'class_name': str, 'config': dict}}; received {short(raw)}"
         )
-    cls, cfg = raw["class_name"], raw["config"]
+    cls, cfg = op_class(raw)
     name = raw.get("name", cfg.get("name"))
     if not isinstance(name, str) or not name or len(name) > 1000:
         raise KerasFormatError(f"{source}: layer #{index} ({cls}) needs a non-empty name; received name={short(name)}")
@@ -91,7 +97,8 @@ def _entry(raw: Any, index: int, source: object) -> Entry:
         refusal = "its Python code is stored in the file and bnkit never executes code from a file"
     elif cls in _MODEL_CLASSES:
         refusal = "a nested model; load_model expects a flat graph (load_weights can read nested weight files)"
-    refusal = refusal or _custom(raw, cls) or _dtype(cfg.get("dtype"))
+    custom = "" if cls in OP_CLASSES or app_layer_class(raw) is not None else _custom(raw, cls)
+    refusal = refusal or custom or _dtype(cfg.get("dtype"))
     return name, cls, cfg, raw.get("inbound_nodes", []), refusal
 
 
@@ -147,7 +154,8 @@ def _sequential(name: str, entries: list[Entry], body: dict[str, Any],
 
 def _functional(name: str, entries: list[Entry], body: dict[str, Any],
                 source: object) -> ModelSpec:
-    layers = [LayerSpec(n, cls, cfg, _inbound(nodes, n, source), why) for n, cls, cfg, nodes, why in entries]
+    layers = [_op_layer(n, cls, cfg, nodes, source, why) if cls in OP_CLASSES
+              else LayerSpec(n, cls, cfg, _inbound(nodes, n, source), why) for n, cls, cfg, nodes, why in entries]
     _check_unique(layers, source)
     inputs = _endpoints(body.get("input_layers"), "input_layers", source)
     outputs = _endpoints(body.get("output_layers"), "output_layers", source)
@@ -165,6 +173,11 @@ def _functional(name: str, entries: list[Entry], body: dict[str, Any],
             if ref not in by_name:
                 raise KerasFormatError(f"{source}: layer {short(spec.name)} consumes unknown layer {short(ref)}")
     return ModelSpec(name, "Functional", _topological(layers, source), inputs, outputs)
+
+
+def _op_layer(name: str, cls: str, cfg: dict[str, Any], nodes: Any, source: object, refusal: str) -> LayerSpec:
+    inbound, call = op_call(nodes, name, source)
+    return LayerSpec(name, cls, cfg, inbound, refusal, call=call)
 
 
 def _inbound(nodes: Any, name: str, source: object) -> tuple[str, ...]:

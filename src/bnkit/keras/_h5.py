@@ -194,7 +194,8 @@ def dataset_problem(dataset: Any, file_size: int | None) -> str | None:
     if dataset.error:
         return f"its HDF5 description cannot be read ({dataset.error})"
     dtype = dataset.dtype
-    if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+    integer_scalar = dtype.kind in "iu" and dtype.itemsize <= 8 and dataset.shape == ()  # Normalization's count
+    if (dtype.kind != "f" or dtype.itemsize not in (2, 4, 8)) and not integer_scalar:
         return f"expected float16/32/64 values; found dtype {dtype}"
     shape = dataset.shape
     if shape is None or any(int(d) < 0 for d in shape):

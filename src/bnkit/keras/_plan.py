@@ -52,7 +52,8 @@ def plan_model(spec: ModelSpec, config: dict[str, Any], init: bool, source: obje
             classes[layer.name] = entry.keras_class
         canonical.append({"module": "keras.layers", "class_name": entry.keras_class, "config": layer_config,
                           "registered_name": None, "name": layer.name,
-                          "inbound_nodes": [[[ref, 0, 0, {}] for ref in layer.inbound]] if layer.inbound else []})
+                          "inbound_nodes": [[[ref, 0, 0, {}] for ref in layer.inbound]] if layer.inbound else [],
+                          **builder.written.get(layer.name, {})})
     builder.layer = None
     inputs = [infos[name].slot for name in spec.inputs]
     ranks = [len(infos[name].shape) for name in spec.inputs]
