@@ -122,7 +122,35 @@ def first3d() -> Any:
     return keras.Model(inp, L.GlobalAveragePooling3D(data_format=cf, keepdims=True, name="gap")(x), name="first3d")
 
 
-RECIPES = {f.__name__: f for f in (mobile, seq1d, vol3d, resize2d, first, first1d, first3d)}
+def transposed() -> Any:
+    """Conv2DTranspose: every way TensorFlow's cut of the full output can fall."""
+    inp = keras.Input((5, 6, 3), name="image")
+    x = L.Conv2DTranspose(4, 3, strides=2, padding="same", name="t_same_odd")(inp)
+    x = L.BatchNormalization(name="t_bn")(x)
+    x = L.Conv2DTranspose(3, (4, 5), strides=(2, 3), padding="same", activation="relu", name="t_same_even")(x)
+    x = L.Conv2DTranspose(3, (2, 3), strides=(3, 1), padding="valid", name="t_valid")(x)
+    x = L.Conv2DTranspose(2, 3, strides=2, padding="same", output_padding=1, use_bias=False, name="t_outpad")(x)
+    x = L.Conv2DTranspose(2, (3, 2), strides=(2, 3), padding="valid", output_padding=(1, 2), name="t_valid_pad")(x)
+    return keras.Model(inp, L.Conv2DTranspose(2, 3, dilation_rate=2, padding="same", name="t_dilated")(x),
+                       name="transposed")
+
+
+def transposed1d() -> Any:
+    inp = keras.Input((7, 3), name="series")
+    x = L.Conv1DTranspose(4, 3, strides=2, padding="same", name="t1")(inp)
+    x = L.Conv1DTranspose(2, 4, strides=3, padding="valid", output_padding=2, name="t2")(x)
+    return keras.Model(inp, x, name="transposed1d")
+
+
+def transposed3d() -> Any:
+    inp = keras.Input((3, 4, 5, 2), name="volume")
+    x = L.Conv3DTranspose(3, 3, strides=(1, 2, 2), padding="same", name="t1")(inp)
+    x = L.Conv3DTranspose(2, 2, strides=2, padding="valid", output_padding=(1, 0, 1), name="t2")(x)
+    return keras.Model(inp, x, name="transposed3d")
+
+
+RECIPES = {f.__name__: f for f in (mobile, seq1d, vol3d, resize2d, first, first1d, first3d, transposed,
+                                         transposed1d, transposed3d)}
 keras_jobs.RECIPES.update(RECIPES)
 
 if __name__ == "__main__":
