@@ -237,3 +237,76 @@ def test_saved_files_give_keras_outputs_in_keras(saved: Any, flavour: str, recip
     require_ok(results, reader, name)
     y = _npz(work / f"{name}_pred.npz")["y"]
     assert _relative(y, _npz(work / f"{flavour}_{recipe}_ref.npz")["y"]) <= TOLERANCE
+
+
+# ---- configs: validation and initialisation ---------------------------------------------------
+def _one_layer(class_name: str, config: dict[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
+    return {"class_name": "Functional", "config": {"name": "m", "layers": [
+        {"class_name": "InputLayer", "name": "x", "config": {"batch_input_shape": [None, *input_shape], "name": "x"},
+         "inbound_nodes": []},
+        {"class_name": class_name, "name": "l", "config": {"name": "l", **config}, "inbound_nodes": [[["x", 0, 0, {}]]]},
+    ], "input_layers": [["x", 0, 0]], "output_layers": [["l", 0, 0]]}}
+
+
+@pytest.mark.parametrize("class_name, config, shape, error, shown", [
+    ("UpSampling2D", {"size": 2, "interpolation": "bicubic"}, (4, 4, 2), bk.UnsupportedLayerError, "bicubic"),
+    ("UpSampling1D", {"size": 0}, (4, 2), bk.KerasFormatError, "size"),
+    ("Conv1D", {"filters": 2, "kernel_size": 3, "padding": "causal", "data_format": "channels_first"}, (2, 8),
+     bk.KerasFormatError, "channels_first"),
+    ("Conv1D", {"filters": 2, "kernel_size": 3, "padding": "full"}, (8, 2), bk.UnsupportedLayerError, "full"),
+    ("Conv3D", {"filters": 2, "kernel_size": 3}, (8, 8, 2), bk.KerasFormatError, "rank 5"),
+    ("DepthwiseConv2D", {"kernel_size": "3x3"}, (8, 8, 2), bk.KerasFormatError, "3x3"),
+    ("DepthwiseConv2D", {"kernel_size": 9}, (8, 8, 2), bk.KerasFormatError, "larger than the input"),
+    ("SeparableConv2D", {"filters": 2, "kernel_size": 3, "depth_multiplier": -1}, (8, 8, 2), bk.KerasFormatError,
+     "-1"),
+    ("Cropping2D", {"cropping": [[2, 2], [0, 0]]}, (4, 4, 2), bk.KerasFormatError, "whole input"),
+    ("Cropping3D", {"cropping": [[1, 1], [1]]}, (4, 4, 4, 2), bk.KerasFormatError, "[[1, 1], [1]]"),
+    ("ZeroPadding1D", {"padding": [1, 2, 3]}, (4, 2), bk.KerasFormatError, "[1, 2, 3]"),
+    ("Conv2DTranspose", {"filters": 2, "kernel_size": 3, "strides": 2, "output_padding": 2}, (4, 4, 2),
+     bk.KerasFormatError, "output_padding"),
+    ("MaxPooling3D", {"pool_size": [2, 2]}, (4, 4, 4, 2), bk.KerasFormatError, "[2, 2]"),
+])
+def test_invalid_configs_are_refused_clearly(class_name: str, config: dict[str, Any], shape: tuple[int, ...],
+                                             error: type[Exception], shown: str) -> None:
+    with pytest.raises(error) as caught:
+        bk.build_from_config(_one_layer(class_name, config, shape))
+    assert shown in str(caught.value) and "'l'" in str(caught.value)
+
+
+def test_depthwise_initialiser_sees_keras_kernel_shape() -> None:
+    """fan_out of a (3, 3, 4, 2) depthwise kernel is 3*3*2 = 18: VarianceScaling(fan_out, uniform)
+    draws from +-sqrt(3/18); torch's (8, 1, 3, 3) shape would give fan_out 9 and +-sqrt(3/9)."""
+    init = {"class_name": "VarianceScaling", "config": {"scale": 1.0, "mode": "fan_out", "distribution": "uniform",
+                                                         "seed": 3}}
+    model = bk.build_from_config(_one_layer("DepthwiseConv2D", {"kernel_size": 3, "depth_multiplier": 2,
+                                                                "depthwise_initializer": init}, (6, 6, 4)))
+    weight = model.layers["l"].weight.detach().abs()
+    assert weight.shape == (8, 1, 3, 3)
+    assert math.sqrt(3 / 18) * 0.8 < float(weight.max()) <= math.sqrt(3 / 18)
+
+
+@pytest.mark.parametrize("class_name, config", [
+    ("Conv1D", {"filters": 3, "kernel_size": 4, "padding": "causal", "dilation_rate": 2}),
+    ("Conv1D", {"filters": 3, "kernel_size": 4, "strides": 2, "padding": "same"}),
+    ("SeparableConv1D", {"filters": 3, "kernel_size": 3, "strides": 3, "padding": "same", "depth_multiplier": 2}),
+    ("DepthwiseConv1D", {"kernel_size": 2, "strides": 2, "padding": "same"}),
+    ("MaxPooling1D", {"pool_size": 3, "strides": 2, "padding": "same"}),
+    ("AveragePooling1D", {"pool_size": 3, "strides": 2, "padding": "same"}),
+    ("Conv1DTranspose", {"filters": 2, "kernel_size": 3, "strides": 2, "padding": "same"}),
+])
+def test_unknown_lengths_compute_what_known_lengths_do(class_name: str, config: dict[str, Any]) -> None:
+    """Pads of a length unknown when planning are computed when run; equal to the planned ones."""
+    known = bk.build_from_config(_one_layer(class_name, config, (9, 2))).eval()
+    unknown = bk.build_from_config(_one_layer(class_name, config, (None, 2))).eval()
+    unknown.load_state_dict(known.state_dict())
+    x = torch.randn(2, 9, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(unknown(x), known(x), rtol=0, atol=0)
+
+
+def test_output_shapes_of_3d_layers() -> None:
+    transposed = bk.build_from_config(_one_layer("Conv3DTranspose", {"filters": 2, "kernel_size": 3, "strides": 2,
+                                                                     "padding": "same"}, (3, 4, 5, 1)))
+    assert transposed(torch.randn(1, 3, 4, 5, 1)).shape == (1, 6, 8, 10, 2)
+    ups = bk.build_from_config(_one_layer("UpSampling3D", {"size": [1, 2, 3]}, (2, 3, 4, 5)))
+    assert ups(torch.randn(1, 2, 3, 4, 5)).shape == (1, 2, 6, 12, 5)
