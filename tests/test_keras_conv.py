@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import bnkit
 import bnkit.keras as bk
-from bnkit.keras._conv import conv_kernel, depthwise_kernel
+from bnkit.keras._conv_plan import conv_kernel, depthwise_kernel
 from bnkit.keras._conv_layers import AvgPoolSame, Crop, GlobalPool, SamePad, UpsampleBilinear2d, UpsampleNearest
 from bnkit.keras._layers import same_padding
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from ._build import Builder, Info, identity
 from ._config import LayerSpec
-from ._conv import data_format, geometry, int_tuple, join, layout, split
+from ._conv_plan import data_format, geometry, int_tuple, join, layout, split
 from ._conv_layers import AvgPoolSame, Crop, GlobalPool, SamePad, UpsampleBilinear2d, UpsampleNearest, pad_arguments
 from ._options import bool_option, choice, is_int, one_input
 from .errors import UnsupportedLayerError

@@ -23,7 +23,7 @@ from torch import nn
 
 from ._build import Builder, Info
 from ._config import LayerSpec
-from ._conv import _as_is, _common_options, _factory, conv_kernel, int_tuple, join, layout
+from ._conv_plan import _as_is, _common_options, _factory, conv_kernel, int_tuple, join, layout
 from ._conv_layers import Crop
 from ._layers import same_padding
 from ._options import int_option, one_input
