@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -120,11 +119,11 @@ class UpsampleNearest(nn.Module):
         self.size = tuple(int(s) for s in size)
 
     def forward(self, x: Tensor) -> Tensor:
-        first = x.dim() - len(self.size)
-        for i, factor in enumerate(self.size):
-            if factor != 1:
-                x = torch.repeat_interleave(x, factor, dim=first + i)
-        return x
+        lead = tuple(x.shape[:x.dim() - len(self.size)])
+        sizes = tuple(x.shape[len(lead):])
+        spread = x.reshape(lead + tuple(v for n in sizes for v in (n, 1)))  # a size-1 axis after each axis
+        spread = spread.expand(lead + tuple(v for n, f in zip(sizes, self.size) for v in (n, f)))
+        return spread.reshape(lead + tuple(n * f for n, f in zip(sizes, self.size)))  # one copy
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
