@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import bnkit
 import bnkit.keras as bk
-from bnkit.keras._conv_plan import conv_kernel, depthwise_kernel
+from bnkit.keras._conv_plan import depthwise_kernel
 from bnkit.keras._conv_layers import AvgPoolSame, Crop, GlobalPool, SamePad, UpsampleBilinear2d, UpsampleNearest
 from bnkit.keras._layers import same_padding
 
@@ -117,20 +117,12 @@ def test_depthwise_view_puts_keras_kernel_into_grouped_conv() -> None:
     kernel = RNG.normal(size=(3, 2, channels, mult)).astype(np.float32)
     conv = torch.nn.Conv2d(channels, channels * mult, (3, 2), stride=2, padding=1, groups=channels, bias=False)
     with torch.no_grad():
-        view = depthwise_kernel(conv.weight)
+        view = depthwise_kernel(conv.weight, None)
         view.copy_(torch.from_numpy(kernel).reshape(view.shape))
     x = RNG.normal(size=(2, channels, 7, 6)).astype(np.float32)
     ours = conv(torch.from_numpy(x)).detach().numpy()
     assert _relative(ours, _np_depthwise(x, kernel, 2, (1, 1))) < 1e-6
-    np.testing.assert_array_equal(depthwise_kernel(conv.weight.detach()).reshape(kernel.shape).numpy(), kernel)
-
-
-def test_conv_kernel_view_is_keras_layout_for_every_rank() -> None:
-    for shape in ((5, 3, 4), (5, 3, 4, 2), (5, 3, 4, 2, 3)):
-        weight = torch.randn(shape)
-        view = conv_kernel(weight)
-        assert view.shape == (*shape[2:], shape[1], shape[0])
-        assert view[(0,) * (len(shape) - 2) + (2, 4)].item() == weight[(4, 2) + (0,) * (len(shape) - 2)].item()
+    np.testing.assert_array_equal(depthwise_kernel(conv.weight.detach(), None).reshape(kernel.shape).numpy(), kernel)
 
 
 # ---- live Keras ------------------------------------------------------------------------------

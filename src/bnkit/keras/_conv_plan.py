@@ -33,10 +33,12 @@ from ._build import Builder, Info, Perm, Shape, identity, moved
 from ._config import LayerSpec
 from ._conv_layers import SamePad, SeparableConv, pad_arguments
 from ._layers import same_padding
-from ._options import bool_option, choice, int_option, is_int, known, one_input
+from ._entry import as_is, conv_kernel
+from ._options import (activation_name, bool_option, choice, common, initializer, int_option, is_int, known,
+                       one_input, training_only)
 
-__all__ = ["CONV_CLASSES", "CONV_HANDLERS", "WeightView", "conv_kernel", "depthwise_kernel", "geometry",
-           "int_tuple", "layout", "split", "join"]
+__all__ = ["WeightView", "conv", "depthwise", "depthwise_kernel", "geometry", "int_tuple", "join", "layout",
+           "plan_factory", "separable", "split"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _PAD = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}
@@ -47,12 +49,7 @@ WeightView = Callable[[Tensor, "int | None"], Tensor]
 
 
 # ---- weight views (torch tensor -> Keras layout) -----------------------------------------
-def conv_kernel(tensor: Tensor, channels: int | None = None) -> Tensor:
-    """``(O, I, *k) -> (*k, I, O)``, Keras' kernel layout for any number of spatial axes."""
-    return tensor.permute(*range(2, tensor.dim()), 1, 0)
-
-
-def depthwise_kernel(tensor: Tensor, channels: int | None = None) -> Tensor:
+def depthwise_kernel(tensor: Tensor, channels: int | None) -> Tensor:
     """``(C*M, 1, *k) -> (*k, C*M)``: Keras' ``(*k, C, M)`` kernel flattened over its last two
     axes (the grouped conv's output channel ``c*M + m`` is Keras' ``[..., c, m]``)."""
     return tensor.permute(*range(2, tensor.dim()), 0, 1)[..., 0]
@@ -132,7 +129,7 @@ def _pad_then(b: Builder, slot: int, pads: list[tuple[int, int]] | None, kernel:
     return b.run(b.aux_name("pad"), lambda: _PAD[rank](arguments, 0.0), [slot]), (0,) * rank
 
 
-def _factory(b: Builder, make: Callable[[str], nn.Module], rules: Sequence[tuple[str, str, WeightView]],
+def plan_factory(b: Builder, make: Callable[[str], nn.Module], rules: Sequence[tuple[str, str, WeightView]],
              shapes: dict[str, tuple[int, ...]], inits: dict[str, Any], trainable: bool) -> Callable[[], nn.Module]:
     """A module factory: uninitialised tensors when loading, Keras initialisers otherwise."""
     init = b.init
@@ -166,8 +163,6 @@ def _has(module: nn.Module, path: str) -> bool:
 
 
 def _common_options(b: Builder, spec: LayerSpec, x: Info, rank: int, causal: bool) -> dict[str, Any]:
-    from ._handlers import _activation, _training_only
-
     cfg = spec.config
     df = data_format(b, cfg)
     kernel = int_tuple(b, cfg, "kernel_size", rank, None)
@@ -179,10 +174,10 @@ def _common_options(b: Builder, spec: LayerSpec, x: Info, rank: int, causal: boo
     if max(stride) > 1 and max(dilation) > 1:
         raise b.error("`strides` > 1 together with `dilation_rate` > 1", "one of them all 1",
                       {"strides": stride, "dilation_rate": dilation})
-    _training_only(b, cfg, _TRAINING_ONLY)
+    training_only(b, cfg, _TRAINING_ONLY)
     channels, sizes = split(x, df)
     return {"df": df, "kernel": kernel, "stride": stride, "dilation": dilation, "padding": padding,
-            "use_bias": bool_option(b, cfg, "use_bias", True), "activation": _activation(b, cfg.get("activation")),
+            "use_bias": bool_option(b, cfg, "use_bias", True), "activation": activation_name(b, cfg.get("activation")),
             "cin": known(b, channels, "input channels"), "sizes": sizes}
 
 
@@ -190,18 +185,16 @@ def _plan(b: Builder, spec: LayerSpec, x: Info, o: dict[str, Any], filters: int,
           rules: Sequence[tuple[str, str, WeightView]], shapes: dict[str, tuple[int, ...]],
           init_keys: dict[str, str]) -> tuple[Info, dict[str, Any], dict[str, Any]]:
     """Shared tail of every conv handler: pads, the module, the activation, the output Info."""
-    from ._handlers import _activate, _common, _initializer
-
     rank = len(o["kernel"])
     perm = layout(rank + 2, o["df"])
     out, pads = geometry(b, o["sizes"], o["kernel"], o["stride"], o["dilation"], o["padding"])
     slot, o["torch_padding"] = _pad_then(b, b.take(x, perm), pads, o["kernel"], o["stride"], o["dilation"])
-    inits = {keras: _initializer(b, spec.config, key) for keras, key in init_keys.items()}
+    inits = {keras: initializer(b, spec.config, key) for keras, key in init_keys.items()}
     present = {k: v for k, v in shapes.items() if k != "bias" or o["use_bias"]}
     b.weight_shapes[spec.name] = present
-    factory = _factory(b, make, rules, present, inits, _common(spec)["trainable"])
-    slot = _activate(b, o["activation"], b.run(spec.name, factory, [slot]), perm)
-    config = {**_common(spec), "kernel_size": list(o["kernel"]), "strides": list(o["stride"]),
+    factory = plan_factory(b, make, rules, present, inits, common(spec)["trainable"])
+    slot = b.activate(o["activation"], b.run(spec.name, factory, [slot]), perm)
+    config = {**common(spec), "kernel_size": list(o["kernel"]), "strides": list(o["stride"]),
               "padding": o["padding"], "data_format": o["df"], "dilation_rate": list(o["dilation"]),
               "activation": o["activation"], "use_bias": o["use_bias"],
               **{init_keys[k]: v for k, v in inits.items() if v is not None}}
@@ -224,7 +217,7 @@ def conv(rank: int) -> Callable[[Builder, LayerSpec, list[Info]], tuple[Info, di
                                dilation=o["dilation"], groups=groups, bias=o["use_bias"], device=device)
 
         shapes = {"kernel": (*o["kernel"], o["cin"] // groups, filters), "bias": (filters,)}
-        rules = (("kernel", "weight", conv_kernel), ("bias", "bias", _as_is))
+        rules = (("kernel", "weight", conv_kernel), ("bias", "bias", as_is))
         info, config, _ = _plan(b, spec, x, o, filters, make, rules, shapes,
                                 {"kernel": "kernel_initializer", "bias": "bias_initializer"})
         return info, {**config, "filters": filters, "groups": groups}
@@ -245,7 +238,7 @@ def depthwise(rank: int) -> Callable[[Builder, LayerSpec, list[Info]], tuple[Inf
                                dilation=o["dilation"], groups=cin, bias=o["use_bias"], device=device)
 
         shapes = {"depthwise_kernel": (*o["kernel"], cin, mult), "bias": (cin * mult,)}
-        rules = (("depthwise_kernel", "weight", depthwise_kernel), ("bias", "bias", _as_is))
+        rules = (("depthwise_kernel", "weight", depthwise_kernel), ("bias", "bias", as_is))
         info, config, _ = _plan(b, spec, x, o, cin * mult, make, rules, shapes,
                                 {"depthwise_kernel": "depthwise_initializer", "bias": "bias_initializer"})
         return info, {**config, "depth_multiplier": mult}
@@ -271,32 +264,10 @@ def separable(rank: int) -> Callable[[Builder, LayerSpec, list[Info]], tuple[Inf
         shapes = {"depthwise_kernel": (*o["kernel"], cin, mult), "pointwise_kernel": (*(1,) * rank, cin * mult, filters),
                   "bias": (filters,)}
         rules = (("depthwise_kernel", "depthwise.weight", depthwise_kernel),
-                 ("pointwise_kernel", "pointwise.weight", conv_kernel), ("bias", "pointwise.bias", _as_is))
+                 ("pointwise_kernel", "pointwise.weight", conv_kernel), ("bias", "pointwise.bias", as_is))
         info, config, _ = _plan(b, spec, x, o, filters, make, rules, shapes,
                                 {"depthwise_kernel": "depthwise_initializer",
                                  "pointwise_kernel": "pointwise_initializer", "bias": "bias_initializer"})
         return info, {**config, "filters": filters, "depth_multiplier": mult}
 
     return handler
-
-
-def _as_is(tensor: Tensor, channels: int | None = None) -> Tensor:
-    return tensor
-
-
-#: Keras class -> handler, for the classes of this module.
-CONV_HANDLERS = {
-    "Conv1D": conv(1), "Conv3D": conv(3), "DepthwiseConv1D": depthwise(1), "DepthwiseConv2D": depthwise(2),
-    "SeparableConv1D": separable(1), "SeparableConv2D": separable(2),
-}
-#: Keras class -> its weights in Keras' order: (Keras name, torch path, view).
-CONV_CLASSES: dict[str, tuple[tuple[str, str, WeightView], ...]] = {
-    "Conv1D": (("kernel", "weight", conv_kernel), ("bias", "bias", _as_is)),
-    "Conv3D": (("kernel", "weight", conv_kernel), ("bias", "bias", _as_is)),
-    "DepthwiseConv1D": (("depthwise_kernel", "weight", depthwise_kernel), ("bias", "bias", _as_is)),
-    "DepthwiseConv2D": (("depthwise_kernel", "weight", depthwise_kernel), ("bias", "bias", _as_is)),
-    "SeparableConv1D": (("depthwise_kernel", "depthwise.weight", depthwise_kernel),
-                        ("pointwise_kernel", "pointwise.weight", conv_kernel), ("bias", "pointwise.bias", _as_is)),
-    "SeparableConv2D": (("depthwise_kernel", "depthwise.weight", depthwise_kernel),
-                        ("pointwise_kernel", "pointwise.weight", conv_kernel), ("bias", "pointwise.bias", _as_is)),
-}

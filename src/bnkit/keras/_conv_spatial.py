@@ -1,7 +1,7 @@
 """Keras' spatial layers without weights, for 1, 2 or 3 spatial axes: pooling (``"same"``
 average pooling counts only input cells, as TensorFlow does), global pooling, zero
 padding, cropping and upsampling (nearest; bilinear for 2-D).  2-D pooling, global
-pooling and zero padding keep their handlers in :mod:`._handlers`; the rest are here.
+pooling and zero padding are in :mod:`._pooling`; the rest are here.
 """
 from __future__ import annotations
 
@@ -15,23 +15,17 @@ from ._build import Builder, Info, identity
 from ._config import LayerSpec
 from ._conv_plan import data_format, geometry, int_tuple, join, layout, split
 from ._conv_layers import AvgPoolSame, Crop, GlobalPool, SamePad, UpsampleBilinear2d, UpsampleNearest, pad_arguments
-from ._options import bool_option, choice, is_int, one_input
+from ._entry import Handler
+from ._options import bool_option, choice, common, is_int, one_input
 from .errors import UnsupportedLayerError
 
-__all__ = ["SPATIAL_HANDLERS"]
+__all__ = ["cropping", "global_pool", "pool", "upsampling", "zero_padding"]
 
-Handler = Callable[[Builder, LayerSpec, list[Info]], tuple[Info, dict[str, Any]]]
 _MAX_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _AVG_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 _PAD = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}
 #: interpolations UpSampling2D may name; only these two are exact in torch.
 _INTERPOLATIONS = ("nearest", "bilinear")
-
-
-def _common(spec: LayerSpec) -> dict[str, Any]:
-    from ._handlers import _common as common
-
-    return common(spec)
 
 
 def _has_format(rank: int, cfg: dict[str, Any]) -> bool:
@@ -62,7 +56,7 @@ def pool(mode: str, rank: int) -> Handler:
         else:
             factory = lambda: AvgPoolSame(size, stride)  # noqa: E731
         slot = b.run(spec.name, factory, [slot])
-        config = {**_common(spec), "pool_size": list(size), "padding": padding, "strides": list(stride),
+        config = {**common(spec), "pool_size": list(size), "padding": padding, "strides": list(stride),
                   "data_format": df}
         return Info(join(x.shape[0], channels, out, df), perm, slot), config
 
@@ -78,7 +72,7 @@ def global_pool(mode: str, rank: int) -> Handler:
         channels, _ = split(x, df)
         perm = layout(rank + 2, df)
         slot = b.run(spec.name, lambda: GlobalPool(mode, keepdims), [b.take(x, perm)])
-        config = {**_common(spec), "data_format": df, "keepdims": keepdims}
+        config = {**common(spec), "data_format": df, "keepdims": keepdims}
         if keepdims:
             return Info(join(x.shape[0], channels, (1,) * rank, df), perm, slot), config
         return Info((x.shape[0], channels), identity(2), slot), config
@@ -119,7 +113,7 @@ def zero_padding(rank: int) -> Handler:
         perm, arguments = layout(rank + 2, df), pad_arguments(pads)
         slot = b.run(spec.name, lambda: _PAD[rank](arguments, 0.0), [b.take(x, perm)])
         out = [None if n is None else n + before + after for n, (before, after) in zip(sizes, pads)]
-        config = {**_common(spec), "padding": _written(pads)}
+        config = {**common(spec), "padding": _written(pads)}
         if _has_format(rank, cfg):
             config["data_format"] = df
         return Info(join(x.shape[0], channels, out, df), perm, slot), config
@@ -142,7 +136,7 @@ def cropping(rank: int) -> Handler:
             out.append(None if n is None else n - before - after)
         perm = layout(rank + 2, df)
         slot = b.run(spec.name, lambda: Crop(crops), [b.take(x, perm)])
-        config = {**_common(spec), "cropping": _written(crops)}
+        config = {**common(spec), "cropping": _written(crops)}
         if rank > 1:
             config["data_format"] = df
         return Info(join(x.shape[0], channels, out, df), perm, slot), config
@@ -170,7 +164,7 @@ def upsampling(rank: int) -> Handler:
             factory = lambda: UpsampleNearest(size)  # noqa: E731
         slot = b.run(spec.name, factory, [b.take(x, perm)])
         out = [None if n is None else n * s for n, s in zip(sizes, size)]
-        config: dict[str, Any] = {**_common(spec), "size": size[0] if rank == 1 else list(size)}
+        config: dict[str, Any] = {**common(spec), "size": size[0] if rank == 1 else list(size)}
         if rank > 1:
             config["data_format"] = df
         if rank == 2:
@@ -178,15 +172,3 @@ def upsampling(rank: int) -> Handler:
         return Info(join(x.shape[0], channels, out, df), perm, slot), config
 
     return handler
-
-
-#: Keras class -> handler, for the classes of this module.
-SPATIAL_HANDLERS: dict[str, Handler] = {
-    "MaxPooling1D": pool("max", 1), "MaxPooling3D": pool("max", 3),
-    "AveragePooling1D": pool("avg", 1), "AveragePooling3D": pool("avg", 3),
-    "GlobalAveragePooling1D": global_pool("avg", 1), "GlobalAveragePooling3D": global_pool("avg", 3),
-    "GlobalMaxPooling1D": global_pool("max", 1), "GlobalMaxPooling3D": global_pool("max", 3),
-    "ZeroPadding1D": zero_padding(1), "ZeroPadding3D": zero_padding(3),
-    "Cropping1D": cropping(1), "Cropping2D": cropping(2), "Cropping3D": cropping(3),
-    "UpSampling1D": upsampling(1), "UpSampling2D": upsampling(2), "UpSampling3D": upsampling(3),
-}

@@ -23,12 +23,13 @@ from torch import nn
 
 from ._build import Builder, Info
 from ._config import LayerSpec
-from ._conv_plan import _as_is, _common_options, _factory, conv_kernel, int_tuple, join, layout
+from ._conv_plan import _common_options, int_tuple, join, layout, plan_factory
 from ._conv_layers import Crop
+from ._entry import as_is, conv_kernel
 from ._layers import same_padding
-from ._options import int_option, one_input
+from ._options import common, initializer, int_option, one_input
 
-__all__ = ["TRANSPOSE_HANDLERS", "transpose_geometry"]
+__all__ = ["conv_transpose", "transpose_geometry"]
 
 _TRANSPOSE = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 
@@ -50,8 +51,6 @@ def conv_transpose(rank: int) -> Callable[[Builder, LayerSpec, list[Info]], tupl
     """The handler of Conv{1,2,3}DTranspose."""
 
     def handler(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
-        from ._handlers import _activate, _common, _initializer
-
         x, cfg = one_input(b, xs, rank + 2), spec.config
         o = _common_options(b, spec, x, rank, causal=False)
         filters, cin = int_option(b, cfg, "filters"), o["cin"]
@@ -82,15 +81,15 @@ def conv_transpose(rank: int) -> Callable[[Builder, LayerSpec, list[Info]], tupl
 
         shapes = {"kernel": (*o["kernel"], filters, cin), **({"bias": (filters,)} if o["use_bias"] else {})}
         init_keys = {"kernel": "kernel_initializer", "bias": "bias_initializer"}
-        inits = {keras: _initializer(b, cfg, key) for keras, key in init_keys.items()}
+        inits = {keras: initializer(b, cfg, key) for keras, key in init_keys.items()}
         b.weight_shapes[spec.name] = shapes
-        rules = (("kernel", "weight", conv_kernel), ("bias", "bias", _as_is))
-        factory = _factory(b, make, rules, shapes, inits, _common(spec)["trainable"])
+        rules = (("kernel", "weight", conv_kernel), ("bias", "bias", as_is))
+        factory = plan_factory(b, make, rules, shapes, inits, common(spec)["trainable"])
         slot = b.run(spec.name, factory, [b.take(x, perm)])
         if any(after for _, after in crops):
             slot = b.run(b.aux_name("crop"), lambda: Crop(crops), [slot])
-        slot = _activate(b, o["activation"], slot, perm)
-        config = {**_common(spec), "filters": filters, "kernel_size": list(o["kernel"]),
+        slot = b.activate(o["activation"], slot, perm)
+        config = {**common(spec), "filters": filters, "kernel_size": list(o["kernel"]),
                   "strides": list(o["stride"]), "padding": o["padding"],
                   "output_padding": None if extra is None else list(extra), "data_format": o["df"],
                   "dilation_rate": list(o["dilation"]), "activation": o["activation"], "use_bias": o["use_bias"],
@@ -98,8 +97,3 @@ def conv_transpose(rank: int) -> Callable[[Builder, LayerSpec, list[Info]], tupl
         return Info(join(x.shape[0], filters, out, o["df"]), perm, slot), config
 
     return handler
-
-
-#: Keras class -> handler, for the classes of this module.
-TRANSPOSE_HANDLERS = {"Conv1DTranspose": conv_transpose(1), "Conv2DTranspose": conv_transpose(2),
-                      "Conv3DTranspose": conv_transpose(3)}
