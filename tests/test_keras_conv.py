@@ -236,7 +236,8 @@ def _one_layer(class_name: str, config: dict[str, Any], input_shape: tuple[int, 
     return {"class_name": "Functional", "config": {"name": "m", "layers": [
         {"class_name": "InputLayer", "name": "x", "config": {"batch_input_shape": [None, *input_shape], "name": "x"},
          "inbound_nodes": []},
-        {"class_name": class_name, "name": "l", "config": {"name": "l", **config}, "inbound_nodes": [[["x", 0, 0, {}]]]},
+        {"class_name": class_name, "name": "l", "config": {"name": "l", **config},
+         "inbound_nodes": [[["x", 0, 0, {}]]]},
     ], "input_layers": [["x", 0, 0]], "output_layers": [["l", 0, 0]]}}
 
 
@@ -302,3 +303,21 @@ def test_output_shapes_of_3d_layers() -> None:
     assert transposed(torch.randn(1, 3, 4, 5, 1)).shape == (1, 6, 8, 10, 2)
     ups = bk.build_from_config(_one_layer("UpSampling3D", {"size": [1, 2, 3]}, (2, 3, 4, 5)))
     assert ups(torch.randn(1, 2, 3, 4, 5)).shape == (1, 2, 6, 12, 5)
+
+
+@pytest.mark.oracle
+@pytest.mark.slow
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_plain_torch_conv1d_and_conv3d_take_keras_weights_by_name(built: Any, flavour: str) -> None:
+    from collections import OrderedDict
+
+    work, _ = built
+    for recipe, name, module in (("seq1d", "causal", torch.nn.Conv1d(4, 6, 3, dilation=2)),
+                                 ("vol3d", "c1", torch.nn.Conv3d(2, 4, 3, stride=(1, 2, 2)))):
+        model = torch.nn.Sequential(OrderedDict([(name, module)]))
+        report = bk.load_weights(model, work / f"{flavour}_{recipe}.h5", strict=False)
+        assert report.loaded == [name]
+        ref = _npz(work / f"{flavour}_{recipe}_ref.npz")
+        np.testing.assert_array_equal(module.weight.detach().permute(*range(2, module.weight.dim()), 1, 0).numpy(),
+                                      ref[f"w/{name}/kernel"])
+        np.testing.assert_array_equal(module.bias.detach().numpy(), ref[f"w/{name}/bias"])

@@ -27,42 +27,35 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._conv_plan import conv, conv_kernel, depthwise, depthwise_kernel, separable
+from ._conv_plan import DEPTHWISE_WEIGHTS, KERNEL_WEIGHTS, SEPARABLE_WEIGHTS, conv, depthwise, separable
 from ._conv_spatial import cropping, global_pool, pool, upsampling, zero_padding
 from ._conv_transpose import conv_transpose
-from ._entry import LayerEntry, WeightRule, as_is, view_shape
+from ._entry import LayerEntry
 
 __all__ = ["ENTRIES"]
-
-_KERNEL = WeightRule("kernel", "weight", conv_kernel, view_shape(conv_kernel))
-_BIAS = WeightRule("bias", "bias", as_is, view_shape(as_is))
-_DEPTHWISE = WeightRule("depthwise_kernel", "weight", depthwise_kernel, view_shape(depthwise_kernel))
-_SEPARABLE = (WeightRule("depthwise_kernel", "depthwise.weight", depthwise_kernel, view_shape(depthwise_kernel)),
-              WeightRule("pointwise_kernel", "pointwise.weight", conv_kernel, view_shape(conv_kernel)),
-              WeightRule("bias", "pointwise.bias", as_is, view_shape(as_is)))
 
 _SERIES, _IMAGE, _VOLUME = (None, 9, 3), (None, 7, 6, 3), (None, 4, 5, 6, 2)
 
 ENTRIES: tuple[LayerEntry, ...] = (
-    LayerEntry("Conv1D", conv(1), (_KERNEL, _BIAS), ("Convolution1D",), (nn.Conv1d,),
+    LayerEntry("Conv1D", conv(1), KERNEL_WEIGHTS, ("Convolution1D",), (nn.Conv1d,),
                example=(_SERIES, {"filters": 4, "kernel_size": 3, "padding": "causal", "dilation_rate": 2})),
-    LayerEntry("Conv3D", conv(3), (_KERNEL, _BIAS), ("Convolution3D",), (nn.Conv3d,),
+    LayerEntry("Conv3D", conv(3), KERNEL_WEIGHTS, ("Convolution3D",), (nn.Conv3d,),
                example=(_VOLUME, {"filters": 3, "kernel_size": [2, 3, 2], "strides": [1, 2, 1], "padding": "same"})),
-    LayerEntry("DepthwiseConv1D", depthwise(1), (_DEPTHWISE, _BIAS),
+    LayerEntry("DepthwiseConv1D", depthwise(1), DEPTHWISE_WEIGHTS,
                example=(_SERIES, {"kernel_size": 3, "depth_multiplier": 2, "padding": "same"})),
-    LayerEntry("DepthwiseConv2D", depthwise(2), (_DEPTHWISE, _BIAS),
+    LayerEntry("DepthwiseConv2D", depthwise(2), DEPTHWISE_WEIGHTS,
                example=(_IMAGE, {"kernel_size": 3, "strides": 2, "depth_multiplier": 2, "padding": "same"})),
-    LayerEntry("SeparableConv1D", separable(1), _SEPARABLE, ("SeparableConvolution1D",),
+    LayerEntry("SeparableConv1D", separable(1), SEPARABLE_WEIGHTS, ("SeparableConvolution1D",),
                example=(_SERIES, {"filters": 4, "kernel_size": 3, "depth_multiplier": 2, "padding": "same"})),
-    LayerEntry("SeparableConv2D", separable(2), _SEPARABLE, ("SeparableConvolution2D",),
+    LayerEntry("SeparableConv2D", separable(2), SEPARABLE_WEIGHTS, ("SeparableConvolution2D",),
                example=(_IMAGE, {"filters": 4, "kernel_size": 3, "strides": 2, "depth_multiplier": 2,
                                  "padding": "same"})),
-    LayerEntry("Conv1DTranspose", conv_transpose(1), (_KERNEL, _BIAS), ("Convolution1DTranspose",),
+    LayerEntry("Conv1DTranspose", conv_transpose(1), KERNEL_WEIGHTS, ("Convolution1DTranspose",),
                example=(_SERIES, {"filters": 2, "kernel_size": 3, "strides": 2, "padding": "same"})),
-    LayerEntry("Conv2DTranspose", conv_transpose(2), (_KERNEL, _BIAS), ("Convolution2DTranspose",),
+    LayerEntry("Conv2DTranspose", conv_transpose(2), KERNEL_WEIGHTS, ("Convolution2DTranspose",),
                example=(_IMAGE, {"filters": 2, "kernel_size": 3, "strides": 2, "padding": "valid",
                                  "output_padding": 1})),
-    LayerEntry("Conv3DTranspose", conv_transpose(3), (_KERNEL, _BIAS), ("Convolution3DTranspose",),
+    LayerEntry("Conv3DTranspose", conv_transpose(3), KERNEL_WEIGHTS, ("Convolution3DTranspose",),
                example=(_VOLUME, {"filters": 2, "kernel_size": 2, "strides": [1, 2, 2], "padding": "same"})),
     LayerEntry("MaxPooling1D", pool("max", 1), aliases=("MaxPool1D",)),
     LayerEntry("MaxPooling3D", pool("max", 3), aliases=("MaxPool3D",)),

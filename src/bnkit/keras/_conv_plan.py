@@ -7,18 +7,7 @@ dilation ``d``: ``"valid"`` gives ``(n - (k-1)d - 1)//s + 1`` cells and no paddi
 asymmetric ones into a pad module before it, sizes unknown at planning time into
 :class:`SamePad`); ``"causal"`` (1-D only) pads ``(k-1)d`` before and nothing after.
 
-========================  =========================  ==========================================
-Keras weight              torch tensor               layout (torch -> Keras view)
-========================  =========================  ==========================================
-ConvND ``kernel``         ConvNd ``weight``          ``(O, I, *k) -> (*k, I, O)``
-Depthwise                 grouped ConvNd ``weight``  ``(C*M, 1, *k) -> (*k, C*M)``: Keras'
-``depthwise_kernel``      (``groups=C``)             ``(*k, C, M)`` in the same element order
-                                                     (output channel ``c*M + m``)
-Separable                 ``depthwise.weight``,      as above; the pointwise 1x1 conv carries
-``depthwise_kernel``,     ``pointwise.weight``,      the bias
-``pointwise_kernel``,     ``pointwise.bias``
-``bias``
-========================  =========================  ==========================================
+Weight layouts: see :mod:`._conv`.
 """
 from __future__ import annotations
 
@@ -32,20 +21,19 @@ from .. import initializers
 from ._build import Builder, Info, Perm, Shape, identity, moved
 from ._config import LayerSpec
 from ._conv_layers import SamePad, SeparableConv, pad_arguments
+from ._entry import WeightRule, as_is, conv_kernel, resolve_tensor, view_shape
 from ._layers import same_padding
-from ._entry import as_is, conv_kernel
 from ._options import (activation_name, bool_option, choice, common, initializer, int_option, is_int, known,
                        one_input, training_only)
 
-__all__ = ["WeightView", "conv", "depthwise", "depthwise_kernel", "geometry", "int_tuple", "join", "layout",
-           "plan_factory", "separable", "split"]
+__all__ = ["DEPTHWISE_WEIGHTS", "KERNEL_WEIGHTS", "SEPARABLE_WEIGHTS", "conv", "depthwise", "depthwise_kernel",
+           "geometry", "int_tuple", "join", "layout", "plan_factory", "separable", "split"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _PAD = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}
 _TRAINING_ONLY = ("kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint",
                   "bias_constraint", "depthwise_regularizer", "depthwise_constraint", "pointwise_regularizer",
                   "pointwise_constraint")
-WeightView = Callable[[Tensor, "int | None"], Tensor]
 
 
 # ---- weight views (torch tensor -> Keras layout) -----------------------------------------
@@ -53,6 +41,17 @@ def depthwise_kernel(tensor: Tensor, channels: int | None) -> Tensor:
     """``(C*M, 1, *k) -> (*k, C*M)``: Keras' ``(*k, C, M)`` kernel flattened over its last two
     axes (the grouped conv's output channel ``c*M + m`` is Keras' ``[..., c, m]``)."""
     return tensor.permute(*range(2, tensor.dim()), 0, 1)[..., 0]
+
+
+#: Conv1D/Conv3D and the transposed convs: ``kernel`` and ``bias``.
+KERNEL_WEIGHTS = (WeightRule("kernel", "weight", conv_kernel, view_shape(conv_kernel)),
+                  WeightRule("bias", "bias", as_is, view_shape(as_is)))
+DEPTHWISE_WEIGHTS = (WeightRule("depthwise_kernel", "weight", depthwise_kernel, view_shape(depthwise_kernel)),
+                     WeightRule("bias", "bias", as_is, view_shape(as_is)))
+SEPARABLE_WEIGHTS = (
+    WeightRule("depthwise_kernel", "depthwise.weight", depthwise_kernel, view_shape(depthwise_kernel)),
+    WeightRule("pointwise_kernel", "pointwise.weight", conv_kernel, view_shape(conv_kernel)),
+    WeightRule("bias", "pointwise.bias", as_is, view_shape(as_is)))
 
 
 # ---- config readers ------------------------------------------------------------------------
@@ -129,7 +128,7 @@ def _pad_then(b: Builder, slot: int, pads: list[tuple[int, int]] | None, kernel:
     return b.run(b.aux_name("pad"), lambda: _PAD[rank](arguments, 0.0), [slot]), (0,) * rank
 
 
-def plan_factory(b: Builder, make: Callable[[str], nn.Module], rules: Sequence[tuple[str, str, WeightView]],
+def plan_factory(b: Builder, make: Callable[[str], nn.Module], rules: Sequence[WeightRule],
              shapes: dict[str, tuple[int, ...]], inits: dict[str, Any], trainable: bool) -> Callable[[], nn.Module]:
     """A module factory: uninitialised tensors when loading, Keras initialisers otherwise."""
     init = b.init
@@ -143,23 +142,17 @@ def plan_factory(b: Builder, make: Callable[[str], nn.Module], rules: Sequence[t
         else:
             module = make("cpu")
             with torch.no_grad():
-                for keras, path, view in rules:
-                    tensor = module.get_parameter(path) if _has(module, path) else None
-                    if tensor is not None and inits.get(keras) is not None:
-                        values = initializers.get(inits[keras])(shapes[keras])
-                        target = view(tensor, None)
+                for rule in rules:  # drawn in Keras' own shape: the depthwise view is flattened
+                    tensor = resolve_tensor(module, rule.torch)
+                    if tensor is not None and inits.get(rule.keras) is not None:
+                        values = initializers.get(inits[rule.keras])(shapes[rule.keras])
+                        target = rule.view(tensor, None)
                         target.copy_(values.reshape(target.shape))
         for parameter in module.parameters():
             parameter.requires_grad_(trainable)
         return module
 
     return factory
-
-
-def _has(module: nn.Module, path: str) -> bool:
-    owner, _, name = path.rpartition(".")
-    holder = module.get_submodule(owner) if owner else module
-    return getattr(holder, name, None) is not None
 
 
 def _common_options(b: Builder, spec: LayerSpec, x: Info, rank: int, causal: bool) -> dict[str, Any]:
@@ -182,7 +175,7 @@ def _common_options(b: Builder, spec: LayerSpec, x: Info, rank: int, causal: boo
 
 
 def _plan(b: Builder, spec: LayerSpec, x: Info, o: dict[str, Any], filters: int, make: Callable[[str], nn.Module],
-          rules: Sequence[tuple[str, str, WeightView]], shapes: dict[str, tuple[int, ...]],
+          rules: Sequence[WeightRule], shapes: dict[str, tuple[int, ...]],
           init_keys: dict[str, str]) -> tuple[Info, dict[str, Any], dict[str, Any]]:
     """Shared tail of every conv handler: pads, the module, the activation, the output Info."""
     rank = len(o["kernel"])
@@ -217,8 +210,7 @@ def conv(rank: int) -> Callable[[Builder, LayerSpec, list[Info]], tuple[Info, di
                                dilation=o["dilation"], groups=groups, bias=o["use_bias"], device=device)
 
         shapes = {"kernel": (*o["kernel"], o["cin"] // groups, filters), "bias": (filters,)}
-        rules = (("kernel", "weight", conv_kernel), ("bias", "bias", as_is))
-        info, config, _ = _plan(b, spec, x, o, filters, make, rules, shapes,
+        info, config, _ = _plan(b, spec, x, o, filters, make, KERNEL_WEIGHTS, shapes,
                                 {"kernel": "kernel_initializer", "bias": "bias_initializer"})
         return info, {**config, "filters": filters, "groups": groups}
 
@@ -238,8 +230,7 @@ def depthwise(rank: int) -> Callable[[Builder, LayerSpec, list[Info]], tuple[Inf
                                dilation=o["dilation"], groups=cin, bias=o["use_bias"], device=device)
 
         shapes = {"depthwise_kernel": (*o["kernel"], cin, mult), "bias": (cin * mult,)}
-        rules = (("depthwise_kernel", "weight", depthwise_kernel), ("bias", "bias", as_is))
-        info, config, _ = _plan(b, spec, x, o, cin * mult, make, rules, shapes,
+        info, config, _ = _plan(b, spec, x, o, cin * mult, make, DEPTHWISE_WEIGHTS, shapes,
                                 {"depthwise_kernel": "depthwise_initializer", "bias": "bias_initializer"})
         return info, {**config, "depth_multiplier": mult}
 
@@ -261,11 +252,10 @@ def separable(rank: int) -> Callable[[Builder, LayerSpec, list[Info]], tuple[Inf
             point = _CONV[rank](cin * mult, filters, 1, bias=o["use_bias"], device=device)
             return SeparableConv(depth, point)
 
-        shapes = {"depthwise_kernel": (*o["kernel"], cin, mult), "pointwise_kernel": (*(1,) * rank, cin * mult, filters),
+        shapes = {"depthwise_kernel": (*o["kernel"], cin, mult),
+                  "pointwise_kernel": (*(1,) * rank, cin * mult, filters),
                   "bias": (filters,)}
-        rules = (("depthwise_kernel", "depthwise.weight", depthwise_kernel),
-                 ("pointwise_kernel", "pointwise.weight", conv_kernel), ("bias", "pointwise.bias", as_is))
-        info, config, _ = _plan(b, spec, x, o, filters, make, rules, shapes,
+        info, config, _ = _plan(b, spec, x, o, filters, make, SEPARABLE_WEIGHTS, shapes,
                                 {"depthwise_kernel": "depthwise_initializer",
                                  "pointwise_kernel": "pointwise_initializer", "bias": "bias_initializer"})
         return info, {**config, "filters": filters, "depth_multiplier": mult}

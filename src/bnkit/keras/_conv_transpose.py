@@ -23,9 +23,8 @@ from torch import nn
 
 from ._build import Builder, Info
 from ._config import LayerSpec
-from ._conv_plan import _common_options, int_tuple, join, layout, plan_factory
+from ._conv_plan import KERNEL_WEIGHTS, _common_options, int_tuple, join, layout, plan_factory
 from ._conv_layers import Crop
-from ._entry import as_is, conv_kernel
 from ._layers import same_padding
 from ._options import common, initializer, int_option, one_input
 
@@ -34,7 +33,8 @@ __all__ = ["conv_transpose", "transpose_geometry"]
 _TRANSPOSE = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 
 
-def transpose_geometry(n: int, k: int, s: int, d: int, padding: str, output_padding: int | None) -> tuple[int, int, int]:
+def transpose_geometry(n: int, k: int, s: int, d: int, padding: str,
+                       output_padding: int | None) -> tuple[int, int, int]:
     """``(out, torch padding, torch output_padding or -crop)`` for one axis of input size ``n``."""
     span = (k - 1) * d + 1
     if padding == "valid":
@@ -83,8 +83,7 @@ def conv_transpose(rank: int) -> Callable[[Builder, LayerSpec, list[Info]], tupl
         init_keys = {"kernel": "kernel_initializer", "bias": "bias_initializer"}
         inits = {keras: initializer(b, cfg, key) for keras, key in init_keys.items()}
         b.weight_shapes[spec.name] = shapes
-        rules = (("kernel", "weight", conv_kernel), ("bias", "bias", as_is))
-        factory = plan_factory(b, make, rules, shapes, inits, common(spec)["trainable"])
+        factory = plan_factory(b, make, KERNEL_WEIGHTS, shapes, inits, common(spec)["trainable"])
         slot = b.run(spec.name, factory, [b.take(x, perm)])
         if any(after for _, after in crops):
             slot = b.run(b.aux_name("crop"), lambda: Crop(crops), [slot])
