@@ -128,7 +128,7 @@ def test_depthwise_view_puts_keras_kernel_into_grouped_conv() -> None:
 # ---- live Keras ------------------------------------------------------------------------------
 FLAVOURS = ("tf_keras", "keras3")
 RECIPES = ("mobile", "seq1d", "vol3d", "resize2d", "first", "first1d", "first3d", "transposed", "transposed1d",
-           "transposed3d")
+           "transposed3d", "mobilenet", "mobilenet_v2")
 CONV_JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "conv_jobs.py"
 TOLERANCE = 1e-5
 
@@ -189,6 +189,22 @@ def test_bn_after_depthwise_and_separable_convs_folds(built: Any, flavour: str) 
                     "sep1_bn": "layers.sep1.pointwise", "sep3_bn": "layers.sep3.pointwise"}
     assert not report.not_folded
     assert not any(isinstance(m, bnkit.BatchNormalization) for m in folded.modules())
+    with torch.no_grad():
+        y = folded(torch.from_numpy(ref["x"])).numpy()
+    assert _relative(y, ref["y"]) <= TOLERANCE
+
+
+@pytest.mark.oracle
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, count", [("mobilenet", 27), ("mobilenet_v2", 52)])
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_every_bn_of_keras_mobilenets_folds(built: Any, flavour: str, recipe: str, count: int) -> None:
+    """keras.applications.MobileNet / MobileNetV2 (no top): each BN follows a conv or a depthwise conv."""
+    model, ref = _loaded(built, flavour, recipe, "h5")
+    folded, report = bnkit.fold_batch_norm(model)
+    assert len(report.folded) == count and not report.not_folded
+    depthwise = [f for f in report.folded if model.get_submodule(f.into).groups > 1]
+    assert len(depthwise) == {"mobilenet": 13, "mobilenet_v2": 17}[recipe]
     with torch.no_grad():
         y = folded(torch.from_numpy(ref["x"])).numpy()
     assert _relative(y, ref["y"]) <= TOLERANCE

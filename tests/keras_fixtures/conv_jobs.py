@@ -149,8 +149,19 @@ def transposed3d() -> Any:
     return keras.Model(inp, x, name="transposed3d")
 
 
+def mobilenet() -> Any:
+    """keras.applications.MobileNet, no top (its top needs Reshape), average pooling."""
+    return keras.applications.MobileNet(input_shape=(32, 32, 3), alpha=0.25, include_top=False, weights=None,
+                                        pooling="avg")
+
+
+def mobilenet_v2() -> Any:
+    return keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None,
+                                          pooling="avg")
+
+
 RECIPES = {f.__name__: f for f in (mobile, seq1d, vol3d, resize2d, first, first1d, first3d, transposed,
-                                         transposed1d, transposed3d)}
+                                         transposed1d, transposed3d, mobilenet, mobilenet_v2)}
 keras_jobs.RECIPES.update(RECIPES)
 
 if __name__ == "__main__":
