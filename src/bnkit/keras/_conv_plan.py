@@ -23,8 +23,8 @@ from ._config import LayerSpec
 from ._conv_layers import SamePad, SeparableConv, pad_arguments
 from ._entry import WeightRule, as_is, conv_kernel, resolve_tensor, view_shape
 from ._layers import same_padding
-from ._options import (activation_name, bool_option, choice, common, initializer, int_option, is_int, known,
-                       one_input, training_only)
+from ._options import (activation_name, bool_option, choice, common, data_format, initializer, int_option, is_int,
+                       known, one_input, training_only)
 
 __all__ = ["DEPTHWISE_WEIGHTS", "KERNEL_WEIGHTS", "SEPARABLE_WEIGHTS", "conv", "depthwise", "depthwise_kernel",
            "geometry", "int_tuple", "join", "layout", "plan_factory", "separable", "split"]
@@ -69,10 +69,6 @@ def int_tuple(b: Builder, cfg: dict[str, Any], key: str, n: int, default: Any, l
     if not values or not all(is_int(v) and low <= v < 2**20 for v in values):
         raise b.error(f"invalid `{key}`", f"an int or a list of {n} ints in [{low}, 2**20)", value)
     return values
-
-
-def data_format(b: Builder, cfg: dict[str, Any]) -> str:
-    return choice(b, cfg, "data_format", ("channels_last", "channels_first"), "channels_last")
 
 
 def layout(rank: int, df: str) -> Perm:
@@ -129,8 +125,9 @@ def _pad_then(b: Builder, slot: int, pads: list[tuple[int, int]] | None, kernel:
 
 
 def plan_factory(b: Builder, make: Callable[[str], nn.Module], rules: Sequence[WeightRule],
-             shapes: dict[str, tuple[int, ...]], inits: dict[str, Any], trainable: bool) -> Callable[[], nn.Module]:
-    """A module factory: uninitialised tensors when loading, Keras initialisers otherwise."""
+                 shapes: dict[str, tuple[int, ...]], inits: dict[str, Any], trainable: bool) -> Callable[[], nn.Module]:
+    """A module factory: uninitialised tensors when loading, else Keras' initialisers drawn in
+    the Keras shapes ``shapes`` (not the view's: the depthwise view flattens ``(*k, C, M)``)."""
     init = b.init
 
     def factory() -> nn.Module:
@@ -142,7 +139,7 @@ def plan_factory(b: Builder, make: Callable[[str], nn.Module], rules: Sequence[W
         else:
             module = make("cpu")
             with torch.no_grad():
-                for rule in rules:  # drawn in Keras' own shape: the depthwise view is flattened
+                for rule in rules:
                     tensor = resolve_tensor(module, rule.torch)
                     if tensor is not None and inits.get(rule.keras) is not None:
                         values = initializers.get(inits[rule.keras])(shapes[rule.keras])
@@ -176,7 +173,7 @@ def _common_options(b: Builder, spec: LayerSpec, x: Info, rank: int, causal: boo
 
 def _plan(b: Builder, spec: LayerSpec, x: Info, o: dict[str, Any], filters: int, make: Callable[[str], nn.Module],
           rules: Sequence[WeightRule], shapes: dict[str, tuple[int, ...]],
-          init_keys: dict[str, str]) -> tuple[Info, dict[str, Any], dict[str, Any]]:
+          init_keys: dict[str, str]) -> tuple[Info, dict[str, Any]]:
     """Shared tail of every conv handler: pads, the module, the activation, the output Info."""
     rank = len(o["kernel"])
     perm = layout(rank + 2, o["df"])
@@ -191,7 +188,7 @@ def _plan(b: Builder, spec: LayerSpec, x: Info, o: dict[str, Any], filters: int,
               "padding": o["padding"], "data_format": o["df"], "dilation_rate": list(o["dilation"]),
               "activation": o["activation"], "use_bias": o["use_bias"],
               **{init_keys[k]: v for k, v in inits.items() if v is not None}}
-    return Info(join(x.shape[0], filters, out, o["df"]), perm, slot), config, o
+    return Info(join(x.shape[0], filters, out, o["df"]), perm, slot), config
 
 
 def conv(rank: int) -> Callable[[Builder, LayerSpec, list[Info]], tuple[Info, dict[str, Any]]]:
@@ -210,8 +207,8 @@ def conv(rank: int) -> Callable[[Builder, LayerSpec, list[Info]], tuple[Info, di
                                dilation=o["dilation"], groups=groups, bias=o["use_bias"], device=device)
 
         shapes = {"kernel": (*o["kernel"], o["cin"] // groups, filters), "bias": (filters,)}
-        info, config, _ = _plan(b, spec, x, o, filters, make, KERNEL_WEIGHTS, shapes,
-                                {"kernel": "kernel_initializer", "bias": "bias_initializer"})
+        info, config = _plan(b, spec, x, o, filters, make, KERNEL_WEIGHTS, shapes,
+                             {"kernel": "kernel_initializer", "bias": "bias_initializer"})
         return info, {**config, "filters": filters, "groups": groups}
 
     return handler
@@ -230,8 +227,8 @@ def depthwise(rank: int) -> Callable[[Builder, LayerSpec, list[Info]], tuple[Inf
                                dilation=o["dilation"], groups=cin, bias=o["use_bias"], device=device)
 
         shapes = {"depthwise_kernel": (*o["kernel"], cin, mult), "bias": (cin * mult,)}
-        info, config, _ = _plan(b, spec, x, o, cin * mult, make, DEPTHWISE_WEIGHTS, shapes,
-                                {"depthwise_kernel": "depthwise_initializer", "bias": "bias_initializer"})
+        info, config = _plan(b, spec, x, o, cin * mult, make, DEPTHWISE_WEIGHTS, shapes,
+                             {"depthwise_kernel": "depthwise_initializer", "bias": "bias_initializer"})
         return info, {**config, "depth_multiplier": mult}
 
     return handler
@@ -255,9 +252,9 @@ def separable(rank: int) -> Callable[[Builder, LayerSpec, list[Info]], tuple[Inf
         shapes = {"depthwise_kernel": (*o["kernel"], cin, mult),
                   "pointwise_kernel": (*(1,) * rank, cin * mult, filters),
                   "bias": (filters,)}
-        info, config, _ = _plan(b, spec, x, o, filters, make, SEPARABLE_WEIGHTS, shapes,
-                                {"depthwise_kernel": "depthwise_initializer",
-                                 "pointwise_kernel": "pointwise_initializer", "bias": "bias_initializer"})
+        info, config = _plan(b, spec, x, o, filters, make, SEPARABLE_WEIGHTS, shapes,
+                             {"depthwise_kernel": "depthwise_initializer",
+                              "pointwise_kernel": "pointwise_initializer", "bias": "bias_initializer"})
         return info, {**config, "filters": filters, "depth_multiplier": mult}
 
     return handler

@@ -13,10 +13,10 @@ from torch import nn
 
 from ._build import Builder, Info, identity
 from ._config import LayerSpec
-from ._conv_plan import data_format, geometry, int_tuple, join, layout, split
+from ._conv_plan import geometry, int_tuple, join, layout, split
 from ._conv_layers import AvgPoolSame, Crop, GlobalPool, SamePad, UpsampleBilinear2d, UpsampleNearest, pad_arguments
 from ._entry import Handler
-from ._options import bool_option, choice, common, is_int, one_input
+from ._options import bool_option, choice, common, data_format, is_int, one_input
 from .errors import UnsupportedLayerError
 
 __all__ = ["cropping", "global_pool", "pool", "upsampling", "zero_padding"]
