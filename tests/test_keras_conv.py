@@ -224,7 +224,7 @@ def saved(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
             for suffix in ("keras", "h5"):
                 name = f"saved_{flavour}_{recipe}_{suffix}"
                 bk.save_model(model, work / f"{name}.{suffix}")
-                readers = FLAVOURS if recipe == "mobile" else (flavour,)
+                readers = FLAVOURS if suffix == "keras" else (flavour,)
                 tasks.update({reader: tasks[reader] + [{"kind": "predict", "name": f"{name}_{reader}",
                                                         "file": str(work / f"{name}.{suffix}"),
                                                         "x": str(work / f"{flavour}_{recipe}_ref.npz")}]
@@ -233,7 +233,7 @@ def saved(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
 
 
 ROUND_TRIPS = [(flavour, recipe, suffix, reader) for flavour in FLAVOURS for recipe in SAVED
-               for suffix in ("keras", "h5") for reader in (FLAVOURS if recipe == "mobile" else (flavour,))]
+               for suffix in ("keras", "h5") for reader in (FLAVOURS if suffix == "keras" else (flavour,))]
 
 
 @pytest.mark.oracle

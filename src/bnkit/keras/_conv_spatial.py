@@ -28,12 +28,6 @@ _PAD = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}
 _INTERPOLATIONS = ("nearest", "bilinear")
 
 
-def _has_format(rank: int, cfg: dict[str, Any]) -> bool:
-    """Whether a layer of ``rank`` spatial axes writes ``data_format`` (tf_keras' 1-D reshaping
-    layers have none; Keras 3's ZeroPadding1D has one)."""
-    return rank > 1 or cfg.get("data_format") is not None
-
-
 def pool(mode: str, rank: int) -> Handler:
     """MaxPooling1D/3D or AveragePooling1D/3D."""
 
@@ -114,7 +108,7 @@ def zero_padding(rank: int) -> Handler:
         slot = b.run(spec.name, lambda: _PAD[rank](arguments, 0.0), [b.take(x, perm)])
         out = [None if n is None else n + before + after for n, (before, after) in zip(sizes, pads)]
         config = {**common(spec), "padding": _written(pads)}
-        if _has_format(rank, cfg):
+        if rank > 1 or df == "channels_first":  # tf_keras' ZeroPadding1D has no data_format (Keras 3's has)
             config["data_format"] = df
         return Info(join(x.shape[0], channels, out, df), perm, slot), config
 
