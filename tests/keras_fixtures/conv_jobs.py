@@ -46,6 +46,7 @@ def seq1d() -> Any:
     x = L.SeparableConv1D(8, 3, padding="same", depth_multiplier=2, name="sep")(x)
     x = L.BatchNormalization(name="sep_bn")(x)
     x = L.Conv1D(8, 3, groups=2, padding="same", name="grouped")(x)
+    x = L.DepthwiseConv1D(2, strides=2, padding="same", name="dw")(L.UpSampling1D(2, name="up2")(x))
     a = L.MaxPooling1D(3, strides=2, padding="same", name="maxpool")(x)
     b = L.AveragePooling1D(3, strides=2, padding="same", name="avgpool")(x)
     c = L.AveragePooling1D(2, padding="valid", name="avgpool_valid")(L.ZeroPadding1D((1, 0), name="zp_c")(x))
@@ -106,6 +107,8 @@ def first1d() -> Any:
     cf = "channels_first"
     inp = keras.Input((4, 11), name="series")
     x = L.Conv1D(6, 3, padding="same", data_format=cf, name="c")(inp)
+    x = L.DepthwiseConv1D(3, depth_multiplier=2, padding="same", data_format=cf, name="dw")(x)
+    x = L.SeparableConv1D(5, 3, strides=2, padding="same", data_format=cf, name="sep")(x)
     x = L.MaxPooling1D(2, padding="same", data_format=cf, name="pool")(x)
     x = L.AveragePooling1D(2, padding="same", data_format=cf, name="avg")(x)
     return keras.Model(inp, L.GlobalAveragePooling1D(data_format=cf, keepdims=True, name="gap")(x), name="first1d")
