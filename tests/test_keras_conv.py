@@ -181,7 +181,7 @@ def test_loaded_model_outputs_equal_keras(built: Any, flavour: str, recipe: str,
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_bn_after_depthwise_and_separable_convs_folds(built: Any, flavour: str) -> None:
     model, ref = _loaded(built, flavour, "mobile", "keras")
-    bns = [name for name in ("stem_bn", "dw1_bn", "dw3_bn", "sep1_bn", "sep3_bn")]
+    bns = ("stem_bn", "dw1_bn", "dw3_bn", "sep1_bn", "sep3_bn")
     assert all(float((model.layers[name].running_var - 1).abs().max()) > 0.1 for name in bns)  # BN matters
     folded, report = bnkit.fold_batch_norm(model)
     into = {f.bn.split(".")[-1]: f.into for f in report.folded}
