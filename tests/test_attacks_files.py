@@ -1,0 +1,192 @@
+"""Hostile model files, checkpoints and datasets: a clear error, and no side effect.
+
+Each attack runs in a child process (tests/_isolated.py) with a time cap and an
+address-space cap, on files built in the test's temporary folder (tests/_hostile.py), and
+must end in the documented error: not a signal, a hang, a memory blow-up or a success.
+Attacks aimed at a decoy secret also check that its bytes reach no weight and no output
+file, and that nothing is written outside the output.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import pytest
+
+from tests import _hostile as hostile
+from tests._isolated import Outcome, run_batch, run_isolated
+
+
+def _refused(outcome: Outcome, error: str, *parts: str) -> None:
+    assert outcome.kind == "error", str(outcome)
+    assert outcome.error == error, str(outcome)
+    for part in parts:
+        assert part in outcome.message, f"{part!r} not in: {outcome.message}"
+
+
+def _files_holding(folder: Path, marker: bytes, *, besides: tuple[str, ...] = ()) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and p.name not in besides and marker in p.read_bytes()]
+
+
+# ---- 1. links and storage outside the file ------------------------------------------------
+#: attack -> (entry point, what the message must name: kind, target, object)
+LINK_ATTACKS = {
+    "external_storage": ("load_model", "stored in external raw files", "vault.bin", "kernel:0"),
+    "external_link": ("load_model", "an external link", "vault.h5", "kernel:0"),
+    "external_group_link": ("load_model", "an external link", "vault.h5", "/model_weights/out"),
+    "virtual_dataset": ("load_model", "a virtual dataset reaching other files", "vault.h5", "kernel:0"),
+    "soft_link_through_external": ("load_model", "an external link", "vault.h5", "/elsewhere"),
+    "dangling_soft_link": ("load_model", "a soft link", "dangling", "kernel:0"),
+    "soft_link_loop": ("load_model", "a soft link", "loop", "kernel:0"),
+    "keras_archive_with_external_link": ("load_model", "an external link", "vault.h5", "layers/dense/vars/0"),
+    "external_storage ": ("load_weights", "stored in external raw files", "vault.bin", "kernel:0"),
+}
+
+
+def test_links_and_storage_outside_the_file_are_refused(tmp_path: Path) -> None:
+    calls, paths = [], []
+    for index, (attack, (entry, *_)) in enumerate(LINK_ATTACKS.items()):
+        folder = tmp_path / f"attack{index}"
+        folder.mkdir()
+        paths.append(getattr(hostile, attack.strip())(folder))  # each builder proves h5py reaches the secret
+        calls.append((entry, (str(paths[-1]), hostile.MARKER.hex())))
+    outcomes = run_batch(tmp_path, calls, timeout=120)
+    for (attack, (_, *parts)), path, outcome in zip(LINK_ATTACKS.items(), paths, outcomes):
+        assert outcome.kind == "error", f"{attack}: {outcome}"
+        _refused(outcome, "KerasFormatError", path.name, *parts)
+    assert not list((tmp_path / "run-batch" / "tmp").iterdir())  # spilled archive members are gone
+
+
+def test_convert_writes_nothing_and_leaks_nothing(tmp_path: Path) -> None:
+    path = hostile.external_link(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    before = set(tmp_path.rglob("*"))
+    targets = ("converted.pt", "converted.keras", "converted.h5")
+    outcomes = run_batch(tmp_path, [("cli", ("convert", str(path), str(out / t))) for t in targets], timeout=120)
+    for outcome in outcomes:
+        assert outcome.kind == "ok", str(outcome)
+        assert outcome.value["status"] == 2 and "an external link" in outcome.value["stderr"], str(outcome)
+        assert "Traceback" not in outcome.value["stderr"]
+    assert not list(out.iterdir())
+    created = set(tmp_path.rglob("*")) - before
+    assert all(p.is_relative_to(tmp_path / "run-batch") for p in created), created
+    assert not list((tmp_path / "run-batch" / "tmp").iterdir())
+    leaked = _files_holding(tmp_path, hostile.MARKER, besides=("vault.bin", "vault.h5"))
+    assert leaked == [], leaked  # the attack file itself only names the vault
+
+
+# ---- 2. compression bombs --------------------------------------------------------------------
+def test_zip_bomb_in_a_keras_archive_is_refused_before_decompressing(tmp_path: Path) -> None:
+    path = hostile.zip_bomb(tmp_path, 128 << 20)
+    assert path.stat().st_size < 1 << 20  # 128 MiB of zeros in under 1 MB
+    start = time.monotonic()
+    outcome = run_isolated(tmp_path, "load_model", str(path), timeout=90, memory=3 << 30)
+    _refused(outcome, "KerasFormatError", "model.weights.h5", "compression bomb", "its config declares")
+    assert not list((outcome.workdir / "tmp").iterdir())
+    assert time.monotonic() - start < 60
+
+
+def test_small_padding_within_the_budget_still_loads(tmp_path: Path) -> None:
+    path = hostile.zip_bomb(tmp_path, 64 << 10)
+    outcome = run_isolated(tmp_path, "load_model", str(path), timeout=90)
+    assert outcome.kind == "ok", str(outcome)
+
+
+def test_gzip_bomb_dataset_in_hdf5_is_refused(tmp_path: Path) -> None:
+    path = hostile.hdf5_gzip_bomb(tmp_path)
+    assert path.stat().st_size < 4 << 20
+    outcome = run_isolated(tmp_path, "load_weights", str(path), timeout=90, memory=3 << 30)
+    _refused(outcome, "KerasFormatError", "kernel:0", "compression bomb")
+
+
+# ---- 3. files that crash libhdf5 ---------------------------------------------------------------
+def test_a_file_that_crashes_libhdf5_is_a_format_error(tmp_path: Path, monkeypatch: Any) -> None:
+    path = hostile.crashing_legacy_h5(tmp_path)
+    outcome = run_isolated(tmp_path, "load_model", str(path), timeout=90)
+    _refused(outcome, "KerasFormatError", path.name, "crashed the HDF5 library", "the file is corrupt")
+    if h5py.version.hdf5_version == "1.14.6":  # the control: parsed in-process, it does kill the process
+        monkeypatch.setenv("BNKIT_H5_IN_PROCESS", "1")
+        control = run_isolated(tmp_path, "load_model", str(path), timeout=90)
+        assert control.kind == "signal", str(control)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["small_tf_keras.h5", "small_keras3.h5", "small_keras3.keras"])
+def test_fuzzed_files_never_crash_or_hang(name: str, tmp_path: Path) -> None:
+    outcome = run_isolated(tmp_path, "fuzz", name, 7, 200, 5, timeout=240)
+    assert outcome.kind == "ok", str(outcome)  # a signal, hang or other exception fails here
+    assert sum(outcome.value.values()) == 200
+
+
+# ---- 4. declared sizes before allocation ----------------------------------------------------
+def test_checkpoint_declaring_a_huge_vgg_is_refused_before_allocating(tmp_path: Path) -> None:
+    path = hostile.checkpoint(tmp_path, {"builder": "vgg16", "kwargs": {"width": 64.0}, "transforms": []})
+    assert path.stat().st_size < 4096
+    outcome = run_isolated(tmp_path, "load_checkpoint", str(path), timeout=90, memory=3 << 30)
+    _refused(outcome, "ValueError", path.name, "declares", "values; expected at most")
+
+
+def test_checkpoint_declaring_more_than_it_stores_is_refused(tmp_path: Path) -> None:
+    architecture = {"builder": "vgg16", "kwargs": {"width": 1.0}, "transforms": []}  # 138 M values, none stored
+    path = hostile.checkpoint(tmp_path, architecture)
+    outcome = run_isolated(tmp_path, "load_checkpoint", str(path), timeout=90, memory=3 << 30)
+    _refused(outcome, "ValueError", "declares 138,", "the file stores only 0", "nothing was built")
+
+
+@pytest.mark.parametrize("units", [2**30, 2**22])
+def test_checkpoint_with_a_huge_keras_config_is_refused(units: int, tmp_path: Path) -> None:
+    path = hostile.checkpoint(tmp_path, {"builder": "keras", "config": hostile.keras_config_with(units)})
+    outcome = run_isolated(tmp_path, "load_checkpoint", str(path), timeout=90, memory=3 << 30)
+    _refused(outcome, "ValueError", path.name, "declares")
+
+
+# ---- 5. self-sharing values in error messages -----------------------------------------------
+def test_self_sharing_label_names_in_cifar_meta(tmp_path: Path) -> None:
+    root = hostile.cifar_dir(tmp_path, hostile.self_sharing())
+    outcome = run_isolated(tmp_path, "load_dataset", str(root), timeout=60)
+    _refused(outcome, "ValueError", "batches.meta", "label_names", "[[[")
+    assert len(outcome.message) < 600
+
+
+def test_self_sharing_transform_record_in_a_checkpoint(tmp_path: Path) -> None:
+    architecture = {"builder": "vgg16", "kwargs": {"width": 0.05, "input_shape": [3, 32, 32], "classes": 2},
+                    "transforms": [hostile.self_sharing()]}
+    path = hostile.checkpoint(tmp_path, architecture)
+    assert path.stat().st_size < 4096
+    outcome = run_isolated(tmp_path, "cli", "summary", str(path), timeout=60)
+    assert outcome.kind == "ok", str(outcome)
+    assert outcome.value["status"] == 2 and "transform 0" in outcome.value["stderr"], str(outcome)
+    assert len(outcome.value["stderr"]) < 600
+
+
+def test_self_sharing_keras_config(tmp_path: Path) -> None:
+    outcome = run_isolated(tmp_path, "self_sharing_keras_config", timeout=60)
+    _refused(outcome, "KerasFormatError", "layer #0", "[[[")
+    assert len(outcome.message) < 600
+
+
+def test_short_bounds_every_shape_of_value() -> None:
+    from bnkit._repr import short
+
+    class Hostile:
+        def __repr__(self) -> str:
+            raise RuntimeError("no")
+
+    nested: Any = hostile.self_sharing()
+    shared_tuple: Any = ()
+    for _ in range(64):
+        shared_tuple = (shared_tuple, shared_tuple)
+    for value in (nested, shared_tuple, {"k": nested}, "x" * 10**6, 10**5000, Hostile(), b"\0" * 10**6):
+        start = time.monotonic()
+        text = short(value)
+        assert len(text) <= 120 and time.monotonic() - start < 0.5
+    assert short("abc") == "'abc'" and short(3) == "3" and short([1, 2]) == "[1, 2]"
+    assert short(Hostile()) == "<Hostile object>"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
