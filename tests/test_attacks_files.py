@@ -183,3 +183,62 @@ def test_short_bounds_every_shape_of_value() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# ---- the snapshot reader reads what h5py reads ----------------------------------------------
+def test_snapshot_reads_every_layout_as_h5py_does(tmp_path: Path) -> None:
+    """Values read through the worker's snapshot (bnkit's own preadv and chunk decoding) equal h5py's."""
+    import numpy as np
+
+    from bnkit.keras._h5 import dataset_problem, open_h5
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "layouts.h5"
+    with h5py.File(path, "w") as h5:
+        h5["contiguous"] = rng.standard_normal((37, 5)).astype("<f4")
+        h5["big_endian"] = rng.standard_normal((6, 4)).astype(">f8")
+        h5.create_dataset("gzip_shuffle_fletcher", data=rng.standard_normal((45, 7, 3)).astype("<f4"),
+                          chunks=(8, 4, 3), compression="gzip", shuffle=True, fletcher32=True)
+        h5.create_dataset("compact", data=rng.standard_normal((3, 2)).astype("<f2"),
+                          dcpl=_compact_plist())
+        h5["scalar"] = np.float32(1.5)
+        reference = {name: np.asarray(h5[name]) for name in h5}
+    stored = open_h5(path, path)
+    try:
+        for name, expected in reference.items():
+            dataset = stored[name]
+            assert dataset_problem(dataset, path.stat().st_size) is None, name
+            whole = np.empty(expected.shape, dtype=np.float32)
+            dataset.read_rows(whole)
+            np.testing.assert_array_equal(whole, expected.astype(np.float32), err_msg=name)
+            if expected.ndim:
+                stop = min(4, len(expected))
+                rows = np.empty((4,) + expected.shape[1:], dtype=np.float64)
+                dataset.read_rows(rows[:stop - 1], 1, stop)
+                np.testing.assert_array_equal(rows[:stop - 1], expected[1:stop].astype(np.float64), err_msg=name)
+    finally:
+        stored.close()
+
+
+def _compact_plist() -> object:
+    plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    plist.set_layout(h5py.h5d.COMPACT)
+    return plist
+
+
+def test_unknown_filters_and_missing_chunks_are_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    from bnkit.keras._h5 import dataset_problem, open_h5
+
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("scaleoffset", data=np.ones((64, 64), dtype="<f4"), chunks=(16, 16), scaleoffset=2)
+        h5.create_dataset("sparse", shape=(64, 64), dtype="<f4", chunks=(16, 16), compression="gzip")
+        h5["sparse"][:16, :16] = 1.0  # one chunk of sixteen written
+    stored = open_h5(path, path)
+    try:
+        assert "filter" in (dataset_problem(stored["scaleoffset"], path.stat().st_size) or "")
+        assert "16 chunks are needed but 1" in (dataset_problem(stored["sparse"], path.stat().st_size) or "")
+    finally:
+        stored.close()
