@@ -94,7 +94,7 @@ def _as_dict(obj: Any, path: Path, required: tuple[str, ...]) -> dict[str, Any]:
     keys = {_as_text(k): v for k, v in obj.items()}
     missing = [k for k in required if k not in keys]
     if missing:
-        shown = sorted(repr(k) for k in obj)
+        shown = sorted(short(k) for k in obj)[:10]
         raise ValueError(f"{path}: expected keys {[f'b{k!r}' for k in required]}; missing {missing}, found {shown}")
     return keys
 
