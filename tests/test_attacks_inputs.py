@@ -349,11 +349,12 @@ def test_cli_malformed_checkpoints(tmp_path: Path, plain_ckpt: Path, capsys) -> 
     }
     for name, content in cases.items():
         torch.save(content, tmp_path / name)
-        for argv in (["fold", str(tmp_path / name), str(tmp_path / "o.pt")], ["summary", str(tmp_path / name)]):
+        for argv in (["fold", str(tmp_path / name), str(tmp_path / "o.pt")], ["summary", str(tmp_path / name)],
+                     ["convert", str(tmp_path / name), str(tmp_path / "o.keras")]):
             fails(capsys, argv, name)
     (tmp_path / "cut.pt").write_bytes(plain_ckpt.read_bytes()[:5000])
     fails(capsys, ["fold", str(tmp_path / "cut.pt"), str(tmp_path / "o.pt")], "cut.pt")
-    assert not (tmp_path / "o.pt").exists()
+    assert not (tmp_path / "o.pt").exists() and not (tmp_path / "o.keras").exists()
 
 
 def test_cli_calibration_files(tmp_path: Path, plain_ckpt: Path, capsys) -> None:

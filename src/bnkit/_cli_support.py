@@ -19,7 +19,7 @@ from ._repr import short
 
 __all__ = [
     "DEBUG_VARIABLE", "MAX_THREADS", "OneLineParser", "check_output", "check_vgg_size", "debug_requested", "describe",
-    "load_calibration", "one_line", "positive_int", "real", "shape", "seeds", "width",
+    "load_calibration", "one_line", "positive_int", "read_checkpoint", "real", "shape", "seeds", "width",
 ]
 
 DEBUG_VARIABLE = "BNKIT_DEBUG"
@@ -187,6 +187,20 @@ def load_calibration(path: str, input_shape: Sequence[int] | None) -> Any:
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"--calibration {path}: expected finite values in 'x' (as float32); found NaN or infinity")
     return tensor
+
+
+def read_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """:func:`bnkit.checkpoint.load_checkpoint`, with any malformed content reported against the file."""
+    from . import checkpoint
+
+    try:
+        return checkpoint.load_checkpoint(path)
+    except (ValueError, FileNotFoundError, MemoryError):
+        raise
+    except (KeyError, AttributeError, TypeError, IndexError, RuntimeError) as error:
+        raise ValueError(f"{path}: not a valid bnkit checkpoint: expected {{'architecture': {{'builder', 'kwargs', "
+                         f"'transforms'}}, 'state_dict'}} matching each other; found a problem "
+                         f"({type(error).__name__}: {one_line(str(error), 300)})") from None
 
 
 # ---- failures ----------------------------------------------------------------------------

@@ -37,25 +37,13 @@ def _architecture(args: argparse.Namespace) -> dict[str, Any]:
 
 def _load(source: str, args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
     if Path(source).suffix in (".pt", ".pth") or Path(source).is_file():
-        return _read_checkpoint(source)
+        return support.read_checkpoint(source)
     if source not in ("vgg16", "vgg19"):
         raise ValueError(f"MODEL {source!r}: expected vgg16, vgg19 or a checkpoint file (.pt/.pth)")
     args.arch = source
     architecture = _architecture(args)
     support.check_vgg_size(source, architecture["kwargs"], forward=True)
     return checkpoint.build(architecture), architecture
-
-
-def _read_checkpoint(path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """:func:`bnkit.checkpoint.load_checkpoint`, with any malformed content reported against the file."""
-    try:
-        return checkpoint.load_checkpoint(path)
-    except (ValueError, FileNotFoundError, MemoryError):
-        raise
-    except (KeyError, AttributeError, TypeError, IndexError, RuntimeError) as error:
-        raise ValueError(f"{path}: not a valid bnkit checkpoint: expected {{'architecture': {{'builder', 'kwargs', "
-                         f"'transforms'}}, 'state_dict'}} matching each other; found a problem "
-                         f"({type(error).__name__}: {support.one_line(str(error), 300)})") from None
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
@@ -82,7 +70,7 @@ def _cmd_add_bn(args: argparse.Namespace) -> int:
     from .surgery import insert_batch_norm
 
     support.check_output(args.output, args.force)
-    model, architecture = _read_checkpoint(args.input)
+    model, architecture = support.read_checkpoint(args.input)
     bn_kwargs = {"momentum": args.momentum, "epsilon": args.epsilon}
     data = None
     if args.calibration:
@@ -102,7 +90,7 @@ def _cmd_fold(args: argparse.Namespace) -> int:
     from .surgery import fold_batch_norm
 
     support.check_output(args.output, args.force)
-    model, architecture = _read_checkpoint(args.input)
+    model, architecture = support.read_checkpoint(args.input)
     folded, report = fold_batch_norm(model.eval())
     architecture = copy.deepcopy(architecture)
     architecture["transforms"].append({"op": "fold_batch_norm"})
