@@ -466,6 +466,16 @@ def test_resume_truncated_checkpoint_and_stale_staging(tmp_path: Path, capsys) -
     assert not any(p.exists() for p in stale) and live.exists()
 
 
+def test_cli_write_removes_stale_staging_beside_the_output(tmp_path: Path, capsys) -> None:
+    stale, live = tmp_path / f".bnkit-{_dead_pid()}-k", tmp_path / f".bnkit-{os.getpid()}-l"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "net.pt").touch()
+    assert cli.main(["build", "vgg16", str(tmp_path / "net.pt"), *SMALL]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "net.pt"])
+    checkpoint.load_checkpoint(tmp_path / "net.pt")
+
+
 def test_remove_stale_staging_keeps_live_writers(tmp_path: Path) -> None:
     dead = tmp_path / f".bnkit-{_dead_pid()}-x"
     live = tmp_path / f".bnkit-{os.getpid()}-y"

@@ -87,13 +87,17 @@ def check_torch_arguments(
             raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
 
 
+_TINY32 = float(torch.finfo(torch.float32).tiny)
+_TINY64 = float(torch.finfo(torch.float64).tiny)
+
+
 def epsilon_floor(dtype: torch.dtype | None) -> float:
     """The smallest ``epsilon`` that survives in arithmetic of ``dtype``.
 
     float16/bfloat16 layers compute in float32 inside, so their floor is float32's: the
     smallest normal float32 (1.18e-38).  float64 layers may go down to float64's.
     """
-    return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).tiny
+    return _TINY64 if dtype == torch.float64 else _TINY32
 
 
 def check_epsilon(name: str, value: Any, dtype: torch.dtype | None = None, *, zero_ok: bool = False) -> float:
@@ -127,10 +131,11 @@ def check_input_dtype(x: Tensor, *tensors: Tensor | None) -> None:
         )
     if not x.is_floating_point():
         return
-    wide = {t.dtype for t in tensors if t is not None and t.dtype == torch.float64}
-    narrow = {t.dtype for t in tensors if t is not None and t.dtype != torch.float64}
+    present = [t for t in tensors if t is not None]
+    wide = any(t.dtype == torch.float64 for t in present)
+    narrow = [t.dtype for t in present if t.dtype != torch.float64]
     if x.dtype == torch.float64 and narrow:
-        held = str(sorted(narrow, key=str)[0]).replace("torch.", "")
+        held = str(narrow[0]).replace("torch.", "")
         raise TypeError(
             f"Batch normalization input and layer dtypes differ: expected an input of the layer's dtype "
             f"({held}; float16/bfloat16 inputs are also accepted with float32 layers); received a float64 "
