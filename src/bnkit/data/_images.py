@@ -31,8 +31,8 @@ def _images_in(folder: Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
-def _decoded_size(path: Path, image: Any, mode: str, image_size: int | None) -> tuple[int, int]:
-    """The size ``image`` will decode at, after asking JPEGs to decode smaller when they are too big.
+def _too_large(path: Path, image: Any, mode: str, image_size: int | None) -> str | None:
+    """Why ``image`` is too large to decode (None when it is not), after asking JPEGs to decode smaller.
 
     Only the header has been read when this runs (``Image.open`` is lazy).  A JPEG over
     :data:`MAX_PIXELS` is decoded at a reduced scale (``Image.draft``: 1/2 to 1/8, never below
@@ -44,9 +44,9 @@ def _decoded_size(path: Path, image: Any, mode: str, image_size: int | None) -> 
         image.draft(mode, (max(target, math.ceil(width / 8)), max(target, math.ceil(height / 8))))
         width, height = image.size
     if width * height > MAX_PIXELS:
-        raise ValueError(f"{path}: expected an image of at most {MAX_PIXELS:,} pixels (e.g. 8192 x 4096); found "
-                         f"{width} x {height} = {width * height:,} pixels (resize it first, or leave it out)")
-    return width, height
+        return (f"{path}: expected an image of at most {MAX_PIXELS:,} pixels (e.g. 8192 x 4096); found "
+                f"{width} x {height} = {width * height:,} pixels (resize it first, or leave it out)")
+    return None
 
 
 def _load(path: Path, mode: str, image_size: int | None) -> np.ndarray:
@@ -57,16 +57,17 @@ def _load(path: Path, mode: str, image_size: int | None) -> np.ndarray:
         with warnings.catch_warnings():  # the size is checked here, before decoding, against MAX_PIXELS
             warnings.simplefilter("ignore", getattr(image_module, "DecompressionBombWarning", Warning))
             with image_module.open(path) as image:
-                _decoded_size(path, image, mode, image_size)
-                pixels = np.asarray(image.convert(mode), dtype=np.float32)
+                refusal = _too_large(path, image, mode, image_size)
+                if refusal is None:
+                    pixels = np.asarray(image.convert(mode), dtype=np.float32)
     except bomb as exc:  # Pillow's own limit (in Image.open) is far above MAX_PIXELS
         raise ValueError(f"{path}: expected an image of at most {MAX_PIXELS:,} pixels; found a larger one "
                          f"({exc})") from None
     except (image_module.UnidentifiedImageError, OSError, ValueError) as exc:
-        if str(path) in str(exc):
-            raise
         raise ValueError(f"{path}: expected a readable image ({', '.join(IMAGE_SUFFIXES)}); "
                          f"found {type(exc).__name__}: {exc}") from None
+    if refusal is not None:
+        raise ValueError(refusal)
     chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     if image_size is None:
         return np.ascontiguousarray(chw)
