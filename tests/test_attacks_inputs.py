@@ -167,7 +167,6 @@ def test_pixel_bomb_png_is_refused_from_its_header(tmp_path: Path) -> None:
         load_dataset(str(root))
 
 
-@pytest.mark.slow
 def test_large_jpeg_is_decoded_at_reduced_scale(tmp_path: Path) -> None:
     image = pytest.importorskip("PIL.Image")
     root = _image_folder(tmp_path / "images")
