@@ -24,12 +24,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 
-<<<<<<< HEAD
 from ._repr import short
-from ._check import check_axis, check_bool, check_fraction, check_positive
-=======
 from ._check import check_axis, check_bool, check_epsilon, check_fraction, check_positive
->>>>>>> inputs
 from ._kernels import normalize_axes
 
 __all__ = ["BNSpec", "BuiltBN", "Clipping"]

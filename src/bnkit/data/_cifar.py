@@ -124,11 +124,7 @@ def _read_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     elif isinstance(labels, list) and all(type(v) is int and -2**63 <= v < 2**63 for v in labels):
         y = np.array(labels, dtype=np.int64)
     else:
-<<<<<<< HEAD
-        raise ValueError(f"{path}: expected b'labels' to be a list of ints; found {type(labels).__name__} "
-=======
         raise ValueError(f"{path}: expected b'labels' to be a list of ints (64-bit); found {type(labels).__name__} "
->>>>>>> inputs
                          f"{short(labels)}")
     if len(y) != len(data):
         raise ValueError(f"{path}: expected one label per image ({len(data)}); found {len(y)} labels")

@@ -77,12 +77,8 @@ class TorchBatchNorm(BNExtras, _BatchNorm):
     ) -> None:
         check_positive("num_features", num_features, int)
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 <= eps < math.inf:
-<<<<<<< HEAD
             raise ValueError(f"`eps` must be a non-negative finite number; received: eps={short(eps)}")
-=======
-            raise ValueError(f"`eps` must be a non-negative finite number; received: eps={eps!r}")
         check_epsilon("eps", eps, dtype or torch.get_default_dtype(), zero_ok=True)
->>>>>>> inputs
         if momentum is not None:
             check_fraction("momentum", momentum)
         for name, value in (("affine", affine), ("track_running_stats", track_running_stats), ("bias", bias)):
