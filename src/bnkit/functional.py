@@ -42,7 +42,6 @@ from ._repr import short
 from . import _kernels as K
 from ._dropout_flatten import dropout, flatten
 from ._check import (check_epsilon, check_fraction, check_input_dtype, check_sizes, check_torch_arguments)
-from ._repr import short
 from ._spec import Clipping
 from . import distributed
 

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 from .._repr import short
 
-from .._repr import short
 
 __all__ = ["CIFAR_FILES", "is_cifar_dir", "read_cifar10", "restricted_load"]
 

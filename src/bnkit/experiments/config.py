@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Mapping
 from .._repr import short
 
-from .._repr import short
 
 __all__ = ["BN_VARIANTS", "RECORDED_KEYS", "Variant", "ExperimentConfig", "load_config"]
 

@@ -9,7 +9,6 @@ from torch import Tensor, nn
 from .._repr import short
 from .. import functional as F
 from .._dropout_flatten import check_rate
-from .._repr import short
 
 __all__ = ["Dropout"]
 
