@@ -27,6 +27,31 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+_SEEDS_HELP = "a count N (seeds 0..N-1) or a comma list of seeds (e.g. 0,1,2; a single seed 5 is 5,)"
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    """``--seeds``: ``N`` means seeds 0..N-1, ``a,b,...`` means those seeds (``5,`` is seed 5 alone)."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        if len(parts) == 1:
+            count = int(parts[0])
+            if count < 1:
+                raise argparse.ArgumentTypeError(f"expected a count >= 1 or a comma list of seeds; received: {text!r}")
+            return tuple(range(count))
+        seeds = tuple(int(part) for part in parts if part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a count such as 3 or a comma list of seeds such as 0,1,2; received: {text!r}") from None
+    if not seeds or any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct non-negative seeds such as 0,1,2; received: {text!r}")
+    return seeds
+
+
+def _listing(values: Sequence[int]) -> str:
+    return ",".join(str(v) for v in values)
+
+
 def _architecture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-norm", choices=[p for p in PLACEMENTS if p], default=None,
                         help="put a BatchNormalization on every conv layer, before or after the activation")
@@ -107,10 +132,15 @@ def _cmd_fold(args: argparse.Namespace) -> int:
 
 def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_mutually_exclusive_group()
-    out.add_argument("--quiet", action="store_true", help="no progress bars; the results table at the end")
-    out.add_argument("--json", action="store_true", help="JSON lines on stdout only (one per epoch)")
+    out.add_argument("--quiet", action="store_true",
+                     help="no progress bars; the results table at the end (default: progress bars)")
+    out.add_argument("--json", action="store_true",
+                     help="JSON lines on stdout only: the run folder, then one per epoch (default: text)")
+    parser.add_argument("--summary", action="store_true",
+                        help="print the full Keras-style table of the BN model before training "
+                             "(default: one line per variant; the table is always in the run folder's summary.txt)")
     parser.add_argument("--no-fast-allocator", action="store_true",
-                        help="do not re-run under tcmalloc/jemalloc when one is installed")
+                        help="do not re-run under tcmalloc/jemalloc when one is installed (default: re-run)")
 
 
 def _progress_mode(args: argparse.Namespace) -> str:
@@ -135,10 +165,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.epochs:
         overrides["epochs"] = args.epochs
     if args.seeds:
-        overrides["seeds"] = tuple(range(args.seeds))
+        overrides["seeds"] = args.seeds
     if args.limit:
         overrides["limit"] = args.limit
-    return _run(lambda: run_experiment(demo_config(**overrides), progress=_progress_mode(args)))
+    return _run(lambda: run_experiment(demo_config(**overrides), progress=_progress_mode(args),
+                                       full_summary=args.summary))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -156,16 +187,17 @@ def _train(args: argparse.Namespace) -> int:
 
     _announce_allocator(args)
     if args.resume:
-        return _run(lambda: run_experiment(resume=args.resume, progress=_progress_mode(args)))
+        return _run(lambda: run_experiment(resume=args.resume, progress=_progress_mode(args),
+                                           full_summary=args.summary), args.resume)
     config = load_config(args.config) if args.config else ExperimentConfig()
     changes = {key: value for key, value in vars(args).items() if key in _TRAIN_FLAGS and value is not None}
     if "variants" in changes:
         changes["variants"] = [v.strip() for v in changes["variants"].split(",") if v.strip()]
     if "seeds" in changes:
-        changes["seeds"] = [int(s) for s in changes["seeds"].split(",")]
+        changes["seeds"] = list(changes["seeds"])
     if changes:
         config = ExperimentConfig.from_dict({**config.to_dict(), **changes})
-    return _run(lambda: run_experiment(config, progress=_progress_mode(args)))
+    return _run(lambda: run_experiment(config, progress=_progress_mode(args), full_summary=args.summary))
 
 
 _TRAIN_FLAGS = ("name", "dataset", "image_size", "limit", "model", "width", "variants", "batch_size", "optimizer",
@@ -173,14 +205,15 @@ _TRAIN_FLAGS = ("name", "dataset", "image_size", "limit", "model", "width", "var
                 "sync_bn", "device")
 
 
-def _run(job: Any) -> int:
+def _run(job: Any, run_dir: str | None = None) -> int:
     try:
         job()
     except KeyboardInterrupt:
         if _rank() != 0:
             return 130
-        print("\ninterrupted: every finished epoch is checkpointed; continue with "
-              "`bnkit train --resume RUN_DIR` (the run folder is printed above)", file=sys.stderr)
+        where = f"`bnkit train --resume {run_dir}`" if run_dir else \
+            "`bnkit train --resume RUN_DIR` (RUN_DIR: the run folder printed at the start)"
+        print(f"\ninterrupted: every finished epoch is checkpointed; continue with {where}", file=sys.stderr)
         return 130
     return 0
 
@@ -209,44 +242,65 @@ def _refuse_existing(path: str, force: bool) -> None:
 
 def parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .experiments import ExperimentConfig, demo_config
 
     root = argparse.ArgumentParser(prog="bnkit", description="Batch normalization with tf.keras semantics for PyTorch.")
     root.add_argument("--version", action="version", version=f"bnkit {__version__}")
     sub = root.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="train a narrow VGG16 on the digits without BN and with BN before/after the activation")
-    p.add_argument("--epochs", type=int, help="epochs per run (default 8)")
-    p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
-    p.add_argument("--limit", type=int, help="use at most this many training images")
-    p.add_argument("--output-dir", default="runs")
+    demo = demo_config()
+    p = sub.add_parser("demo", help="train a narrow VGG16 on the digits without BN and with BN before/after the activation",
+                       description="Train a narrow VGG16 (width 1/8) on scikit-learn's digits without BN and with BN "
+                                   "before/after the activation; every option's default is shown.")
+    p.add_argument("--epochs", type=int, help=f"epochs per run (default: {demo.epochs})")
+    p.add_argument("--seeds", type=_seeds, metavar="N|S,S,...",
+                   help=f"{_SEEDS_HELP} (default: {len(demo.seeds)}, i.e. seeds {_listing(demo.seeds)})")
+    p.add_argument("--limit", type=int, help="use at most this many training images (default: all)")
+    p.add_argument("--output-dir", default=demo.output_dir,
+                   help="where the run folder <name>-<timestamp> is created (default: %(default)s)")
     _experiment_arguments(p)
     p.set_defaults(run=_cmd_demo)
 
-    p = sub.add_parser("train", help="run a configurable experiment (flags override the --config file)")
-    p.add_argument("--config", help=".toml, .json or .yaml experiment file")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    p.add_argument("--name")
-    p.add_argument("--dataset", help="digits, a CIFAR-10 python folder, an image folder, or an .npz")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--limit", type=int)
-    p.add_argument("--model", choices=["vgg16", "vgg19"])
-    p.add_argument("--width", type=float)
-    p.add_argument("--variants", help="comma list of none, before_activation, after_activation, renorm, ghost")
+    base = ExperimentConfig()
+    p = sub.add_parser("train", help="run a configurable experiment (flags override the --config file)",
+                       description="Train every variant x seed of an experiment. Each flag overrides the "
+                                   "--config file's value; the defaults shown apply when neither sets it.")
+    p.add_argument("--config", help=".toml, .json or .yaml experiment file with the same keys as these flags "
+                                    "(default: none, the defaults below)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from its folder; other flags are ignored (default: a new run)")
+    p.add_argument("--name", help=f"run name, the prefix of the run folder (default: {base.name})")
+    p.add_argument("--dataset", help="digits, a CIFAR-10 python folder, an image folder, or an .npz with x/y "
+                                     f"(default: {base.dataset})")
+    p.add_argument("--image-size", type=int, help=f"images are resized to this square size, >= 32 "
+                                                  f"(default: {base.image_size})")
+    p.add_argument("--limit", type=int, help="use at most this many training images (default: all)")
+    p.add_argument("--model", choices=["vgg16", "vgg19"], help=f"the network (default: {base.model})")
+    p.add_argument("--width", type=float, help=f"channel multiplier of the VGG (default: {base.width})")
+    p.add_argument("--variants", help="comma list of none, before_activation, after_activation, renorm, ghost "
+                                      f"(default: {','.join(v.name for v in base.variants)})")
     p.add_argument("--batch-size", type=int,
-                   help="the global batch: under torchrun each of N processes takes batch-size/N of every batch")
-    p.add_argument("--optimizer", choices=["sgd", "adam"])
-    p.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
-    p.add_argument("--schedule", choices=["constant", "cosine", "step"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--seeds", help="comma list, e.g. 0,1,2")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--target-accuracy", type=float)
-    p.add_argument("--output-dir")
+                   help="the global batch: under torchrun each of N processes takes batch-size/N of every batch "
+                        f"(default: {base.batch_size})")
+    p.add_argument("--optimizer", choices=["sgd", "adam"],
+                   help=f"sgd (momentum {base.sgd_momentum}) or adam (default: {base.optimizer})")
+    p.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate",
+                   help=f"initial learning rate (default: {base.learning_rate})")
+    p.add_argument("--schedule", choices=["constant", "cosine", "step"],
+                   help=f"learning-rate schedule over the steps; step: x0.1 at 50%% and 75%% (default: {base.schedule})")
+    p.add_argument("--epochs", type=int, help=f"epochs per run (default: {base.epochs})")
+    p.add_argument("--seeds", type=_seeds, metavar="N|S,S,...",
+                   help=f"{_SEEDS_HELP} (default: {len(base.seeds)}, i.e. seed {_listing(base.seeds)})")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--dropout", type=float, help=f"dropout rate after fc1 and fc2 (default: {base.dropout})")
+    p.add_argument("--target-accuracy", type=float,
+                   help=f"validation accuracy whose epochs/steps/time-to-reach are reported (default: {base.target_accuracy})")
+    p.add_argument("--output-dir", help=f"where the run folder <name>-<timestamp> is created (default: {base.output_dir})")
     p.add_argument("--sync-bn", action="store_true", default=None,
-                   help="synchronized BN: statistics over the global batch of every torchrun process")
+                   help="synchronized BN: statistics over the global batch of every torchrun process (default: off)")
     p.add_argument("--device", choices=["cpu", "cuda"],
-                   help="cpu (default; gloo between processes) or cuda (GPU LOCAL_RANK per process; NCCL)")
+                   help="cpu (gloo between processes) or cuda (GPU LOCAL_RANK per process; NCCL) "
+                        f"(default: {base.device})")
     _experiment_arguments(p)
     p.set_defaults(run=_cmd_train)
 
