@@ -76,3 +76,38 @@ def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) 
         cli.main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out == f"bnkit {bnkit.__version__}\n"
+
+
+def _subcommand(name: str) -> "argparse.ArgumentParser":
+    import argparse
+
+    root = cli.parser()
+    commands = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[name]
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_every_option_has_a_help_text_that_states_its_default(command: str) -> None:
+    import argparse
+
+    sub = _subcommand(command)
+    options = [a for a in sub._actions if not isinstance(a, argparse._HelpAction)]
+    assert len(options) >= (24 if command == "train" else 8)
+    for action in options:
+        assert action.help and action.help.strip(), action.option_strings
+        assert "(default: " in action.help, (action.option_strings, action.help)
+    text = sub.format_help()  # every %-expansion formats
+    assert "(default: runs)" in text
+
+
+def test_train_help_defaults_are_the_configuration_defaults() -> None:
+    from bnkit.experiments import ExperimentConfig
+
+    base = ExperimentConfig()
+    helps = {a.dest: a.help for a in _subcommand("train")._actions}
+    for key in ("epochs", "batch_size", "learning_rate", "optimizer", "schedule", "model", "width", "dataset",
+                "target_accuracy", "image_size", "dropout", "device", "output_dir", "name"):
+        assert f"(default: {getattr(base, key)})" in helps[key], key
+    assert "(default: none,before_activation,after_activation)" in helps["variants"]
+    assert "(default: 1, i.e. seed 0)" in helps["seeds"]
+    assert "(default: 3, i.e. seeds 0,1,2)" in {a.dest: a.help for a in _subcommand("demo")._actions}["seeds"]
