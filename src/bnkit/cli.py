@@ -107,9 +107,11 @@ def _cmd_add_bn(args: argparse.Namespace) -> int:
             raise ValueError(f"--calibration {args.calibration}: expected an array named 'x'; found {sorted(arrays)}")
         x = torch.from_numpy(arrays["x"]).float()
         data = list(torch.split(x, args.batch_size))
-    new_model, report = insert_batch_norm(model.eval(), placement=args.placement, calibration_data=data, **bn_kwargs)
+    new_model, report = insert_batch_norm(model.eval(), placement=args.placement, calibration_data=data,
+                                          include_output=args.include_output, **bn_kwargs)
     architecture = copy.deepcopy(architecture)
-    architecture["transforms"].append({"op": "insert_batch_norm", "placement": args.placement, "bn_kwargs": bn_kwargs})
+    architecture["transforms"].append({"op": "insert_batch_norm", "placement": args.placement, "bn_kwargs": bn_kwargs,
+                                       "include_output": args.include_output})
     checkpoint.save_checkpoint(args.output, new_model, architecture, force=args.force)
     print(report)
     print(f"wrote {args.output}")
@@ -325,6 +327,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.99)
     p.add_argument("--epsilon", type=float, default=1e-3)
     p.add_argument("--calibration", help=".npz with an array 'x' of inputs: initialise BN so outputs are preserved")
+    p.add_argument("--include-output", action="store_true",
+                   help="also put a BN after the output layer (the logits); skipped and listed by default")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     p.set_defaults(run=_cmd_add_bn)
