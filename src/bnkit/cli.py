@@ -82,7 +82,8 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
     model, architecture = _load(args.model, args)
     shape = tuple(architecture["kwargs"].get("input_shape", args.input_shape))
-    print(summary(model, shape, style=args.style))
+    print(summary(model, shape, style=args.style, macs=args.macs, memory=args.memory,
+                  channels_last=args.shapes == "nhwc"))
     return 0
 
 
@@ -309,7 +310,16 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="Keras-style summary of a VGG or a checkpoint")
     p.add_argument("model", help="vgg16, vgg19, or a checkpoint file")
     p.add_argument("--style", choices=["keras", "torch"], default="keras",
-                   help="keras counts moving mean/variance as non-trainable parameters; torch counts parameters only")
+                   help="keras counts moving mean/variance as non-trainable parameters; torch counts parameters only "
+                        "(default: %(default)s)")
+    p.add_argument("--macs", action="store_true",
+                   help="add a multiply-adds column (conv, linear, BN: 2 per element) and the total (default: off)")
+    p.add_argument("--memory", action="store_true",
+                   help="add parameter and output byte columns and the input/activation/parameter sizes "
+                        "(default: off)")
+    p.add_argument("--shapes", choices=["nchw", "nhwc"], default="nchw",
+                   help="output shapes channels-first as PyTorch computes them, or channels-last as Keras "
+                        "prints the same network (default: %(default)s)")
     _architecture_arguments(p)
     p.set_defaults(run=_cmd_summary)
 
