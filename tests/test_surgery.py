@@ -513,7 +513,7 @@ def test_insert_leaves_torchvision_vgg11_logits_alone() -> None:
         "classifier.0", "classifier.3"]
     assert report.skipped == (("classifier.6", "output layer: its output is the model's output "
                                                "(include_output=True normalises it too)"),)
-    assert "skipped classifier.6: output layer" in str(report) and "(1 layers skipped" in str(report)
+    assert "skipped classifier.6: output layer" in str(report) and "(1 layer skipped" in str(report)
     assert not any(name.startswith("classifier.6_bn") for name, _ in new.named_modules())
     assert new(_images(2, size=32)).shape == (2, 7)
     asked, asked_report = insert_batch_norm(model, include_output=True)

@@ -68,7 +68,8 @@ class InsertReport:
 
     def __str__(self) -> str:
         how = f"calibrated on {self.calibration_batches} batches" if self.calibration_batches else "freshly initialised"
-        skipped = f" ({len(self.skipped)} layers skipped, listed below)" if self.skipped else ""
+        count = len(self.skipped)
+        skipped = f" ({count} layer{'' if count == 1 else 's'} skipped, listed below)" if count else ""
         lines = [f"insert_batch_norm: {len(self.insertions)} BatchNormalization layers{skipped}, "
                  f"placement={self.placement}, {how}"]
         width = max((len(item.name) for item in self.insertions), default=0)
