@@ -1,6 +1,7 @@
 """The checkpoint commands: summary, build, add-bn, fold (and never overwriting without --force)."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +80,7 @@ def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().out == f"bnkit {bnkit.__version__}\n"
 
 
-def _subcommand(name: str) -> "argparse.ArgumentParser":
-    import argparse
-
+def _subcommand(name: str) -> argparse.ArgumentParser:
     root = cli.parser()
     commands = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
     return commands.choices[name]
@@ -89,8 +88,6 @@ def _subcommand(name: str) -> "argparse.ArgumentParser":
 
 @pytest.mark.parametrize("command", ["train", "demo"])
 def test_every_option_has_a_help_text_that_states_its_default(command: str) -> None:
-    import argparse
-
     sub = _subcommand(command)
     options = [a for a in sub._actions if not isinstance(a, argparse._HelpAction)]
     assert len(options) >= (24 if command == "train" else 8)

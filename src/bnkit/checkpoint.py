@@ -41,8 +41,8 @@ def build(architecture: dict[str, Any]) -> nn.Module:
         op = step.get("op")
         if op == "insert_batch_norm":
             # checkpoints written before include_output existed normalised the output layer too
-            model, _ = insert_batch_norm(model, placement=step["placement"], include_output=step.get("include_output", True),
-                                         **step.get("bn_kwargs", {}))
+            model, _ = insert_batch_norm(model, placement=step["placement"],
+                                         include_output=step.get("include_output", True), **step.get("bn_kwargs", {}))
         elif op == "fold_batch_norm":
             model, _ = fold_batch_norm(model.eval())
         else:

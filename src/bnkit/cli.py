@@ -252,7 +252,8 @@ def parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True)
 
     demo = demo_config()
-    p = sub.add_parser("demo", help="train a narrow VGG16 on the digits without BN and with BN before/after the activation",
+    p = sub.add_parser("demo",
+                       help="train a narrow VGG16 on the digits without BN and with BN before/after the activation",
                        description="Train a narrow VGG16 (width 1/8) on scikit-learn's digits without BN and with BN "
                                    "before/after the activation; every option's default is shown.")
     p.add_argument("--epochs", type=int, help=f"epochs per run (default: {demo.epochs})")
@@ -290,15 +291,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate",
                    help=f"initial learning rate (default: {base.learning_rate})")
     p.add_argument("--schedule", choices=["constant", "cosine", "step"],
-                   help=f"learning-rate schedule over the steps; step: x0.1 at 50%% and 75%% (default: {base.schedule})")
+                   help="learning-rate schedule over the steps; step: x0.1 at 50%% and 75%% "
+                        f"(default: {base.schedule})")
     p.add_argument("--epochs", type=int, help=f"epochs per run (default: {base.epochs})")
     p.add_argument("--seeds", type=_seeds, metavar="N|S,S,...",
                    help=f"{_SEEDS_HELP} (default: {len(base.seeds)}, i.e. seed {_listing(base.seeds)})")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--dropout", type=float, help=f"dropout rate after fc1 and fc2 (default: {base.dropout})")
     p.add_argument("--target-accuracy", type=float,
-                   help=f"validation accuracy whose epochs/steps/time-to-reach are reported (default: {base.target_accuracy})")
-    p.add_argument("--output-dir", help=f"where the run folder <name>-<timestamp> is created (default: {base.output_dir})")
+                   help="validation accuracy whose epochs/steps/time-to-reach are reported "
+                        f"(default: {base.target_accuracy})")
+    p.add_argument("--output-dir",
+                   help=f"where the run folder <name>-<timestamp> is created (default: {base.output_dir})")
     p.add_argument("--sync-bn", action="store_true", default=None,
                    help="synchronized BN: statistics over the global batch of every torchrun process (default: off)")
     p.add_argument("--device", choices=["cpu", "cuda"],
