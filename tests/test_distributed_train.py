@@ -52,7 +52,7 @@ momentum = 0.9
 epsilon = 0.1
 """
 FLAGS = ["--dataset", "digits", "--image-size", "32", "--limit", "256", "--width", "0.0625", "--batch-size", "64",
-         "--optimizer", "adam", "--lr", "0.001", "--dropout", "0", "--seeds", "0"]
+         "--optimizer", "adam", "--lr", "0.001", "--dropout", "0", "--seeds", "0,"]
 EPOCHS = 4  # the runs compared with one process, the uninterrupted and the killed one
 TIGHT_EPOCHS = 2  # 8 steps of 64: compared within TOLERANCE
 TOLERANCE = 1e-4  # relative, on the train and validation losses
