@@ -138,6 +138,8 @@ def test_killed_distributed_run_resumes_to_the_same_metrics(runs: dict[str, Path
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env()) as proc:
         try:
             assert proc.stdout is not None
+            started = json.loads(proc.stdout.readline())  # rank 0 names the run folder first
+            assert started["event"] == "run" and Path(started["run_dir"]).parent == output
             first = json.loads(proc.stdout.readline())  # rank 0's line for epoch 1, printed before its checkpoint
             assert first["event"] == "epoch" and first["epoch"] == 1
             deadline = time.monotonic() + 60
