@@ -1,6 +1,7 @@
 """The checkpoint commands: summary, build, add-bn, fold (and never overwriting without --force)."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +29,12 @@ def test_build_add_bn_fold_round_trip(tmp_path: Path, capsys: pytest.CaptureFixt
     np.savez(tmp_path / "calib.npz", x=x)
     assert cli.main(["add-bn", str(plain), str(with_bn), "--calibration", str(tmp_path / "calib.npz"),
                      "--batch-size", "8"]) == 0
-    assert "block1_conv1_bn" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "block1_conv1_bn" in out and "skipped predictions: output layer" in out
     model_plain, _ = checkpoint.load_checkpoint(plain)
     model_bn, architecture = checkpoint.load_checkpoint(with_bn)
     assert architecture["transforms"][0]["op"] == "insert_batch_norm"
-    assert sum(isinstance(m, bnkit.BatchNormalization) for m in model_bn.modules()) == 16  # 13 conv + 3 dense
+    assert sum(isinstance(m, bnkit.BatchNormalization) for m in model_bn.modules()) == 15  # 13 conv + fc1, fc2
     inputs = torch.from_numpy(x[:4])
     with torch.no_grad():
         expected = model_plain.eval()(inputs)
@@ -76,3 +78,51 @@ def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) 
         cli.main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out == f"bnkit {bnkit.__version__}\n"
+
+
+def _subcommand(name: str) -> argparse.ArgumentParser:
+    root = cli.parser()
+    commands = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[name]
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_every_option_has_a_help_text_that_states_its_default(command: str) -> None:
+    sub = _subcommand(command)
+    options = [a for a in sub._actions if not isinstance(a, argparse._HelpAction)]
+    assert len(options) >= (24 if command == "train" else 8)
+    for action in options:
+        assert action.help and action.help.strip(), action.option_strings
+        assert "(default: " in action.help, (action.option_strings, action.help)
+    text = sub.format_help()  # every %-expansion formats
+    assert "(default: runs)" in text
+
+
+def test_train_help_defaults_are_the_configuration_defaults() -> None:
+    from bnkit.experiments import ExperimentConfig
+
+    base = ExperimentConfig()
+    helps = {a.dest: a.help for a in _subcommand("train")._actions}
+    for key in ("epochs", "batch_size", "learning_rate", "optimizer", "schedule", "model", "width", "dataset",
+                "target_accuracy", "image_size", "dropout", "device", "output_dir", "name"):
+        assert f"(default: {getattr(base, key)})" in helps[key], key
+    assert "(default: none,before_activation,after_activation)" in helps["variants"]
+    assert "(default: 1, i.e. seed 0)" in helps["seeds"]
+    assert "(default: 3, i.e. seeds 0,1,2)" in {a.dest: a.help for a in _subcommand("demo")._actions}["seeds"]
+
+
+def test_add_bn_include_output_and_checkpoints_from_before_the_option(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    plain, with_bn = tmp_path / "plain.pt", tmp_path / "bn.pt"
+    assert cli.main(["build", "vgg16", str(plain), *SMALL]) == 0
+    assert cli.main(["add-bn", str(plain), str(with_bn), "--include-output"]) == 0
+    assert "predictions_bn" in capsys.readouterr().out
+    model, architecture = checkpoint.load_checkpoint(with_bn)
+    assert architecture["transforms"][0]["include_output"] is True
+    assert sum(isinstance(m, bnkit.BatchNormalization) for m in model.modules()) == 16
+    # a checkpoint written before the option (no include_output key) had a BN after the logits: it still loads
+    state = torch.load(with_bn, weights_only=False)
+    del state["architecture"]["transforms"][0]["include_output"]
+    torch.save(state, tmp_path / "old.pt")
+    old, _ = checkpoint.load_checkpoint(tmp_path / "old.pt")
+    assert "predictions_bn" in dict(old.named_modules())

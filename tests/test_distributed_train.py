@@ -52,7 +52,7 @@ momentum = 0.9
 epsilon = 0.1
 """
 FLAGS = ["--dataset", "digits", "--image-size", "32", "--limit", "256", "--width", "0.0625", "--batch-size", "64",
-         "--optimizer", "adam", "--lr", "0.001", "--dropout", "0", "--seeds", "0"]
+         "--optimizer", "adam", "--lr", "0.001", "--dropout", "0", "--seeds", "0,"]
 EPOCHS = 4  # the runs compared with one process, the uninterrupted and the killed one
 TIGHT_EPOCHS = 2  # 8 steps of 64: compared within TOLERANCE
 TOLERANCE = 1e-4  # relative, on the train and validation losses
@@ -138,6 +138,8 @@ def test_killed_distributed_run_resumes_to_the_same_metrics(runs: dict[str, Path
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env()) as proc:
         try:
             assert proc.stdout is not None
+            started = json.loads(proc.stdout.readline())  # rank 0 names the run folder first
+            assert started["event"] == "run" and Path(started["run_dir"]).parent == output
             first = json.loads(proc.stdout.readline())  # rank 0's line for epoch 1, printed before its checkpoint
             assert first["event"] == "epoch" and first["epoch"] == 1
             deadline = time.monotonic() + 60

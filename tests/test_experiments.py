@@ -134,8 +134,10 @@ def test_json_progress_prints_only_json(tmp_path: Path, capsys: pytest.CaptureFi
     code = cli.main(["train", "--limit", "64", "--width", "0.0625", "--epochs", "1", "--variants", "ghost",
                      "--batch-size", "32", "--output-dir", str(tmp_path), "--json"])
     assert code == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines and all(json.loads(line)["event"] == "epoch" for line in lines)
+    events = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    run_dir = next(tmp_path.iterdir())
+    assert events[0] == {"event": "run", "run_dir": str(run_dir)}
+    assert len(events) > 1 and all(event["event"] == "epoch" for event in events[1:])
 
 
 def test_training_uses_the_variant_bn() -> None:
@@ -148,3 +150,119 @@ def test_training_uses_the_variant_bn() -> None:
     assert len(bns) == 13 and all(bn.renorm for bn in bns)
     assert not any(isinstance(m, BatchNormalization) for m in build_model(config, Variant("none"), (1, 32, 32), 10).modules())
     assert torch.isfinite(model(torch.randn(2, 1, 32, 32))).all()
+
+
+# ---- the results table and its footnotes ---------------------------------------------------
+def _run_record(variant: str, seed: int, val: list[float], train: list[float] | None = None) -> "runner_module.RunRecord":
+    train = train if train is not None else val
+    history = [{"variant": variant, "seed": seed, "epoch": i + 1, "step": 10 * (i + 1), "train_loss": 1.0,
+                "train_accuracy": t, "val_loss": 1.0, "val_accuracy": v, "epoch_time": 1.0, "time": float(i + 1)}
+               for i, (v, t) in enumerate(zip(val, train))]
+    return runner_module.RunRecord(variant, seed, history, "done")
+
+
+def _table(records: list, momenta: dict | None = None) -> str:
+    from bnkit.experiments.report import format_table, summarize
+
+    return format_table(summarize(records, 0.9, momenta=momenta), 0.9)
+
+
+def test_speedup_cells_say_when_the_baseline_never_reached_the_target() -> None:
+    records = [_run_record("none", 0, [0.1, 0.1, 0.1]), _run_record("before_activation", 0, [0.5, 0.92, 0.95])]
+    lines = _table(records).splitlines()
+    assert lines[0].split("  ")[-1].strip() == "speed-up vs none"
+    assert lines[2].endswith("-")  # the baseline's own row
+    assert lines[3].endswith("none never reached 90%")
+    partly = [_run_record("none", 0, [0.5, 0.95]), _run_record("none", 1, [0.5, 0.5]),
+              _run_record("ghost", 0, [0.95, 0.96]), _run_record("ghost", 1, [0.95, 0.96])]
+    assert _table(partly).splitlines()[3].endswith("none reached 90% in 1/2 seeds")
+    reached = [_run_record("none", 0, [0.5, 0.5, 0.5, 0.95]), _run_record("ghost", 0, [0.5, 0.95, 0.96, 0.97])]
+    assert _table(reached).splitlines()[3].endswith("2.00x")  # 4 epochs / 2 epochs
+    no_baseline = _table([_run_record("ghost", 0, [0.95])])
+    assert "speed-up" not in no_baseline
+
+
+def test_a_lagging_bn_variant_gets_one_footnote_on_moving_averages() -> None:
+    records = [_run_record("none", 0, [0.1, 0.1], train=[0.1, 0.1]),
+               _run_record("before_activation", 0, [0.1, 0.9], train=[0.6, 0.95]),
+               _run_record("after_activation", 0, [0.1, 0.9], train=[0.55, 0.95])]
+    momenta = {"none": None, "before_activation": 0.99, "after_activation": 0.99}
+    table = _table(records, momenta)
+    notes = [line for line in table.splitlines() if line.startswith("* ")]
+    assert len(notes) == 1
+    assert "by 0.50 in epoch 1 for before_activation" in notes[0]  # 0.6 - 0.1, the larger gap
+    assert "momentum 0.99" in notes[0] and "~100 steps" in notes[0] and "momentum 0.9" in notes[0]
+    rows = table.splitlines()[2:5]
+    assert rows[0].startswith("none ") and " *" not in rows[0]
+    assert rows[1].startswith("before_activation *") and rows[2].startswith("after_activation *")
+    # no hint: without BN (overfitting is not a moving-average lag), or a gap under the threshold
+    assert "* " not in _table([_run_record("none", 0, [0.1], train=[0.9])], {"none": None})
+    assert "* " not in _table([_run_record("ghost", 0, [0.8], train=[0.9])], {"ghost": 0.99})
+    # momentum 0.9 already: the lag is explained, momentum 0.9 is not suggested again
+    low = _table([_run_record("ghost", 0, [0.1], train=[0.9])], {"ghost": 0.9})
+    assert "~10 steps" in low and "For short runs" not in low
+
+
+@pytest.mark.parametrize("text, seeds", [("1", (0,)), ("3", (0, 1, 2)), ("0,1,2", (0, 1, 2)), ("5,", (5,)),
+                                         (" 2, 7 ", (2, 7))])
+def test_seeds_flag_takes_a_count_or_a_list(text: str, seeds: tuple) -> None:
+    for command in ("demo", "train"):
+        assert cli.parser().parse_args([command, "--seeds", text]).seeds == seeds
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "a", "1,1", "1,-2", ","])
+def test_bad_seeds_are_usage_errors(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("demo", "train"):
+        with pytest.raises(SystemExit) as info:
+            cli.parser().parse_args([command, "--seeds", text])
+        assert info.value.code == 2
+        assert repr(text) in capsys.readouterr().err
+
+
+def test_demo_prints_the_run_folder_first_and_a_short_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import bnkit.experiments as experiments
+
+    titles: list[str] = []
+    original = experiments.plot_curves
+    monkeypatch.setattr(experiments, "plot_curves",
+                        lambda records, path, title="": titles.append(title) or original(records, path, title))
+    code = cli.main(["demo", "--epochs", "1", "--seeds", "1", "--limit", "64", "--output-dir", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    run_dir = next(tmp_path.iterdir())
+    assert out[0] == f"run folder: {run_dir}"
+    assert titles == ["vgg16 (width 0.125) on digits, 1 seed"]
+    model_lines = [line for line in out if line.startswith("  ") and "parameters" in line]
+    assert [line.split()[0] for line in model_lines] == ["none", "before_activation", "after_activation"]
+    assert "531,490 parameters" in model_lines[0] and "no BN" in model_lines[0]
+    assert "BN before the activation in 13 layers, momentum 0.99" in model_lines[1]
+    assert not any("Layer (type)" in line for line in out)  # the full table only with --summary
+    assert "Layer (type)" in (run_dir / "summary.txt").read_text()
+    table_at = next(i for i, line in enumerate(out) if line.startswith("variant "))
+    assert table_at < len(out) - 1 and len(out) < 40
+
+
+def test_summary_flag_prints_the_full_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["train", "--limit", "64", "--width", "0.0625", "--epochs", "1", "--variants", "ghost",
+                     "--batch-size", "32", "--output-dir", str(tmp_path), "--quiet", "--summary"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Layer (type)" in out and "Total params:" in out and out.startswith("run folder: ")
+
+
+def test_interrupt_names_how_to_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner_module, "evaluate", interrupted)
+    code = cli.main(["train", "--limit", "64", "--width", "0.0625", "--epochs", "1", "--variants", "none",
+                     "--batch-size", "32", "--output-dir", str(tmp_path), "--quiet", "--no-fast-allocator"])
+    assert code == 130
+    captured = capsys.readouterr()
+    run_dir = next(tmp_path.iterdir())
+    assert captured.out.splitlines()[0] == f"run folder: {run_dir}"
+    assert "the run folder printed at the start" in captured.err
+    code = cli.main(["train", "--resume", str(run_dir), "--quiet"])
+    assert code == 130 and f"--resume {run_dir}`" in capsys.readouterr().err

@@ -73,6 +73,7 @@ def describe(model):
             for layer in model.layers if isinstance(layer, layers.BatchNormalization)
         ],
         "text": "\n".join(lines),
+        "shapes": [[layer.name, layer.output_shape] for layer in model.layers],
     }
 
 
@@ -137,3 +138,13 @@ def test_tiny_cnn_torch_style_bn_row_is_keras_trainable_part(oracle: dict[str, A
 def test_vgg16_totals_match_tf_keras(oracle: dict[str, Any], name: str, batch_norm: str | None) -> None:
     ours = summary(vgg16(batch_norm=batch_norm), (3, 224, 224))
     assert (ours.total, ours.trainable, ours.non_trainable) == keras_totals(oracle[name])
+
+
+@pytest.mark.parametrize("name, batch_norm", [("vgg16", None), ("vgg16_bn", "after_activation")])
+def test_channels_last_shapes_match_tf_keras_line_by_line(oracle: dict[str, Any], name: str,
+                                                         batch_norm: str | None) -> None:
+    keras = {layer: shape for layer, shape in oracle[name]["shapes"]}
+    ours = summary(vgg16(batch_norm=batch_norm), (3, 224, 224), channels_last=True)
+    compared = [(row.name, list(row.output_shape)) for row in ours.rows if row.name in keras]
+    assert len(compared) == len(keras) - 1  # every Keras layer but the InputLayer
+    assert compared == [(layer, shape) for layer, shape in oracle[name]["shapes"] if layer in dict(compared)]

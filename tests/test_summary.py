@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -107,12 +108,16 @@ def test_keras2_layout_matches_the_classic_table(tiny: nn.Sequential) -> None:
     assert all(len(line) == 65 for line in lines[1:-4])
 
 
-def test_long_cells_are_cut_at_the_column_end() -> None:
+def test_long_type_names_are_shown_whole_and_the_columns_widen() -> None:
     class AVeryLongModuleClassNameIndeed(nn.Linear):
         pass
 
-    line = summary(nn.Sequential(AVeryLongModuleClassNameIndeed(2, 3)), (2,)).lines()[4]
-    assert line.startswith("0 (AVeryLongModuleClassNameI (None, 3)")  # 28 characters, then a space
+    lines = summary(nn.Sequential(AVeryLongModuleClassNameIndeed(2, 3), bnkit.BatchNormalization(axis=1)), (2,)).lines()
+    first = "0 (AVeryLongModuleClassNameIndeed)"
+    assert lines[4] == first + " " + "(None, 3)".ljust(26) + "9".ljust(10)
+    assert lines[6].startswith("1 (BatchNormalization) ")
+    assert lines[2] == "Layer (type)".ljust(len(first) + 1) + "Output Shape".ljust(26) + "Param #".ljust(10)
+    assert lines[1] == "_" * (len(first) + 1 + 26 + 10) and len({len(line) for line in lines[1:-4]}) == 1
 
 
 # ---- counting rules -------------------------------------------------------------------
@@ -244,8 +249,10 @@ class TwoInputs(nn.Module):
 
 
 def test_several_inputs_by_shape_dtype_or_data() -> None:
-    s = summary(TwoInputs(), [(3,), (5,)], dtypes=[torch.float32, torch.long], batch_size=4)
+    s = summary(TwoInputs(), [(3,), (5,)], dtypes=[torch.float32, torch.long], batch_size=2)
     assert [(r.name, r.output_shape, r.calls) for r in s.rows] == [("a", (None, 2), 2), ("b", (None, 5, 2), 1)]
+    assert [r.macs for r in s.rows] == [2 * 2 * 3 * 2, 0]  # two calls, 2 rows of 3x2 each
+    assert s.input_bytes == 2 * 3 * 4 + 2 * 5 * 8  # float32 and int64 inputs
     data = (torch.randn(2, 3), torch.zeros(2, 5, dtype=torch.long))
     assert summary(TwoInputs(), input_data=data).rows == s.rows
     kwargs = {"x": data[0], "ids": data[1]}
@@ -335,3 +342,121 @@ def test_model_must_be_a_module() -> None:
     with pytest.raises(TypeError, match=r"`model` must be a torch.nn.Module; received: function"):
         summary(lambda x: x, (2,))  # type: ignore[arg-type]
 
+
+
+# ---- multiply-adds, memory, channels-last shapes ----------------------------------------
+VGG16_LAYERS = [(3, 64, 224), (64, 64, 224), (64, 128, 112), (128, 128, 112), (128, 256, 56), (256, 256, 56),
+                (256, 256, 56), (256, 512, 28), (512, 512, 28), (512, 512, 28), (512, 512, 14), (512, 512, 14),
+                (512, 512, 14)]  # (in channels, out channels, output size) of the 13 3x3 convs, "same" padding
+VGG16_DENSE = [(512 * 7 * 7, 4096), (4096, 4096), (4096, 1000)]
+
+
+def test_vgg16_multiply_adds_equal_the_formula_and_the_published_figure() -> None:
+    conv = np.array([cout * size * size * cin * 9 for cin, cout, size in VGG16_LAYERS], dtype=np.int64)
+    dense = np.array([i * o for i, o in VGG16_DENSE], dtype=np.int64)
+    expected = int(conv.sum() + dense.sum())
+    assert expected == 15_470_264_320
+    s = summary(vgg16(), VGG_INPUT)
+    assert s.macs == expected
+    assert round(s.macs / 1e9, 2) == 15.47  # torchvision's published "GFLOPS" of vgg16 (multiply-adds)
+    macs = [row.macs for row in s.rows if row.type in ("Conv2d", "Linear")]
+    assert macs == [int(m) for m in conv] + [int(m) for m in dense]
+    assert all(row.macs == 0 for row in s.rows if row.type not in ("Conv2d", "Linear"))
+    # timm's published "Activations (M): 13.6" for vgg16: the elements output by its convs and linears
+    elements = sum(row.output_bytes // 4 for row in s.rows if row.type in ("Conv2d", "Linear"))
+    assert elements == sum(cout * size * size for _, cout, size in VGG16_LAYERS) + 4096 + 4096 + 1000
+    assert round(elements / 1e6, 1) == 13.6
+    # batch norm: 2 per element (inference BN is a multiply and an add per element)
+    with_bn = summary(vgg16(batch_norm="before_activation"), VGG_INPUT)
+    assert with_bn.macs - expected == 2 * sum(cout * size * size for _, cout, size in VGG16_LAYERS)
+
+
+def test_small_resnet_multiply_adds_by_hand() -> None:
+    from ._torch_models import ResNet
+
+    s = summary(ResNet(widths=(8, 16), blocks=1, classes=5), (3, 16, 16), batch_size=2)
+    hand = {
+        "conv1": 16 * 16 * 8 * 3 * 9, "bn1": 2 * 8 * 16 * 16,  # stem: 3->8, 3x3, 16x16 out
+        "layers.0.0.conv1": 16 * 16 * 8 * 8 * 9, "layers.0.0.bn1": 2 * 8 * 256,
+        "layers.0.0.conv2": 16 * 16 * 8 * 8 * 9, "layers.0.0.bn2": 2 * 8 * 256,
+        "layers.1.0.conv1": 8 * 8 * 16 * 8 * 9, "layers.1.0.bn1": 2 * 16 * 64,  # stride 2: 8x8 out
+        "layers.1.0.conv2": 8 * 8 * 16 * 16 * 9, "layers.1.0.bn2": 2 * 16 * 64,
+        "layers.1.0.downsample.0": 8 * 8 * 16 * 8, "layers.1.0.downsample.1": 2 * 16 * 64,  # 1x1 projection
+        "fc": 16 * 5,
+    }
+    got = {row.name: row.macs for row in s.rows if row.macs}
+    assert got == {name: 2 * macs for name, macs in hand.items()}  # batch of 2
+    assert s.macs == 2 * sum(hand.values())
+
+
+def test_grouped_transposed_lazy_and_sequence_layers_by_hand() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1, groups=2),  # 8 x 5x5 out, 4/2 inputs x 9 each
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),  # depthwise: 1 x 9 per output
+        nn.ConvTranspose2d(8, 6, 2, stride=2),  # 8x5x5 inputs, each into 6 x 2x2 outputs
+        nn.LazyConv2d(3, 1),  # 6 -> 3, 1x1 on 10x10
+    )
+    s = summary(model, (4, 5, 5))
+    assert [row.macs for row in s.rows[:4]] == [8 * 25 * 2 * 9, 8 * 25 * 9, 8 * 25 * 6 * 4, 3 * 100 * 6]
+    rows = summary(nn.Linear(7, 3), (5, 7)).rows  # a (1, 5, 7) sequence: 5 rows of 7x3
+    assert rows[0].macs == 5 * 7 * 3
+
+
+def test_memory_bytes_follow_dtype_and_style(tiny: nn.Sequential) -> None:
+    s = summary(tiny, (1, 64, 64))
+    assert s.param_bytes == 4 * 13_108_758 and s.input_bytes == 4 * 64 * 64
+    assert summary(tiny, (1, 64, 64), style="torch").param_bytes == 4 * 13_108_694
+    assert [row.output_bytes for row in s.rows] == [4 * n for n in (131072, 131072, 131072, 131072, 100, 100, 10, 10)]
+    assert s.activation_bytes == sum(row.output_bytes for row in s.rows)
+    assert s.estimated_bytes == s.input_bytes + s.activation_bytes + s.param_bytes
+    assert s.rows[2].param_bytes == 4 * 128  # gamma, beta, moving mean, moving variance
+    double = summary(tiny_cnn().double(), (1, 64, 64), batch_size=3)
+    assert double.param_bytes == 8 * 13_108_758 and double.input_bytes == 8 * 3 * 64 * 64
+    assert double.rows[0].output_bytes == 8 * 3 * 131072
+
+
+def test_macs_and_memory_columns_and_totals(tiny: nn.Sequential) -> None:
+    lines = summary(tiny, (1, 64, 64), macs=True, memory=True).lines()
+    assert lines[2].split() == ["Layer", "(type)", "Output", "Shape", "Param", "#", "MACs", "Param", "bytes",
+                                "Output", "bytes"]
+    assert lines[4].split() == ["0", "(Conv2d)", "(None,", "32,", "64,", "64)", "320", f"{64 * 64 * 32 * 9:,}",
+                                f"{320 * 4:,}", f"{131072 * 4:,}"]
+    macs = 64 * 64 * 32 * 9 + 2 * 131072 + 131072 * 100 + 100 * 10
+    assert f"Total MACs (multiply-adds): {macs:,} = {macs / 1e6:.2f} M" in lines
+    assert f"Params size: {4 * 13_108_758:,} bytes (50.01 MiB; parameters and moving statistics)" in lines
+    assert any(line.startswith("Forward activations: ") for line in lines)
+    torch_lines = summary(tiny, (1, 64, 64), macs=True, layout="torch").lines()
+    assert "MACs" in torch_lines[1] and f"{64 * 64 * 32 * 9:,}" in torch_lines[3]
+    plain = summary(tiny, (1, 64, 64)).lines()
+    assert not any("MACs" in line or "bytes" in line for line in plain)
+
+
+def test_channels_last_shapes_are_the_keras_ones_of_seed_001(tiny: nn.Sequential) -> None:
+    # Keras' own summary of the seed's model (input (64, 64, 1), channels last):
+    # conv2d (None, 64, 64, 32), batch_normalization (None, 64, 64, 32), flatten (None, 131072),
+    # dense (None, 100), dense (None, 10)
+    s = summary(tiny, (1, 64, 64), channels_last=True)
+    shapes = [row.output_shape for row in s.rows]
+    assert shapes == [(None, 64, 64, 32), (None, 64, 64, 32), (None, 64, 64, 32), (None, 131072), (None, 100),
+                      (None, 100), (None, 10), (None, 10)]
+    assert s.lines()[4].startswith("0 (Conv2d)                   (None, 64, 64, 32)")
+    assert summary(tiny, (1, 64, 64)).rows[0].output_shape == (None, 32, 64, 64)
+
+
+@pytest.mark.parametrize("argument", ["macs", "memory", "channels_last"])
+def test_cost_flags_must_be_bools(tiny: nn.Sequential, argument: str) -> None:
+    with pytest.raises(TypeError) as info:
+        summary(tiny, (1, 64, 64), **{argument: "yes"})
+    assert f"`{argument}`" in str(info.value) and "'yes'" in str(info.value)
+
+
+def test_summary_command_columns_and_nhwc(capsys: pytest.CaptureFixture[str]) -> None:
+    from bnkit import cli
+
+    assert cli.main(["summary", "vgg16", "--batch-norm", "before_activation", "--macs", "--memory",
+                     "--shapes", "nhwc"]) == 0
+    out = capsys.readouterr().out
+    assert "block1_conv1_bn (BatchNormalization)" in out and "(None, 224, 224, 64)" in out
+    bn_macs = 2 * sum(cout * size * size for _, cout, size in VGG16_LAYERS)
+    assert f"Total MACs (multiply-adds): {15_470_264_320 + bn_macs:,}" in out
+    assert "Params size: " in out

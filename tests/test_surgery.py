@@ -14,6 +14,8 @@ import bnkit
 from bnkit.models import vgg16
 from bnkit.surgery import fold_batch_norm, fold_into_next, fold_into_previous, insert_batch_norm
 
+from ._torch_models import ResNet
+
 BN = bnkit.BatchNormalization
 
 
@@ -131,7 +133,8 @@ def test_insert_on_vgg16_matches_the_builder_layout(placement: str) -> None:
 
 def test_insert_reports_layers_without_activation_and_passes_bn_kwargs() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.Tanh(), nn.Linear(6, 3), nn.Softmax(dim=1))
-    new, report = insert_batch_norm(model, placement="after_activation", momentum=0.9, epsilon=1e-5)
+    new, report = insert_batch_norm(model, placement="after_activation", momentum=0.9, epsilon=1e-5,
+                                    include_output=True)
     assert _children(new) == [("0", "Flatten"), ("1", "Linear"), ("2", "Tanh"), ("1_bn", "BatchNormalization"),
                               ("3", "Linear"), ("3_bn", "BatchNormalization"), ("4", "Softmax")]
     assert [i.placement for i in report.insertions] == ["after_activation", "after_layer"]
@@ -157,7 +160,7 @@ def test_insert_in_nested_sequentials_goes_into_the_right_container() -> None:
                           "add", "relu", "mean", "head", "head_bn"]),
 ])
 def test_insert_on_traced_model_recognises_functional_activations(placement: str, expected: list[str]) -> None:
-    new, report = insert_batch_norm(TinyResNet(), placement=placement)
+    new, report = insert_batch_norm(TinyResNet(), placement=placement, include_output=True)
     assert isinstance(new, fx.GraphModule) and type(new).__name__ == "TinyResNet"
     assert _graph_calls(new) == expected
     assert [i.placement for i in report.insertions] == [placement, placement, "after_layer", "after_layer"]
@@ -168,8 +171,9 @@ def test_insert_on_traced_model_recognises_functional_activations(placement: str
 def test_insert_skips_layers_that_already_have_batch_norm() -> None:
     model = vgg16(input_shape=(3, 32, 32), width=0.125, batch_norm="after_activation", classifier_activation=None)
     new, report = insert_batch_norm(model)
-    assert report.names == ["fc1_bn", "fc2_bn", "predictions_bn"]
-    assert len(report.skipped) == 13 and "block1_conv1_bn" in report.skipped[0][1]
+    assert report.names == ["fc1_bn", "fc2_bn"]
+    assert len(report.skipped) == 14 and "block1_conv1_bn" in report.skipped[0][1]
+    assert report.skipped[-1][0] == "predictions" and "output layer" in report.skipped[-1][1]
 
 
 def test_insert_keeps_the_callers_model_and_modes() -> None:
@@ -189,7 +193,7 @@ def test_calibration_preserves_vgg16_outputs(placement: str, dtype: torch.dtype)
     torch.manual_seed(0)
     model = vgg16(input_shape=(3, 32, 32), width=0.25, classifier_activation=None).to(dtype).eval()
     batches = [_images(n, seed=n, size=32, dtype=dtype) for n in (3, 5, 8)]
-    new, report = insert_batch_norm(model, placement=placement, calibration_data=batches)
+    new, report = insert_batch_norm(model, placement=placement, calibration_data=batches, include_output=True)
     assert report.calibration_batches == 3 and len(report.insertions) == 16
     test = _images(6, seed=99, size=32, dtype=dtype)
     with torch.no_grad():
@@ -217,7 +221,8 @@ def test_calibration_preserves_residual_net_outputs(placement: str) -> None:
     torch.manual_seed(1)
     model = TinyResNet().eval()
     batches = [(_images(4, seed=s),) for s in range(3)]  # tuples are positional arguments
-    new, report = insert_batch_norm(model, placement=placement, calibration_data=batches, renorm=True)
+    new, report = insert_batch_norm(model, placement=placement, calibration_data=batches, renorm=True,
+                                    include_output=True)
     test = _images(5, seed=42)
     with torch.no_grad():
         assert _rel(model(test), new(test)) <= 1e-5
@@ -237,7 +242,7 @@ def test_insert_then_fold_round_trips_vgg16() -> None:
     model = vgg16(input_shape=(3, 32, 32), width=0.125, classifier_activation=None).eval()
     new, _ = insert_batch_norm(model, calibration_data=[_images(8, size=32)])
     folded, report = fold_batch_norm(new)
-    assert len(report.folded) == 16 and not report.not_folded
+    assert len(report.folded) == 15 and not report.not_folded
     assert _children(folded) == _children(model)
     test = _images(4, seed=3, size=32)
     with torch.no_grad():
@@ -456,3 +461,105 @@ def test_errors_name_the_argument_and_the_received_value(call: Callable[[], Any]
         call()
     for fragment in fragments:
         assert fragment in str(info.value)
+
+
+# ---- insert: the output layer is left alone unless asked -----------------------------------
+class TorchvisionVGG11(nn.Module):
+    """torchvision's vgg11 layout (features / avgpool / flatten / classifier), narrow."""
+
+    def __init__(self, classes: int = 7) -> None:
+        super().__init__()
+        cfg, layers, inp = [4, "M", 8, "M", 16, 16, "M", 32, 32, "M", 32, 32, "M"], [], 3
+        for item in cfg:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(inp, int(item), 3, padding=1), nn.ReLU(inplace=True)]
+                inp = int(item)
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
+        self.classifier = nn.Sequential(nn.Linear(inp * 4, 64), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(64, 64),
+                                        nn.ReLU(True), nn.Dropout(0.5), nn.Linear(64, classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+class TimmStyleHead(nn.Module):
+    """timm's ResNet head: global pool, flatten, functional dropout, fc; plain convs before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.conv2(self.act1(self.conv1(x))))
+        x = self.global_pool(x).flatten(1)
+        x = F.dropout(x, p=0.2, training=self.training)
+        return F.softmax(self.fc(x), dim=1)
+
+
+def test_insert_leaves_torchvision_vgg11_logits_alone() -> None:
+    model = TorchvisionVGG11().eval()
+    new, report = insert_batch_norm(model)
+    assert [i.layer for i in report.insertions] == [f"features.{k}" for k in (0, 3, 6, 8, 11, 13, 16, 18)] + [
+        "classifier.0", "classifier.3"]
+    assert report.skipped == (("classifier.6", "output layer: its output is the model's output "
+                                               "(include_output=True normalises it too)"),)
+    assert "skipped classifier.6: output layer" in str(report) and "(1 layer skipped" in str(report)
+    assert not any(name.startswith("classifier.6_bn") for name, _ in new.named_modules())
+    assert new(_images(2, size=32)).shape == (2, 7)
+    asked, asked_report = insert_batch_norm(model, include_output=True)
+    assert asked_report.names[-1] == "classifier.6_bn" and not asked_report.skipped
+    assert asked.get_submodule("classifier.6_bn").num_features == 7
+
+
+def test_insert_sees_the_output_layer_through_flatten_dropout_and_softmax() -> None:
+    new, report = insert_batch_norm(TimmStyleHead(), placement="after_activation")
+    assert report.names == ["conv1_bn", "conv2_bn"]
+    assert report.skipped[0][0] == "fc" and "through softmax" in report.skipped[0][1]
+    assert new(_images(2)).shape == (2, 5)
+    sequential = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Dropout(0.1), nn.Linear(400, 3),
+                               nn.Dropout(0.1), nn.LogSoftmax(dim=1))
+    _, report = insert_batch_norm(sequential)
+    assert report.names == ["0_bn"] and report.skipped[0][0] == "4" and "through 5, 6" in report.skipped[0][1]
+
+
+def test_insert_on_a_timm_style_resnet_adds_nothing_after_fc() -> None:
+    model = ResNet().eval()  # every conv already followed by BN: only fc was left, the logits
+    new, report = insert_batch_norm(model)
+    assert report.names == []
+    assert report.skipped[-1][0] == "fc" and "output layer" in report.skipped[-1][1]
+    assert all("already followed by batch norm" in reason for _, reason in report.skipped[:-1])
+    test = _images(2)
+    with torch.no_grad():
+        torch.testing.assert_close(new(test), model(test))
+
+
+def test_a_layer_that_feeds_more_than_the_output_is_not_the_output_layer() -> None:
+    class Features(nn.Module):  # a feature extractor ending in ReLU, and a layer whose output is also reused
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+            y = self.a(x)
+            return y, F.relu(self.b(y))
+
+    _, report = insert_batch_norm(Features())
+    assert report.names == ["b_bn"] and report.skipped[0][0] == "a"  # a's output is returned as it is
+    _, report = insert_batch_norm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU()))
+    assert report.names == ["0_bn", "2_bn"] and not report.skipped
+
+
+def test_include_output_must_be_a_bool() -> None:
+    with pytest.raises(TypeError) as info:
+        insert_batch_norm(_conv_net(), include_output="yes")
+    assert "`include_output`" in str(info.value) and "'yes'" in str(info.value)

@@ -67,9 +67,10 @@ def _check_record(architecture: Any, source: object) -> None:
             raise ValueError(f"{where}transform {index}: expected a dict with 'op' in {list(_TRANSFORMS)}; "
                              f"received: {short(step)}")
         if op == "insert_batch_norm" and (not isinstance(step.get("placement"), str)
-                                         or not isinstance(step.get("bn_kwargs", {}), dict)):
-            raise ValueError(f"{where}transform {index} (insert_batch_norm): expected a 'placement' string and "
-                             f"a 'bn_kwargs' dict; received: {short(step)}")
+                                         or not isinstance(step.get("bn_kwargs", {}), dict)
+                                         or not isinstance(step.get("include_output", True), bool)):
+            raise ValueError(f"{where}transform {index} (insert_batch_norm): expected a 'placement' string, "
+                             f"a 'bn_kwargs' dict and an optional 'include_output' bool; received: {short(step)}")
 
 
 def _base(architecture: dict[str, Any]) -> nn.Module:
@@ -128,7 +129,9 @@ def build(architecture: dict[str, Any]) -> nn.Module:
     model = _base(architecture)
     for step in architecture.get("transforms", []):
         if step["op"] == "insert_batch_norm":
-            model, _ = insert_batch_norm(model, placement=step["placement"], **step.get("bn_kwargs", {}))
+            # checkpoints written before include_output existed normalised the output layer too
+            model, _ = insert_batch_norm(model, placement=step["placement"],
+                                         include_output=step.get("include_output", True), **step.get("bn_kwargs", {}))
         else:
             model, _ = fold_batch_norm(model.eval())
     return model

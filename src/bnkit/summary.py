@@ -31,15 +31,27 @@ Rows and decisions (documented here once):
   the pass (1 unless ``batch_size`` or ``input_data`` says otherwise); several tensor outputs
   (tuples, lists, dict values, nested) give a list of shapes.
 
+Costs (:mod:`bnkit._summary_costs` has the rules): every row also records its multiply-adds
+(``macs``: convolutions, linear layers and batch norms, summed over its calls), the bytes
+of its counted tensors (``param_bytes``) and of its outputs (``output_bytes``); the summary
+totals them. ``macs=True`` / ``memory=True`` show them as columns and totals, as
+torchinfo's ``Mult-Adds`` and size lines do.
+
+Shapes: PyTorch's channels-first order by default; ``channels_last=True`` shows every
+output of three or more dimensions with its channel dimension (1) moved last, as Keras'
+``model.summary()`` prints the same network in its default ``channels_last`` layout, so the
+two tables can be compared line by line.
+
 Layouts: ``"keras2"``, the classic Keras 2 (<= 2.6) table of seed 000 (65 wide, columns end
-at 29/55/65, underscores between rows, cells cut at the column end, totals with thousands
-separators); ``"torch"``, a torchsummary-like table (90 wide, ``-1`` for the batch).
+at 29/55/65, underscores between rows, totals with thousands separators); ``"torch"``, a
+torchsummary-like table (90 wide, ``-1`` for the batch). Columns widen to their longest
+cell, so full type names such as ``BatchNormalization`` are never cut (Keras 2 cut them).
 """
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Union
 
@@ -47,6 +59,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 from ._repr import short
+
+from . import _summary_table
+from ._summary_costs import call_macs, output_bytes, tensor_bytes
 
 __all__ = ["LAYOUTS", "STYLES", "Row", "Summary", "summary"]
 
@@ -57,9 +72,6 @@ Shape = tuple[Union[int, None], ...]
 #: One shape, a list of shapes (several outputs), ``"multiple"`` (calls differed) or
 #: ``None`` (the module never ran).
 OutputShape = Union[Shape, list[Shape], str, None]
-
-_KERAS2_WIDTH, _KERAS2_POSITIONS = 65, (29, 55, 65)  # int(65 * [.45, .85, 1.])
-_TORCH_WIDTH, _TORCH_POSITIONS = 90, (40, 70, 90)
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,9 @@ class Row:
     trainable: int
     depth: int
     calls: int = 1
+    macs: int = 0  # multiply-adds of all its calls
+    param_bytes: int = 0  # bytes of its counted parameters/buffers
+    output_bytes: int = 0  # bytes of the outputs of all its calls
 
     @property
     def non_trainable(self) -> int:
@@ -96,11 +111,23 @@ class Summary:
     style: str
     model_name: str = "model"
     layout: str = "keras2"
+    macs: int = 0  # multiply-adds of the whole forward pass
+    param_bytes: int = 0  # every counted tensor once
+    activation_bytes: int = 0  # the outputs of every row
+    input_bytes: int = 0
+    show_macs: bool = field(default=False, compare=False)
+    show_memory: bool = field(default=False, compare=False)
+    channels_last: bool = False
+
+    @property
+    def estimated_bytes(self) -> int:
+        """Input, forward activations and counted tensors together (torchinfo's estimate, forward only)."""
+        return self.input_bytes + self.activation_bytes + self.param_bytes
 
     def lines(self, layout: str | None = None) -> list[str]:
         """The table as lines without newlines, in ``layout`` (default: ``self.layout``)."""
         layout = self.layout if layout is None else _check_choice("layout", layout, LAYOUTS)
-        return _keras2_lines(self) if layout == "keras2" else _torch_lines(self)
+        return _summary_table.keras2_lines(self) if layout == "keras2" else _summary_table.torch_lines(self)
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
@@ -117,6 +144,9 @@ def summary(
     device: torch.device | str | None = None,
     print_fn: Callable[[str], Any] | None = None,
     layout: str = "keras2",
+    macs: bool = False,
+    memory: bool = False,
+    channels_last: bool = False,
 ) -> Summary:
     """Summarize ``model`` by running it once; return a :class:`Summary`.
 
@@ -135,6 +165,10 @@ def summary(
         device: where inputs go (default: the device of the model's first tensor, else CPU).
         print_fn: called with each line of the table, e.g. ``print``.
         layout: ``"keras2"`` (classic Keras 2 table) or ``"torch"`` (torchsummary-like).
+        macs: show a ``MACs`` column (multiply-adds per row) and their total.
+        memory: show ``Param bytes``/``Output bytes`` columns and the input, activation,
+            parameter and estimated total sizes.
+        channels_last: show outputs of 3+ dimensions channels-last, as Keras prints them.
 
     Raises:
         TypeError / ValueError: for invalid arguments, naming the argument and the value.
@@ -144,6 +178,9 @@ def summary(
         raise TypeError(f"`model` must be a torch.nn.Module; received: {type(model).__name__} {short(model)}")
     style = _check_choice("style", style, STYLES)
     layout = _check_choice("layout", layout, LAYOUTS)
+    for name, value in (("macs", macs), ("memory", memory), ("channels_last", channels_last)):
+        if not isinstance(value, bool):
+            raise TypeError(f"`{name}` must be True or False; received: {name}={value!r:.80}")
     if print_fn is not None and not callable(print_fn):
         raise TypeError(f"`print_fn` must be a callable taking one string, or None; received: {short(print_fn)}")
     args, kwargs, batch = _inputs(model, input_shape, input_data, batch_size, dtypes, device)
@@ -154,10 +191,14 @@ def summary(
         for name, module in model.named_modules()
         if _owns_state(module) or next(module.children(), None) is None
     ]
-    rows, seen = _rows(modules, _run(model, modules, args, kwargs), style, batch)
-    total = sum(size for size, _ in seen.values())
-    trained = sum(size for size, trains in seen.values() if trains)
-    result = Summary(tuple(rows), total, trained, total - trained, style, model_name, layout)
+    rows, seen = _rows(modules, _run(model, modules, args, kwargs), style, batch, channels_last)
+    total = sum(size for size, _, _ in seen.values())
+    trained = sum(size for size, trains, _ in seen.values() if trains)
+    inputs = sum(tensor_bytes(t) for t in (*args, *kwargs.values()) if isinstance(t, Tensor))
+    result = Summary(tuple(rows), total, trained, total - trained, style, model_name, layout,
+                     macs=sum(row.macs for row in rows), param_bytes=sum(n for _, _, n in seen.values()),
+                     activation_bytes=sum(row.output_bytes for row in rows), input_bytes=inputs,
+                     show_macs=macs, show_memory=memory, channels_last=channels_last)
     if print_fn is not None:
         for line in result.lines():
             print_fn(line)
@@ -165,33 +206,38 @@ def summary(
 
 
 def _rows(
-    modules: list[tuple[str, int, nn.Module]], records: list[tuple[float, int, _Raw]], style: str, batch: int | None
-) -> tuple[list[Row], dict[int, tuple[int, bool]]]:
-    """Rows in first-call order (unused last) and every counted tensor once: id -> (size, trainable)."""
+    modules: list[tuple[str, int, nn.Module]], records: list[_Record], style: str, batch: int | None,
+    channels_last: bool = False,
+) -> tuple[list[Row], dict[int, tuple[int, bool, int]]]:
+    """Rows in first-call order (unused last); every counted tensor once: id -> (size, trainable, bytes)."""
     rows: list[Row] = []
-    seen: dict[int, tuple[int, bool]] = {}
+    seen: dict[int, tuple[int, bool, int]] = {}
     for key in sorted(range(len(modules)), key=lambda i: records[i][0]):  # stable: unused keep their order
         name, depth, module = modules[key]
-        params = trainable = 0
+        params = trainable = size_bytes = 0
         for tensor, trains in _counted(module, style):
             size = 0 if is_lazy(tensor) else tensor.numel()
-            seen[id(tensor)] = (size, trains)
+            nbytes = 0 if is_lazy(tensor) else tensor_bytes(tensor)
+            seen[id(tensor)] = (size, trains, nbytes)
             params, trainable = params + size, trainable + (size if trains else 0)
-        _, calls, shape = records[key]
-        rows.append(Row(name, type(module).__name__, _display_shape(shape, batch), params, trainable, depth, calls))
+            size_bytes += nbytes
+        _, calls, shape, macs, out_bytes = records[key]
+        rows.append(Row(name, type(module).__name__, _display_shape(shape, batch, channels_last), params, trainable,
+                        depth, calls, macs, size_bytes, out_bytes))
     return rows, seen
 
 
 # ---- the forward pass -----------------------------------------------------------------
 _Raw = Union[torch.Size, list[torch.Size], str, None]
+_Record = tuple[float, int, _Raw, int, int]  # first-call order, calls, raw shape, MACs, output bytes
 
 
 def _run(
     model: nn.Module, modules: list[tuple[str, int, nn.Module]], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> list[tuple[float, int, _Raw]]:
-    """Run the model once with hooks; per module: (first-call order, calls, raw shape)."""
+) -> list[_Record]:
+    """Run the model once with hooks; per module: (first-call order, calls, raw shape, MACs, output bytes)."""
     unused = float("inf")
-    records: list[list[Any]] = [[unused, 0, None] for _ in modules]
+    records: list[list[Any]] = [[unused, 0, None, 0, 0] for _ in modules]
     counter = itertools.count()
 
     def pre_hook(key: int, module: nn.Module, inputs: Any) -> None:
@@ -206,6 +252,8 @@ def _run(
         elif record[2] != shape:
             record[2] = "multiple"
         record[1] += 1
+        record[3] += call_macs(module, inputs, output)
+        record[4] += output_bytes(output)
 
     modes = [(module, module.training) for module in model.modules()]
     handles = []
@@ -230,7 +278,7 @@ def _run(
             handle.remove()
         for module, training in modes:
             module.training = training
-    return [(r[0], r[1], r[2]) for r in records]
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in records]
 
 
 def _raw_shape(output: Any) -> _Raw:
@@ -249,7 +297,7 @@ def _raw_shape(output: Any) -> _Raw:
     return shapes
 
 
-def _display_shape(raw: _Raw, batch: int | None) -> OutputShape:
+def _display_shape(raw: _Raw, batch: int | None, channels_last: bool = False) -> OutputShape:
     if raw is None or isinstance(raw, str):
         return raw
 
@@ -257,6 +305,8 @@ def _display_shape(raw: _Raw, batch: int | None) -> OutputShape:
         dims: list[int | None] = list(size)
         if dims and batch is not None and dims[0] == batch:
             dims[0] = None
+        if channels_last and len(dims) >= 3:  # (N, C, *spatial) -> (N, *spatial, C)
+            dims = [dims[0], *dims[2:], dims[1]]
         return tuple(dims)
 
     return one(raw) if isinstance(raw, torch.Size) else [one(s) for s in raw]
@@ -362,50 +412,3 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {choices}; received: {name}={short(value)}")
     return value
-
-
-# ---- layouts --------------------------------------------------------------------------
-def _cells(fields: Sequence[str], positions: Sequence[int]) -> str:
-    """Classic Keras 2 row: each cell cut at its column end, one space before the next."""
-    line = ""
-    for i, (field, end) in enumerate(zip(fields, positions)):
-        if i:
-            line = line[:-1] + " "
-        line = (line + field)[:end]
-        line += " " * (end - len(line))
-    return line
-
-
-def _keras_shape(shape: OutputShape) -> str:
-    return "(unused)" if shape is None else str(shape)
-
-
-def _keras2_lines(s: Summary) -> list[str]:
-    width, pos = _KERAS2_WIDTH, _KERAS2_POSITIONS
-    lines = [f'Model: "{s.model_name}"', "_" * width, _cells(("Layer (type)", "Output Shape", "Param #"), pos),
-             "=" * width]
-    for i, row in enumerate(s.rows):
-        lines.append(_cells((f"{row.name} ({row.type})", _keras_shape(row.output_shape), str(row.params)), pos))
-        lines.append("=" * width if i == len(s.rows) - 1 else "_" * width)
-    return lines + [f"Total params: {s.total:,}", f"Trainable params: {s.trainable:,}",
-                    f"Non-trainable params: {s.non_trainable:,}", "_" * width]
-
-
-def _torch_shape(shape: OutputShape) -> str:
-    if shape is None or isinstance(shape, str):
-        return _keras_shape(shape)
-
-    def one(dims: Shape) -> str:
-        return "[" + ", ".join("-1" if d is None else str(d) for d in dims) + "]"
-
-    return one(shape) if isinstance(shape, tuple) else "[" + ", ".join(one(d) for d in shape) + "]"
-
-
-def _torch_lines(s: Summary) -> list[str]:
-    width, pos = _TORCH_WIDTH, _TORCH_POSITIONS
-    lines = ["=" * width, _cells(("Layer (type)", "Output Shape", "Param #"), pos), "=" * width]
-    for row in s.rows:
-        name = "  " * max(row.depth - 1, 0) + f"{row.name} ({row.type})"
-        lines.append(_cells((name, _torch_shape(row.output_shape), f"{row.params:,}"), pos))
-    return lines + ["=" * width, f"Total params: {s.total:,}", f"Trainable params: {s.trainable:,}",
-                    f"Non-trainable params: {s.non_trainable:,}", "=" * width]

@@ -58,13 +58,16 @@ def new_run_dir(output_dir: str | Path, name: str) -> Path:
 
 def run_experiment(
     config: ExperimentConfig | None = None, *, resume: str | Path | None = None, progress: str = "bar",
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = print, full_summary: bool = False,
 ) -> ExperimentResult:
     """Train every variant x seed of ``config`` in a new run folder (or continue ``resume``).
 
     Writes ``config.json``, ``summary.txt``, ``metrics.jsonl``/``metrics.csv`` (after every
     epoch), ``checkpoints/<variant>-seed<k>.pt``, ``results.txt``/``results.json`` and
-    ``curves.png``.  ``echo`` receives the human-readable report lines.
+    ``curves.png``.  ``echo`` receives the human-readable report lines: the run folder first
+    (with ``progress="json"`` it is a ``{"event": "run"}`` line instead), then with
+    ``progress="bar"`` one line per variant's model (``full_summary``: the whole Keras-style
+    table, which ``summary.txt`` always holds), the results table and the plot's path.
 
     Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) every process calls this:
     it initialises the process group (gloo on CPU, NCCL with ``device="cuda"``), trains with
@@ -102,7 +105,7 @@ def run_experiment(
     started = parallel.start(processes, device)
     try:
         result = _run(config, Path(resume) if resume is not None else None, recorded_world, data, processes,
-                      progress, echo)
+                      progress, echo, full_summary)
     except BaseException:
         parallel.stop(started, wait=False)  # another rank may be gone: waiting for it could hang
         raise
@@ -131,7 +134,8 @@ def _remove_stale_in_runs(output_dir: Path, limit: int = 1000) -> None:
 
 
 def _run(config: ExperimentConfig, run_dir: Path | None, recorded_world: int | None, data: Dataset,
-         processes: parallel.Processes, progress: str, echo: Callable[[str], None]) -> ExperimentResult:
+         processes: parallel.Processes, progress: str, echo: Callable[[str], None],
+         full_summary: bool = False) -> ExperimentResult:
     main = processes.is_main
     if run_dir is None:
         created = new_run_dir(config.output_dir, config.name) if main else None
@@ -141,26 +145,35 @@ def _run(config: ExperimentConfig, run_dir: Path | None, recorded_world: int | N
             atomic_write(run_dir / "config.json",
                          lambda p: p.write_text(json.dumps(record, indent=2), encoding="utf-8"))
     reporter = make_progress(progress) if main else Progress()  # the other ranks stay silent
+    if main:  # first, so that an interrupted run can always be resumed from what was printed
+        if progress == "json":
+            reporter.start(run_dir)
+        else:
+            echo(f"run folder: {run_dir}")
     if main and recorded_world is not None and recorded_world != processes.world_size:
         reporter.message(f"note: {run_dir} was started on {recorded_world} process(es) and continues on "
                          f"{processes.world_size}; the global batches stay the same"
                          + ("" if config.sync_bn else ", but without --sync-bn the BN statistics change"))
     if main:
-        summary_text = _summaries(config, data.input_shape, data.num_classes)
+        short, table = _summaries(config, data.input_shape, data.num_classes)
+        summary_text = f"{table}\n\n{short}\n"
         atomic_write(run_dir / "summary.txt", lambda p: p.write_text(summary_text, encoding="utf-8"))
-        if progress == "bar":
-            echo(summary_text)
+        if full_summary and progress != "json":
+            echo(summary_text.rstrip("\n"))
+        elif progress == "bar":
+            echo(short)
     records = [RunRecord(v.name, seed) for v in config.variants for seed in config.seeds]
     for record in records:
         variant = next(v for v in config.variants if v.name == record.variant)
         train_variant(config, variant, record.seed, data, run_dir, reporter, record,
                       on_epoch=lambda _: write_metrics(run_dir, records), processes=processes)
-    results = summarize(records, config.target_accuracy)
+    momenta = {v.name: v.momentum if v.placement else None for v in config.variants}
+    results = summarize(records, config.target_accuracy, momenta=momenta)
     table = format_table(results, config.target_accuracy)
     plot = run_dir / "curves.png"
     if main:
         write_metrics(run_dir, records)
-        title = f"{config.model} (width {config.width}) on {config.dataset}, {len(config.seeds)} seeds"
+        title = f"{config.model} (width {config.width}) on {config.dataset}, {plural(len(config.seeds), 'seed')}"
         if processes.distributed:
             title += f", {processes.world_size} processes" + (" (sync BN)" if config.sync_bn else "")
         plot = plot_curves(records, plot, title=title)
@@ -173,18 +186,41 @@ def _run(config: ExperimentConfig, run_dir: Path | None, recorded_world: int | N
     return ExperimentResult(run_dir, records, results, table, plot)
 
 
-def _summaries(config: ExperimentConfig, input_shape: tuple[int, int, int], classes: int) -> str:
-    """Keras- and torch-convention parameter counts of every variant's model, side by side."""
+def _summaries(config: ExperimentConfig, input_shape: tuple[int, int, int], classes: int) -> tuple[str, str]:
+    """One line per variant (parameters both ways, where BN goes), and the first BN model's full table."""
     from ..summary import summary
 
-    parts = []
+    lines = ["models (Keras counts moving mean/variance as non-trainable parameters, PyTorch does not; "
+             "--summary prints the full table):"]
+    width = max(len(v.name) for v in config.variants)
+    counted = []
     for variant in config.variants:
         model = build_model(config, variant, input_shape, classes)
         keras = summary(model, input_shape, style="keras")
         torch_style = summary(model, input_shape, style="torch")
-        parts.append(f"variant {variant.name}: Keras convention {keras.total:,} parameters "
-                     f"({keras.non_trainable:,} non-trainable: moving mean/variance); "
-                     f"PyTorch convention {torch_style.total:,} parameters")
+        layers = sum(row.type in _BN_TYPE_NAMES for row in keras.rows)
+        counted.append((variant, f"{keras.total:,}", keras.non_trainable, torch_style.total, layers))
+    digits = max(len(total) for _, total, *_ in counted)
+    for variant, total, non_trainable, torch_total, layers in counted:
+        lines.append(f"  {variant.name:<{width}}  {total:>{digits}} parameters ({non_trainable:,} non-trainable; "
+                     f"PyTorch: {torch_total:,})  {_placement_text(variant, layers)}")
     bn_variant = next((v for v in config.variants if v.placement), config.variants[0])
     table = str(summary(build_model(config, bn_variant, input_shape, classes), input_shape, style="keras"))
-    return f"Model of variant '{bn_variant.name}':\n{table}\n\n" + "\n".join(parts) + "\n"
+    return "\n".join(lines), f"Model of variant '{bn_variant.name}':\n{table}"
+
+
+_BN_TYPE_NAMES = ("BatchNormalization", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm")
+
+
+def _placement_text(variant: Variant, layers: int) -> str:
+    if variant.placement is None:
+        return "no BN"
+    kind = {"renorm": "batch renorm", "ghost": f"ghost BN (virtual batch {variant.virtual_batch_size})"}.get(
+        variant.batch_norm, "BN")
+    where = "after" if variant.placement == "after_activation" else "before"
+    return f"{kind} {where} the activation in {plural(layers, 'layer')}, momentum {variant.momentum}"
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 seed``, ``3 seeds``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

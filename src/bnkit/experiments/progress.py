@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 from .._repr import short
 
@@ -11,6 +12,8 @@ __all__ = ["Progress", "BarProgress", "QuietProgress", "JsonProgress", "make_pro
 
 class Progress:
     """Receives the runner's events; the base class ignores them (quiet mode)."""
+
+    def start(self, run_dir: Path) -> None: ...
 
     def start_epoch(self, variant: str, seed: int, epoch: int, epochs: int, steps: int) -> None: ...
 
@@ -65,6 +68,9 @@ class JsonProgress(QuietProgress):
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream or sys.stdout)
+
+    def start(self, run_dir: Path) -> None:
+        print(json.dumps({"event": "run", "run_dir": str(run_dir)}), file=self.stream, flush=True)
 
     def end_epoch(self, entry: dict[str, Any] | None) -> None:
         if entry is not None:

@@ -25,8 +25,8 @@ from torch.nn import functional as F
 from ..layers import BatchNormalization, Dropout, Flatten, TorchBatchNorm
 
 __all__ = [
-    "ACTIVATION_FUNCTIONS", "BATCH_NORM_TYPES", "FxView", "ModelView", "SequentialView", "Site",
-    "is_activation", "open_view",
+    "ACTIVATION_FUNCTIONS", "BATCH_NORM_TYPES", "FxView", "ModelView", "PASS_THROUGH_TYPES", "SequentialView",
+    "Site", "is_activation", "open_view", "output_route",
 ]
 
 #: Activation module types and the functional forms torch.fx records for them (functions,
@@ -55,6 +55,18 @@ BATCH_NORM_TYPES: tuple[type[nn.Module], ...] = (
     BatchNormalization, TorchBatchNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
 )
 _BNKIT_LEAVES = (BatchNormalization, TorchBatchNorm, Dropout, Flatten)
+
+#: Modules and calls that leave a layer's output its meaning on the way to the model output:
+#: a layer reaching the output only through these is the output layer (surgery leaves it alone).
+PASS_THROUGH_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Flatten, nn.Unflatten, Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.AlphaDropout, nn.FeatureAlphaDropout, Dropout, nn.Softmax, nn.LogSoftmax, nn.Softmax2d, nn.Sigmoid,
+)
+_PASS_THROUGH_CALLS: tuple[Any, ...] = (
+    torch.flatten, torch.reshape, torch.squeeze, F.dropout, F.softmax, F.log_softmax, torch.softmax,
+    torch.log_softmax, torch.sigmoid, F.sigmoid, "flatten", "view", "reshape", "squeeze", "contiguous",
+    "softmax", "log_softmax", "sigmoid",
+)
 
 
 @dataclass(eq=False)
@@ -85,6 +97,32 @@ def is_activation(site: Site | None, types: tuple[type[nn.Module], ...]) -> bool
         return isinstance(site.module, types)
     forms = [f for cls, fs in ACTIVATION_FUNCTIONS.items() if issubclass(cls, types) for f in fs]
     return any(site.target is f or (isinstance(f, str) and site.target == f) for f in forms)
+
+
+def output_route(view: "ModelView", site: Site) -> list[str] | None:
+    """The pass-through sites from ``site`` to the model output, or ``None`` when it feeds anything else.
+
+    ``[]``: ``site``'s output is returned as it is; ``["flatten", "softmax"]``: through those.
+    A site whose output also goes elsewhere still counts when one path reaches the output.
+    """
+    route: list[str] = []
+    frontier, seen = [site], {id(site)}
+    while frontier:
+        current = frontier.pop(0)
+        for user in view.users(current):
+            if user is None:
+                return route
+            if id(user) not in seen and _passes_through(user):
+                seen.add(id(user))
+                route.append(user.name)
+                frontier.append(user)
+    return None
+
+
+def _passes_through(site: Site) -> bool:
+    if site.module is not None:
+        return isinstance(site.module, PASS_THROUGH_TYPES)
+    return any(site.target is f or (isinstance(f, str) and site.target == f) for f in _PASS_THROUGH_CALLS)
 
 
 class ModelView:

@@ -20,7 +20,17 @@ from torch.nn.parameter import UninitializedParameter
 
 from .._repr import short
 from ..layers import BatchNormalization
-from ._graph import ACTIVATION_FUNCTIONS, BATCH_NORM_TYPES, ModelView, Site, is_activation, open_view
+from .._repr import short
+from ._graph import (
+    ACTIVATION_FUNCTIONS,
+    BATCH_NORM_TYPES,
+    PASS_THROUGH_TYPES,
+    ModelView,
+    Site,
+    is_activation,
+    open_view,
+    output_route,
+)
 
 __all__ = ["DEFAULT_ACTIVATION_TYPES", "DEFAULT_LAYER_TYPES", "PLACEMENTS", "InsertReport", "Insertion",
            "insert_batch_norm"]
@@ -59,7 +69,9 @@ class InsertReport:
 
     def __str__(self) -> str:
         how = f"calibrated on {self.calibration_batches} batches" if self.calibration_batches else "freshly initialised"
-        lines = [f"insert_batch_norm: {len(self.insertions)} BatchNormalization layers, "
+        count = len(self.skipped)
+        skipped = f" ({count} layer{'' if count == 1 else 's'} skipped, listed below)" if count else ""
+        lines = [f"insert_batch_norm: {len(self.insertions)} BatchNormalization layers{skipped}, "
                  f"placement={self.placement}, {how}"]
         width = max((len(item.name) for item in self.insertions), default=0)
         for item in self.insertions:
@@ -76,6 +88,8 @@ def insert_batch_norm(
     layer_types: type[nn.Module] | tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
     calibration_data: Iterable[Any] | None = None,
     activation_types: type[nn.Module] | tuple[type[nn.Module], ...] = DEFAULT_ACTIVATION_TYPES,
+    *,
+    include_output: bool = False,
     **bn_kwargs: Any,
 ) -> tuple[nn.Module, InsertReport]:
     """Return a copy of ``model`` with a :class:`~bnkit.BatchNormalization` after each layer.
@@ -87,8 +101,11 @@ def insert_batch_norm(
     or, in traced models, its functional form (``F.relu(x)``, ``torch.relu(x)``,
     ``x.relu()``...) that is the layer's only consumer.  Without one the layer's output goes
     straight into the new BN (``placement="after_layer"`` in the report).  Layers already
-    followed by a batch norm are skipped and listed.  Channels are dimension 1: NC... conv
-    outputs and ``(N, features)`` linear outputs.
+    followed by a batch norm are skipped and listed.  So is the output layer (the logits, or
+    any layer whose output is the model's output, directly or only through flatten, reshape,
+    dropout, identity, softmax/log-softmax or sigmoid): a batch norm there would normalise
+    the predictions themselves, which nobody wants by default (``include_output=True`` adds
+    it).  Channels are dimension 1: NC... conv outputs and ``(N, features)`` linear outputs.
 
     ``nn.Sequential`` models (nested ones too) keep their type and names; any other model is
     traced with torch.fx and returned as a ``GraphModule`` of the same class name, whose
@@ -104,11 +121,13 @@ def insert_batch_norm(
             gradients, one pass per batch; each new layer is initialised from the pooled
             per-channel moments so that inference outputs are unchanged.
         activation_types: module types that count as activations.
+        include_output: also normalise the output layer (skipped and listed by default).
         **bn_kwargs: Keras arguments for every new layer (``momentum``, ``epsilon``...).
 
     Returns:
         ``(new_model, report)``.  New layers take the device, dtype and train/eval mode of
-        the layer they follow.
+        the layer they follow.  When every layer is skipped the model is an unchanged copy
+        and the report says why.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module; received: {type(model).__name__}")
@@ -116,17 +135,17 @@ def insert_batch_norm(
         raise ValueError(f"`placement` must be one of {PLACEMENTS}; received: placement={short(placement)}")
     layer_types = _check_types("layer_types", layer_types)
     activation_types = _check_types("activation_types", activation_types)
+    if not isinstance(include_output, bool):
+        raise TypeError(f"`include_output` must be True or False; received: include_output={short(include_output)}")
     _check_bn_kwargs(bn_kwargs, calibration_data)
 
     work = copy.deepcopy(model)
-    view = open_view(work, layer_types + activation_types + BATCH_NORM_TYPES, layer_types)
-    points, skipped = _plan(view, placement, layer_types, activation_types)
-    if not points:
-        found = f"; skipped: {dict(skipped)}" if skipped else ""
+    view = open_view(work, layer_types + activation_types + BATCH_NORM_TYPES + PASS_THROUGH_TYPES, layer_types)
+    points, skipped = _plan(view, placement, layer_types, activation_types, include_output)
+    if not points and not skipped:
         raise ValueError(
             f"No layer to add batch normalization to: expected modules of `layer_types` "
-            f"{[t.__name__ for t in layer_types]} in {type(model).__name__}; received a model "
-            f"without any{found}"
+            f"{[t.__name__ for t in layer_types]} in {type(model).__name__}; received a model without any"
         )
     batches = 0
     if calibration_data is None:
@@ -156,12 +175,18 @@ class _Point:
 
 def _plan(
     view: ModelView, placement: str, layer_types: tuple[type[nn.Module], ...],
-    activation_types: tuple[type[nn.Module], ...],
+    activation_types: tuple[type[nn.Module], ...], include_output: bool = False,
 ) -> tuple[list[_Point], list[tuple[str, str]]]:
     points: list[_Point] = []
     skipped: list[tuple[str, str]] = []
     for site in list(view.sites):
         if site.module is None or not isinstance(site.module, layer_types):
+            continue
+        route = None if include_output else output_route(view, site)
+        if route is not None:
+            via = f" through {', '.join(route)}" if route else ""
+            skipped.append((site.name, f"output layer: its output is the model's output{via} "
+                                       "(include_output=True normalises it too)"))
             continue
         users = view.users(site)
         act = users[0] if len(users) == 1 and is_activation(users[0], activation_types) else None
