@@ -20,7 +20,6 @@ from torch.nn.parameter import UninitializedParameter
 
 from .._repr import short
 from ..layers import BatchNormalization
-from .._repr import short
 from ._graph import (
     ACTIVATION_FUNCTIONS,
     BATCH_NORM_TYPES,
