@@ -128,3 +128,77 @@ def test_layer_names_with_slashes_and_dots(built: Any, flavour: str, suffix: str
     fresh = bk.build_from_config(model.keras_config)  # load_weights pairs the Keras names too
     assert bk.load_weights(fresh, _file(built, flavour, "odd_names", suffix)).ok
     _assert_close(fresh.eval()(*xs), ys)
+
+
+# ---- c. nested models and shared layers ------------------------------------------------------------
+@pytest.mark.parametrize("suffix", FORMATS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("recipe", ["nested_models", "shared_layers"])
+def test_nested_models_and_shared_layers(built: Any, recipe: str, flavour: str, suffix: str) -> None:
+    model = bk.load_model(_file(built, flavour, recipe, suffix))
+    xs, ys = _reference(built, flavour, recipe)
+    _assert_close(model(*xs), ys)
+    layers = model.keras_config["config"]["layers"]
+    assert not {"Sequential", "Functional", "Model"} & {layer["class_name"] for layer in layers}  # flattened
+    if recipe == "shared_layers":
+        calls = {layer["name"]: len(layer["inbound_nodes"]) for layer in layers}
+        assert calls["shared_conv"] == 3 and calls["shared_fc"] == 2 and calls["tower_conv"] == 2
+        assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == 2  # one module per shared layer
+    else:  # the stem's `conv` and the outer `conv` are two layers
+        assert model.keras_origins["conv"][:2] == (("body", "middle", "stem"), "conv")
+        outer = next(name for name, origin in model.keras_origins.items() if origin[0] == () and origin[1] == "conv")
+        assert outer != "conv" and model.keras_layer(outer).out_channels == 2
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_nested_weights_files_into_the_flat_model(built: Any, flavour: str, tmp_path: Path) -> None:
+    """load_weights reads the nested layouts (.h5 groups per outer layer, .keras paths) too."""
+    model = bk.load_model(_file(built, flavour, "nested_models", "keras"))
+    xs, ys = _reference(built, flavour, "nested_models")
+    for suffix in FORMATS:
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                tensor.fill_(0.5)
+        report = bk.load_weights(model, _file(built, flavour, "nested_models", suffix))
+        assert report.ok and len(report.loaded) == 7  # conv, bn, block_conv, block_bn, squeeze, outer conv, fc
+        _assert_close(model(*xs), ys)
+
+
+# ---- Keras reads what bnkit writes back --------------------------------------------------------------
+RESAVED = [(flavour, recipe, suffix) for flavour in FLAVOURS
+           for recipe in ("odd_names", "nested_models", "shared_layers") for suffix in FORMATS]
+
+
+@pytest.fixture(scope="module")
+def resaved(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
+    """bnkit loads each oracle file and saves it in both formats; Keras loads those and predicts."""
+    work, _ = built
+    tasks: dict[str, list[dict[str, Any]]] = {flavour: [] for flavour in FLAVOURS}
+    for flavour, recipe, suffix in RESAVED:
+        model = bk.load_model(_file(built, flavour, recipe, suffix))
+        for out in FORMATS:
+            name = f"back_{flavour}_{recipe}_{suffix}_{out}"
+            bk.save_model(model, work / f"{name}.{out}")
+            readers = ("tf_keras",) if (flavour, recipe) == ("tf_keras", "odd_names") else FLAVOURS  # '/' names
+            for reader in readers:
+                task = {"kind": "predict_many", "name": f"{name}_{reader}", "file": str(work / f"{name}.{out}"),
+                        "x": str(work / f"{flavour}_{recipe}_ref.npz")}
+                tasks[reader].append(task)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(oracle, "JOBS", GRAPH_JOBS)
+        return work, oracle.run_jobs(work, tasks, "resaved")
+
+
+@pytest.mark.parametrize("flavour, recipe, suffix", RESAVED)
+def test_keras_loads_the_flat_graphs_bnkit_writes(built: Any, resaved: Any, flavour: str, recipe: str,
+                                                  suffix: str) -> None:
+    work, results = resaved
+    _, ys = _reference(built, flavour, recipe)
+    readers = ("tf_keras",) if (flavour, recipe) == ("tf_keras", "odd_names") else FLAVOURS
+    for out in FORMATS:
+        for reader in readers:
+            name = f"back_{flavour}_{recipe}_{suffix}_{out}_{reader}"
+            require_ok(results, reader, name)
+            with np.load(work / f"{name}_pred.npz") as data:
+                received = tuple(torch.from_numpy(data[f"y{i}"]) for i in range(len(data.files)))
+            _assert_close(received, ys)

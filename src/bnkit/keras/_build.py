@@ -78,6 +78,7 @@ class Plan(NamedTuple):
     notes: list[str]
     classes: dict[str, str]
     names: dict[str, str]
+    origins: dict[str, tuple[tuple[str, ...], str, str]]
 
     def elements(self) -> int:
         return sum(math.prod(shape) for layer in self.weight_shapes.values() for shape in layer.values())
@@ -85,7 +86,8 @@ class Plan(NamedTuple):
     def create(self) -> KerasModel:
         layers = {name: factory() for name, factory in self.factories.items()}
         return KerasModel(self.name, layers, self.steps, self.inputs, self.input_ranks, self.outputs,
-                          self.slots, self.config, self.weight_shapes, self.notes, self.classes, self.names)
+                          self.slots, self.config, self.weight_shapes, self.notes, self.classes, self.names,
+                          self.origins)
 
 
 class Builder:
@@ -106,6 +108,7 @@ class Builder:
         self.keys = module_keys([layer.name for layer in spec.layers])
         self.reserved = {layer.name for layer in spec.layers} | set(self.keys.values())
         self.layer: LayerSpec | None = None
+        self.call = 0  # which call of the layer is planned (a shared layer has several)
 
     # ---- errors and notes ------------------------------------------------------------
     def error(self, problem: str, expected: str, received: object) -> KerasFormatError:
@@ -152,7 +155,9 @@ class Builder:
         """Register module ``name`` (a layer's Keras name, stored under its module key, or an
         :meth:`aux_name`) and a step calling it on ``slots``; returns the output slot."""
         name = self.keys.get(name, name)
-        self.factories[name] = factory
+        repeated = self.call > 0 and self.layer is not None and name == self.keys.get(self.layer.name)
+        if not repeated:  # a shared layer's later calls reuse its module
+            self.factories[name] = factory
         out = self.new_slot()
         self.steps.append(Step("module", name, tuple(slots), out, many=many))
         return out

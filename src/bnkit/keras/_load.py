@@ -9,7 +9,7 @@ from typing import Any
 
 from ..layers import BatchNormalization
 from ._archive import is_keras_archive, read_archive_json
-from ._config import parse_model_config
+from ._graph import parse_model_config
 from ._h5 import open_h5, read_json_attr, translating
 from ._model import KerasModel
 from ._plan import plan_model
@@ -65,7 +65,8 @@ def load_model(path: str | os.PathLike[str]) -> KerasModel:
     config = read_model_config(source)
     spec = parse_model_config(config, source)
     plan = plan_model(spec, config, init=False, source=source)
-    with open_weights(source, {layer.name for layer in spec.layers}) as (layout, stored):
+    names = {layer.name for layer in spec.layers} | {layer.keras_name for layer in spec.layers if layer.keras_name}
+    with open_weights(source, names) as (layout, stored):
         available = sum(int(ds.size) for layer in stored for ds in layer.datasets)
         if plan.elements() > available:
             raise KerasFormatError(

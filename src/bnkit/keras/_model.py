@@ -41,12 +41,16 @@ class KerasModel(nn.Module):
     Layers live under module keys: their Keras names, except that names torch cannot use as
     keys (``conv1/conv``, ``head.fc``) get a safe key (``conv1_conv``); ``keras_names`` maps
     each layer's key to its Keras name, and :meth:`keras_layer` finds a layer by Keras name.
+    Nested models are expanded into one flat graph (a layer whose name is taken gets one
+    qualified by its nested models); ``keras_origins`` maps each flat layer with weights to
+    ``(nested models, Keras name, .keras weight path)`` in the file it was read from.
     """
 
     def __init__(self, name: str, layers: dict[str, nn.Module], steps: list[Step], inputs: list[int],
                  input_ranks: list[int], outputs: list[int], slots: int, keras_config: dict[str, Any],
                  keras_weight_shapes: dict[str, dict[str, tuple[int, ...]]], keras_notes: list[str],
-                 keras_classes: dict[str, str] | None = None, keras_names: dict[str, str] | None = None) -> None:
+                 keras_classes: dict[str, str] | None = None, keras_names: dict[str, str] | None = None,
+                 keras_origins: dict[str, tuple[tuple[str, ...], str, str]] | None = None) -> None:
         super().__init__()
         self.name = name
         self.layers = nn.ModuleDict(layers)
@@ -60,6 +64,7 @@ class KerasModel(nn.Module):
         self.keras_notes = list(keras_notes)
         self.keras_classes = dict(keras_classes or {})
         self.keras_names = dict(keras_names or {})
+        self.keras_origins = dict(keras_origins or {})
 
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         if len(inputs) != len(self.input_slots):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._build import MAX_BUILD_ELEMENTS, Builder, Info, Plan, identity
-from ._config import ModelSpec
+from ._config import ModelSpec, TensorId
 from ._table import SUPPORTED_LAYERS, TABLE
 from .errors import KerasFormatError, UnsupportedLayerError
 
@@ -37,36 +37,43 @@ def check_supported(spec: ModelSpec, source: object) -> None:
 
 
 def plan_model(spec: ModelSpec, config: dict[str, Any], init: bool, source: object) -> Plan:
-    """Plan a KerasModel for ``spec``; ``config`` is rewritten into bnkit's dialect."""
+    """Plan a KerasModel for ``spec``; the config written back is the flat graph in bnkit's
+    dialect (nested models expanded, shared layers with one inbound node per call)."""
     check_supported(spec, source)
     builder = Builder(spec, init, source)
-    infos: dict[str, Info] = {}
-    canonical: list[dict[str, Any]] = []
+    layers = {layer.name: layer for layer in spec.layers}
+    infos: dict[TensorId, Info] = {}
+    canonical: dict[str, dict[str, Any]] = {}
     classes: dict[str, str] = {}
-    for layer in spec.layers:
-        builder.layer = layer
+    for name, call in spec.order:
+        layer = layers[name]
+        builder.layer, builder.call = layer, call
         entry = TABLE[layer.class_name]
-        arguments = [infos[ref] for ref in layer.inbound]
-        infos[layer.name], layer_config = entry.plan(builder, layer, arguments)
+        arguments = [infos[tensor] for tensor in layer.calls[call]]
+        infos[(name, call, 0)], layer_config = entry.plan(builder, layer, arguments)
+        if call:
+            continue
         if entry.weights:
-            classes[layer.name] = entry.keras_class
-        canonical.append({"module": "keras.layers", "class_name": entry.keras_class, "config": layer_config,
-                          "registered_name": None, "name": layer.name,
-                          "inbound_nodes": [[[ref, 0, 0, {}] for ref in layer.inbound]] if layer.inbound else []})
+            classes[name] = entry.keras_class
+        nodes = [[[ref, node, tensor, {}] for ref, node, tensor in inputs] for inputs in layer.calls if inputs]
+        canonical[name] = {"module": "keras.layers", "class_name": entry.keras_class, "config": layer_config,
+                           "registered_name": None, "name": name, "inbound_nodes": nodes}
     builder.layer = None
-    inputs = [infos[name].slot for name in spec.inputs]
-    ranks = [len(infos[name].shape) for name in spec.inputs]
-    outputs = [builder.take(infos[name], identity(len(infos[name].shape))) for name in spec.outputs]
+    inputs = [infos[(name, 0, 0)].slot for name in spec.inputs]
+    ranks = [len(infos[(name, 0, 0)].shape) for name in spec.inputs]
+    outputs = [builder.take(infos[tensor], identity(len(infos[tensor].shape))) for tensor in spec.outputs]
     _add_releases(builder, set(inputs) | set(outputs))
     model_config = {
         "module": "keras", "class_name": "Model", "registered_name": None,
-        "config": {"name": spec.name, "trainable": True, "layers": canonical,
+        "config": {"name": spec.name, "trainable": True, "layers": list(canonical.values()),
                    "input_layers": [[name, 0, 0] for name in spec.inputs],
-                   "output_layers": [[name, 0, 0] for name in spec.outputs]},
+                   "output_layers": [list(tensor) for tensor in spec.outputs]},
     }
+    origins = {layer.name: (layer.scope, layer.keras_name or layer.name, layer.v3_path) for layer in spec.layers
+               if layer.name in classes}
     plan = Plan(spec.name, builder.factories, builder.steps, inputs, ranks, outputs, builder.slots,
                 model_config, builder.weight_shapes, builder.notes, classes,
-                {key: name for name, key in builder.keys.items() if key in builder.factories})
+                {key: name for name, key in builder.keys.items() if key in builder.factories}, origins)
     if init and plan.elements() > MAX_BUILD_ELEMENTS:
         raise KerasFormatError(
             f"{source}: the config declares {plan.elements():,} weight values; expected at most "
