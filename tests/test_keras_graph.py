@@ -26,7 +26,7 @@ pytestmark = pytest.mark.oracle
 
 FLAVOURS = ("tf_keras", "keras3")
 FORMATS = ("h5", "keras")
-RECIPES = ("blocked", "odd_names", "nested_models", "shared_layers", "plain_cnn")
+RECIPES = ("blocked", "odd_names", "nested_models", "shared_layers", "plain_cnn", "channels_first")
 TOLERANCE = 1e-5
 GRAPH_JOBS = Path(oracle.__file__).resolve().parent / "graph_jobs.py"
 
@@ -166,7 +166,7 @@ def test_nested_weights_files_into_the_flat_model(built: Any, flavour: str, tmp_
 
 # ---- Keras reads what bnkit writes back --------------------------------------------------------------
 RESAVED = [(flavour, recipe, suffix) for flavour in FLAVOURS
-           for recipe in ("odd_names", "nested_models", "shared_layers") for suffix in FORMATS]
+           for recipe in ("odd_names", "nested_models", "shared_layers", "plain_cnn") for suffix in FORMATS]
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +174,9 @@ def resaved(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
     """bnkit loads each oracle file and saves it in both formats; Keras loads those and predicts."""
     work, _ = built
     tasks: dict[str, list[dict[str, Any]]] = {flavour: [] for flavour in FLAVOURS}
-    for flavour, recipe, suffix in RESAVED:
-        model = bk.load_model(_file(built, flavour, recipe, suffix))
+    for flavour, recipe, suffix in RESAVED:  # plain_cnn: written from its NCHW-interface model
+        layout = "channels_first" if recipe == "plain_cnn" else None
+        model = bk.load_model(_file(built, flavour, recipe, suffix), data_format=layout)
         for out in FORMATS:
             name = f"back_{flavour}_{recipe}_{suffix}_{out}"
             bk.save_model(model, work / f"{name}.{out}")
@@ -202,3 +203,69 @@ def test_keras_loads_the_flat_graphs_bnkit_writes(built: Any, resaved: Any, flav
             with np.load(work / f"{name}_pred.npz") as data:
                 received = tuple(torch.from_numpy(data[f"y{i}"]) for i in range(len(data.files)))
             _assert_close(received, ys)
+
+
+# ---- d. channel layout ---------------------------------------------------------------------------------
+def _permutes(model: bk.KerasModel) -> int:
+    return sum(step.op == "permute" for step in model.steps)
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_channels_first_interface_runs_without_permutes(built: Any, flavour: str, suffix: str) -> None:
+    path = _file(built, flavour, "plain_cnn", suffix)
+    (x,), (fmap, logits) = _reference(built, flavour, "plain_cnn")
+    default = bk.load_model(path)
+    assert default.data_format == "channels_last" and _permutes(default) == 2  # the input and the image output
+    _assert_close(default(x), [fmap, logits])
+    model = bk.load_model(path, data_format="channels_first")
+    assert model.data_format == "channels_first" and model.keras_data_format == "channels_last"
+    assert _permutes(model) == 0
+    assert model.input_shapes == [(None, 3, 12, 10)] and model.keras_input_shapes == [(None, 12, 10, 3)]
+    _assert_close(model(x.permute(0, 3, 1, 2)), [fmap.transpose(0, 3, 1, 2), logits])
+    with pytest.raises(ValueError, match="rank 4 in the channels_first layout"):
+        model(x[0])
+    fresh = bk.build_from_config(model.keras_config, data_format="channels_first")
+    fresh.load_state_dict(default.state_dict())
+    assert _permutes(fresh) == 0
+    _assert_close(fresh.eval()(x.permute(0, 3, 1, 2)), [fmap.transpose(0, 3, 1, 2), logits])
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_channels_last_interface_of_a_channels_first_model(built: Any, flavour: str) -> None:
+    path = _file(built, flavour, "channels_first", "h5")
+    (x,), ys = _reference(built, flavour, "channels_first")
+    default = bk.load_model(path)
+    assert default.keras_data_format == default.data_format == "channels_first" and _permutes(default) == 0
+    _assert_close(default(x), ys)
+    model = bk.load_model(path, data_format="channels_last")
+    assert model.input_shapes == [(None, 12, 12, 3)]
+    _assert_close(model(x.permute(0, 2, 3, 1)), ys)
+
+
+def test_data_format_is_checked() -> None:
+    config = bk.read_model_config(Path(oracle.__file__).resolve().parent / "small_tf_keras.h5")
+    with pytest.raises(ValueError, match="`data_format` must be None, 'channels_last' or 'channels_first'.*NHWC"):
+        bk.build_from_config(config, data_format="NHWC")
+    with pytest.raises(ValueError, match="`data_format`.*received: data_format=3"):
+        bk.load_model("missing.h5", data_format=3)  # type: ignore[arg-type]
+
+
+def test_convert_writes_a_channels_first_checkpoint(built: Any, tmp_path: Path) -> None:
+    import argparse
+
+    from bnkit.keras.cli import add_convert_parser, load_checkpoint_model
+
+    parser = argparse.ArgumentParser(prog="bnkit")
+    add_convert_parser(parser.add_subparsers(dest="command", required=True))
+    source = _file(built, "tf_keras", "plain_cnn", "keras")
+    args = parser.parse_args(["convert", str(source), str(tmp_path / "cnn.pt"), "--data-format", "channels_first"])
+    assert args.run(args) == 0
+    model, architecture = load_checkpoint_model(tmp_path / "cnn.pt")
+    assert architecture["data_format"] == "channels_first" and _permutes(model) == 0
+    (x,), (fmap, logits) = _reference(built, "tf_keras", "plain_cnn")
+    _assert_close(model.eval()(x.permute(0, 3, 1, 2)), [fmap.transpose(0, 3, 1, 2), logits])
+    args = parser.parse_args(["convert", str(tmp_path / "cnn.pt"), str(tmp_path / "x.keras"), "--data-format",
+                              "channels_first"])
+    with pytest.raises(ValueError, match="--data-format sets the interface"):
+        args.run(args)

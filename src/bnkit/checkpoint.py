@@ -32,7 +32,8 @@ def build(architecture: dict[str, Any]) -> nn.Module:
     if name == "keras":  # written by `bnkit convert`: the Keras config itself, as data
         from .keras import build_from_config
 
-        model: nn.Module = build_from_config(architecture["config"])
+        model: nn.Module = build_from_config(architecture["config"],
+                                             data_format=architecture.get("data_format"))
     elif name in builders:
         model = builders[name](**architecture.get("kwargs", {}))
     else:

@@ -124,7 +124,8 @@ def _predict(task: dict[str, Any], work: Path) -> None:
     np.savez(work / f"{task['name']}_pred.npz", **{f"y{i}": np.asarray(y) for i, y in enumerate(ys)})
 
 
-RECIPES = {f.__name__: f for f in (blocked, odd_names, nested_models, shared_layers, plain_cnn)}
+RECIPES = {f.__name__: f for f in (blocked, odd_names, nested_models, shared_layers, plain_cnn,
+                                   keras_jobs.channels_first)}
 keras_jobs.TASKS.update(graph=_build, predict_many=_predict)
 
 if __name__ == "__main__":

@@ -79,6 +79,8 @@ class Plan(NamedTuple):
     classes: dict[str, str]
     names: dict[str, str]
     origins: dict[str, tuple[tuple[str, ...], str, str]]
+    data_format: str
+    keras_data_format: str
 
     def elements(self) -> int:
         return sum(math.prod(shape) for layer in self.weight_shapes.values() for shape in layer.values())
@@ -87,7 +89,7 @@ class Plan(NamedTuple):
         layers = {name: factory() for name, factory in self.factories.items()}
         return KerasModel(self.name, layers, self.steps, self.inputs, self.input_ranks, self.outputs,
                           self.slots, self.config, self.weight_shapes, self.notes, self.classes, self.names,
-                          self.origins)
+                          self.origins, self.data_format, self.keras_data_format)
 
 
 class Builder:
