@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup setup-dev demo test test-fast bench clean
+.PHONY: setup setup-dev demo docs test test-fast bench clean
 
 $(VENV)/.base: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ $(VENV)/.dev: $(VENV)/.base
 	$(PIP) --no-deps tf-keras==2.21.0
 	touch $@
 
+# The site needs only mkdocs (pinned in constraints.txt), not torch.
+$(VENV)/.docs: constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) mkdocs mkdocs-material
+	touch $@
+
 setup: $(VENV)/.base
 
 setup-dev: $(VENV)/.dev
@@ -29,6 +35,11 @@ setup-dev: $(VENV)/.dev
 ## The main job: train a narrow VGG16 on the digits without BN, with BN before and after the activation.
 demo: $(VENV)/.experiments
 	$(VENV)/bin/bnkit demo
+
+## Build the documentation site (docs/ -> build/site, offline) and serve it on http://127.0.0.1:8000.
+docs: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 ## Run the whole test suite, oracle tests against tf_keras 2.21 / Keras 3.15.1 included.
 test: setup-dev

@@ -11,6 +11,7 @@ from numbers import Real
 from typing import Any
 
 from torch import Tensor
+from ._repr import short
 
 
 def is_int(value: Any) -> bool:
@@ -25,14 +26,14 @@ def check_axis(axis: Any) -> int | tuple[int, ...]:
         return int(axis)
     raise TypeError(
         "Expected an int or a list/tuple of ints for the argument 'axis', "
-        f"but received: {axis!r}"
+        f"but received: {short(axis)}"
     )
 
 
 def check_fraction(name: str, value: Any) -> float:
     """A number in [0, 1] (momentum-like arguments)."""
     if not isinstance(value, Real) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"`{name}` must be a number between 0 and 1; received: {name}={value!r}")
+        raise ValueError(f"`{name}` must be a number between 0 and 1; received: {name}={short(value)}")
     return float(value)
 
 
@@ -43,13 +44,13 @@ def check_positive(name: str, value: Any, kind: type = float) -> Any:
         ok = ok and is_int(value)
     if not ok or (kind is float and not math.isfinite(float(value))):
         expected = "a positive integer" if kind is int else "a positive finite number"
-        raise ValueError(f"`{name}` must be {expected}; received: {name}={value!r}")
+        raise ValueError(f"`{name}` must be {expected}; received: {name}={short(value)}")
     return kind(value)
 
 
 def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be True or False; received: {name}={value!r}")
+        raise TypeError(f"`{name}` must be True or False; received: {name}={short(value)}")
     return value
 
 

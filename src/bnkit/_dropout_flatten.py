@@ -6,6 +6,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ._repr import short
+
 __all__ = ["dropout", "flatten", "check_rate", "check_data_format"]
 
 
@@ -70,7 +72,7 @@ def flatten(x: Tensor, data_format: str = "channels_last") -> Tensor:
 def check_rate(rate: object) -> float:
     """Validate a dropout rate (a real number in [0, 1])."""
     if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
-        raise ValueError(f"Invalid value {rate!r} received for `rate`, expected a value between 0 and 1.")
+        raise ValueError(f"Invalid value {short(rate)} received for `rate`, expected a value between 0 and 1.")
     return float(rate)
 
 
@@ -79,6 +81,6 @@ def check_data_format(data_format: object) -> str:
     if data_format not in ("channels_first", "channels_last"):
         raise ValueError(
             'The `data_format` argument must be one of "channels_first", "channels_last". '
-            f"Received: {data_format!r}"
+            f"Received: {short(data_format)}"
         )
     return data_format  # type: ignore[return-value]

@@ -19,6 +19,7 @@ import math
 import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, NoReturn, TypeVar, cast
+from ._repr import short
 
 _KERAS_MODULE_PREFIXES = ("keras.", "tf_keras.", "tensorflow.")
 _DICT_KEYS = frozenset({"class_name", "config", "module", "registered_name"})
@@ -59,8 +60,8 @@ class UserCallable:
     def _fail(self, result: Any, expected: str) -> NoReturn:
         """Raise a ValueError saying the callable returned ``result`` instead of ``expected``."""
         shape = getattr(result, "shape", None)
-        got = f"{type(result).__name__} of shape {tuple(shape)}" if shape is not None else repr(result)[:200]
-        raise ValueError(f"Invalid result of the user callable {self.fn!r}: expected {expected}; received: {got}.")
+        got = f"{type(result).__name__} of shape {tuple(shape)}" if shape is not None else short(result, 200)
+        raise ValueError(f"Invalid result of the user callable {short(self.fn)}: expected {expected}; received: {got}.")
 
 
 def check_number(value: Any, name: str, *, non_negative: bool = False) -> float:
@@ -68,7 +69,7 @@ def check_number(value: Any, name: str, *, non_negative: bool = False) -> float:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (non_negative and value < 0):
         expected = "a finite non-negative number" if non_negative else "a finite number"
-        raise ValueError(f"Invalid `{name}`: expected {expected}; received: {name}={value!r}.")
+        raise ValueError(f"Invalid `{name}`: expected {expected}; received: {name}={short(value)}.")
     return cast(float, value)  # returned unchanged: an int stays an int in the config
 
 
@@ -121,7 +122,7 @@ class Registry(Generic[T]):
         raise TypeError(
             f"Invalid type for `{arg_name}`: expected a {self.kind} name (str), a Keras config dict "
             f"({{'class_name': ..., 'config': ...}}), a bnkit {self.base.__name__} or a callable; "
-            f"received: {identifier!r} (of type {type(identifier).__name__})."
+            f"received: {short(identifier)} (of type {type(identifier).__name__})."
         )
 
     def build(self, name: str, config: Mapping[str, Any], arg_name: str = "identifier") -> T:
@@ -130,8 +131,8 @@ class Registry(Generic[T]):
         if factory is None:
             names = ", ".join(repr(n) for n in self.display_names)
             raise ValueError(
-                f"Unknown {self.kind} for `{arg_name}`: {name!r}. Expected one of: {names} "
-                f"(or the matching class name); received: {name!r}."
+                f"Unknown {self.kind} for `{arg_name}`: {short(name)}. Expected one of: {names} "
+                f"(or the matching class name); received: {short(name)}."
             )
         kwargs = {key: value for key, value in config.items() if key not in self.ignored_config_keys}
         accepted = [
@@ -143,7 +144,7 @@ class Registry(Generic[T]):
         if unexpected:
             raise ValueError(
                 f"Invalid config for {self.kind} {name!r} in `{arg_name}`: unknown key(s) {unexpected}. "
-                f"Expected keys among: {accepted}; received: {dict(config)!r}."
+                f"Expected keys among: {accepted}; received: {short(dict(config))}."
             )
         return factory(**kwargs)
 
@@ -156,7 +157,7 @@ class Registry(Generic[T]):
             raise ValueError(
                 f"Invalid Keras config dict for `{arg_name}`: expected {{'class_name': str, "
                 f"'config': dict}} (optionally with 'module' and 'registered_name'); "
-                f"received: {dict(identifier)!r}."
+                f"received: {short(dict(identifier))}."
             )
         return self.build(name, config, arg_name)
 
@@ -167,7 +168,7 @@ class Registry(Generic[T]):
         if not isinstance(obj, self.base) or type(obj).__name__ not in self.factories:
             raise TypeError(
                 f"Cannot serialize {self.kind}: expected a built-in {self.base.__name__} "
-                f"(user callables have no Keras config); received: {obj!r}."
+                f"(user callables have no Keras config); received: {short(obj)}."
             )
         return {
             "module": self.module,

@@ -24,19 +24,27 @@ class _Bounded(reprlib.Repr):
         self.maxother = min(limit, 80)
 
     def repr_instance(self, obj: Any, level: int) -> str:
-        # Objects of other types: their own repr, computed only for a few known-safe kinds.
-        try:
-            import numpy as np
-            import torch
+        # Other types: their own repr only for kinds whose repr is short and cannot recurse
+        # into received data; anything else (user classes, modules, containers subclasses)
+        # is shown by type, since its __repr__ may be slow, huge or hostile.
+        kind = type(obj)
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        if name in _SHAPED:
+            shape = tuple(getattr(obj, "shape", ()))
+            return f"{_SHAPED[name]}(shape={shape}, dtype={obj.dtype})"
+        if name in _SAFE or kind.__module__ in ("pathlib", "enum", "numpy.dtypes") or kind in (int, float, complex, type):
+            text = reprlib.builtins.repr(obj)  # type: ignore[attr-defined]
+            return text if len(text) <= self.maxother else text[: self.maxother - 3] + "..."
+        if callable(obj) and hasattr(obj, "__qualname__"):
+            return f"<{kind.__name__} {getattr(obj, '__qualname__', '?')[:60]}>"
+        return f"<{kind.__name__} object>"
 
-            if isinstance(obj, torch.Tensor):
-                return f"tensor(shape={tuple(obj.shape)}, dtype={obj.dtype})"
-            if isinstance(obj, np.ndarray):
-                return f"array(shape={obj.shape}, dtype={obj.dtype})"
-        except ImportError:  # pragma: no cover - numpy and torch are dependencies
-            pass
-        text = reprlib.Repr.repr_instance(self, obj, level)
-        return text
+
+_SHAPED = {"torch.Tensor": "tensor", "torch.nn.parameter.Parameter": "tensor", "numpy.ndarray": "array"}
+_SAFE = {"torch.dtype", "torch.device", "torch.Size", "numpy.dtype", "numpy.float16", "numpy.float32",
+         "numpy.float64", "numpy.int8", "numpy.int16", "numpy.int32", "numpy.int64", "numpy.uint8",
+         "numpy.bool", "numpy.bool_", "numpy.str_", "numpy.bytes_", "builtins.NoneType", "builtins.bool",
+         "builtins.ellipsis", "builtins.range", "builtins.slice", "fractions.Fraction", "decimal.Decimal"}
 
 
 def short(value: Any, limit: int = 120) -> str:

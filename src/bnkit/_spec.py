@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 
+from ._repr import short
 from ._check import check_axis, check_bool, check_fraction, check_positive
 from ._kernels import normalize_axes
 
@@ -47,7 +48,7 @@ class Clipping(NamedTuple):
         if clipping is None:
             return cls()
         if not isinstance(clipping, Mapping):
-            raise TypeError(f"`renorm_clipping` must be a dict or None; received: {clipping!r}")
+            raise TypeError(f"`renorm_clipping` must be a dict or None; received: {short(clipping)}")
         unknown = set(clipping) - set(cls._fields)
         if unknown:
             raise ValueError(
@@ -59,9 +60,9 @@ class Clipping(NamedTuple):
             if value is None:
                 continue
             if not isinstance(value, Real) or isinstance(value, bool):
-                raise TypeError(f"`renorm_clipping[{key!r}]` must be a number or None; received: {value!r}")
+                raise TypeError(f"`renorm_clipping[{short(key)}]` must be a number or None; received: {short(value)}")
             if math.isnan(value):
-                raise ValueError(f"`renorm_clipping[{key!r}]` must be a number, not NaN; received: {value!r}")
+                raise ValueError(f"`renorm_clipping[{short(key)}]` must be a number, not NaN; received: {short(value)}")
             values[key] = value if isinstance(value, (int, float)) and not isinstance(value, bool) else float(value)
         bounds = cls(**values)
         if bounds.rmin is not None and bounds.rmax is not None and bounds.rmax < bounds.rmin:
@@ -142,19 +143,19 @@ class BNSpec:
             vbs = check_positive("virtual_batch_size", vbs, int)
         adjustment, synchronized = a["adjustment"], check_bool("synchronized", a["synchronized"])
         if adjustment is not None and not callable(adjustment):
-            raise TypeError(f"`adjustment` must be a callable or None; received: {adjustment!r}")
+            raise TypeError(f"`adjustment` must be a callable or None; received: {short(adjustment)}")
         if vbs is not None and (adjustment is not None or synchronized):
             raise ValueError(
                 "When using `virtual_batch_size`, adjustment cannot be specified "
-                f"(nor synchronized). Received: adjustment={adjustment!r}, synchronized={synchronized}"
+                f"(nor synchronized). Received: adjustment={short(adjustment)}, synchronized={synchronized}"
             )
         if a["variance_rule"] not in _VARIANCE_RULES:
-            raise ValueError(f"`variance_rule` must be one of {_VARIANCE_RULES}; received: {a['variance_rule']!r}")
+            raise ValueError(f"`variance_rule` must be one of {_VARIANCE_RULES}; received: {short(a['variance_rule'])}")
         clipping = a["renorm_clipping"]
         if not isinstance(clipping, Clipping):
             clipping = Clipping.create(clipping) if renorm else Clipping()
             if not renorm and a["renorm_clipping"] is not None and not isinstance(a["renorm_clipping"], Mapping):
-                raise TypeError(f"`renorm_clipping` must be a dict or None; received: {a['renorm_clipping']!r}")
+                raise TypeError(f"`renorm_clipping` must be a dict or None; received: {short(a['renorm_clipping'])}")
         axis = check_axis(a["axis"])
         spec = cls(
             axis=axis, momentum=check_fraction("momentum", a["momentum"]),
@@ -174,7 +175,7 @@ class BNSpec:
     def _fused_at_init(self, fused: Any, dtype: torch.dtype) -> bool | None:
         """tf.keras' construction-time rules: ``None`` may become False, ``True`` may raise."""
         if fused is not None and not isinstance(fused, bool):
-            raise TypeError(f"`fused` must be None, True or False; received: fused={fused!r}")
+            raise TypeError(f"`fused` must be None, True or False; received: fused={short(fused)}")
         if self.synchronized:
             if fused:
                 raise ValueError("`fused=True` is not supported when `synchronized=True`.")

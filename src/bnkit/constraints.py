@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ._repr import short
 from ._registry import KerasObject, Registry, UserCallable, check_number
 
 __all__ = ["EPSILON", "Constraint", "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm", "get", "serialize"]
@@ -37,7 +38,7 @@ def _check_axis(axis: Axis) -> Axis:
 
     if is_int(axis) or (isinstance(axis, (list, tuple)) and len(axis) > 0 and all(is_int(a) for a in axis)):
         return axis
-    raise ValueError(f"Invalid `axis`: expected an int or a non-empty list of ints; received: axis={axis!r}.")
+    raise ValueError(f"Invalid `axis`: expected an int or a non-empty list of ints; received: axis={short(axis)}.")
 
 
 def _norms(w: torch.Tensor, axis: Axis) -> torch.Tensor:
@@ -47,7 +48,7 @@ def _norms(w: torch.Tensor, axis: Axis) -> torch.Tensor:
     if any(not -rank <= d < rank for d in dims):
         raise ValueError(
             f"Invalid `axis` for a weight of shape {tuple(w.shape)}: expected values in "
-            f"[{-rank}, {rank - 1}]; received: axis={axis!r}."
+            f"[{-rank}, {rank - 1}]; received: axis={short(axis)}."
         )
     return torch.sqrt(torch.sum(torch.square(w), dim=dims, keepdim=True))
 

@@ -38,6 +38,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence, cast
 import torch
 from torch import Tensor
 
+from ._repr import short
 from . import _kernels as K
 from ._dropout_flatten import dropout, flatten
 from ._check import check_sizes, check_torch_arguments
@@ -169,7 +170,7 @@ def batch_norm(
     """
     if variance_rule not in ("biased", "unbiased"):
         raise ValueError(
-            f"`variance_rule` must be 'biased' or 'unbiased'; received: {variance_rule!r}"
+            f"`variance_rule` must be 'biased' or 'unbiased'; received: {short(variance_rule)}"
         )
     axes = K.normalize_axes(axis, x.dim())
     if not torch.jit.is_tracing():

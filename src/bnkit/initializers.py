@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ._repr import short
 from ._registry import KerasObject, Registry, UserCallable, check_number
 
 __all__ = [  # noqa: RUF022 (grouped by kind)
@@ -48,13 +49,13 @@ def compute_fans(shape: Sequence[int]) -> tuple[int, int]:
 def _as_shape(shape: Sequence[int]) -> Shape:
     if isinstance(shape, Sequence) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         return tuple(shape)
-    raise ValueError(f"Invalid `shape`: expected a sequence of non-negative ints; received: shape={shape!r}.")
+    raise ValueError(f"Invalid `shape`: expected a sequence of non-negative ints; received: shape={short(shape)}.")
 
 
 def _check_seed(seed: int | None) -> int | None:
     if seed is None or (isinstance(seed, int) and not isinstance(seed, bool)):
         return seed
-    raise ValueError(f"Invalid `seed`: expected an int or None; received: seed={seed!r}.")
+    raise ValueError(f"Invalid `seed`: expected an int or None; received: seed={short(seed)}.")
 
 
 class Initializer(KerasObject):
@@ -64,7 +65,7 @@ class Initializer(KerasObject):
         self, shape: Sequence[int], dtype: torch.dtype = torch.float32, device: Device = None, generator: Gen = None
     ) -> torch.Tensor:
         if not isinstance(dtype, torch.dtype):
-            raise TypeError(f"Invalid `dtype`: expected a torch.dtype; received: dtype={dtype!r}.")
+            raise TypeError(f"Invalid `dtype`: expected a torch.dtype; received: dtype={short(dtype)}.")
         return self._generate(_as_shape(shape), dtype, device, generator)
 
     def _generate(self, shape: Shape, dtype: torch.dtype, device: Device, gen: Gen) -> torch.Tensor:
@@ -96,7 +97,7 @@ class Constant(_Fill):
 
     def __init__(self, value: float = 0) -> None:
         if not isinstance(value, numbers.Real):
-            raise ValueError(f"Invalid `value`: expected a Python scalar; received: value={value!r}.")
+            raise ValueError(f"Invalid `value`: expected a Python scalar; received: value={short(value)}.")
         self.value = value.item() if hasattr(value, "item") else value
 
 
@@ -177,14 +178,14 @@ class VarianceScaling(_Random):
         self, scale: float = 1.0, mode: str = "fan_in", distribution: str = "truncated_normal", seed: int | None = None
     ) -> None:
         if check_number(scale, "scale") <= 0:
-            raise ValueError(f"Invalid `scale`: expected a positive number; received: scale={scale!r}.")
+            raise ValueError(f"Invalid `scale`: expected a positive number; received: scale={short(scale)}.")
         if mode not in self._MODES:
-            raise ValueError(f"Invalid `mode`: expected one of {self._MODES}; received: mode={mode!r}.")
+            raise ValueError(f"Invalid `mode`: expected one of {self._MODES}; received: mode={short(mode)}.")
         dist = {"normal": "truncated_normal"}.get(str(distribution).lower(), str(distribution).lower())
         if dist not in self._DISTRIBUTIONS:
             raise ValueError(
                 f"Invalid `distribution`: expected one of {self._DISTRIBUTIONS} or 'normal'; "
-                f"received: distribution={distribution!r}."
+                f"received: distribution={short(distribution)}."
             )
         self.scale, self.mode, self.distribution, self.seed = scale, mode, dist, _check_seed(seed)
 

@@ -46,6 +46,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
+from ._repr import short
 
 __all__ = ["LAYOUTS", "STYLES", "Row", "Summary", "summary"]
 
@@ -140,11 +141,11 @@ def summary(
         RuntimeError: when the model fails on the generated inputs (the cause is chained).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module; received: {type(model).__name__} {model!r:.80}")
+        raise TypeError(f"`model` must be a torch.nn.Module; received: {type(model).__name__} {short(model)}")
     style = _check_choice("style", style, STYLES)
     layout = _check_choice("layout", layout, LAYOUTS)
     if print_fn is not None and not callable(print_fn):
-        raise TypeError(f"`print_fn` must be a callable taking one string, or None; received: {print_fn!r}")
+        raise TypeError(f"`print_fn` must be a callable taking one string, or None; received: {short(print_fn)}")
     args, kwargs, batch = _inputs(model, input_shape, input_data, batch_size, dtypes, device)
 
     model_name = type(model).__name__.lower()
@@ -286,22 +287,22 @@ def _inputs(
     if (input_shape is None) == (input_data is None):
         raise ValueError(
             "Exactly one of `input_shape` and `input_data` must be given; received: "
-            f"input_shape={input_shape!r}, input_data={'a value' if input_data is not None else None}"
+            f"input_shape={short(input_shape)}, input_data={'a value' if input_data is not None else None}"
         )
     if device is not None:
         try:
             device = torch.device(device)
         except (RuntimeError, TypeError) as err:
-            raise ValueError(f"`device` must name a torch device such as 'cpu'; received: {device!r}") from err
+            raise ValueError(f"`device` must name a torch device such as 'cpu'; received: {short(device)}") from err
     if input_data is not None:
         for name, value in (("batch_size", batch_size), ("dtypes", dtypes)):
             if value is not None:
-                raise ValueError(f"`{name}` only applies to `input_shape`, not `input_data`; received: {name}={value!r}")
+                raise ValueError(f"`{name}` only applies to `input_shape`, not `input_data`; received: {name}={short(value)}")
         return _data_inputs(input_data, device)
     shapes = _check_shapes(input_shape)
     batch_size = 1 if batch_size is None else batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int or None; received: batch_size={batch_size!r}")
+        raise ValueError(f"`batch_size` must be a positive int or None; received: batch_size={short(batch_size)}")
     tensors = [t for t in (*model.parameters(), *model.buffers()) if not is_lazy(t)]
     floats = [t.dtype for t in tensors if t.is_floating_point()]
     default_dtype = floats[0] if floats else torch.get_default_dtype()
@@ -315,7 +316,7 @@ def _inputs(
               and all(isinstance(d, torch.dtype) for d in dtypes)):
         raise ValueError(
             f"`dtypes` must be a torch.dtype or a sequence of {len(shapes)} torch.dtype (one per input); "
-            f"received: dtypes={dtypes!r}"
+            f"received: dtypes={short(dtypes)}"
         )
     args = tuple(torch.zeros((batch_size, *s), dtype=d, device=device) for s, d in zip(shapes, dtypes))
     return args, {}, batch_size
@@ -334,7 +335,7 @@ def _check_shapes(input_shape: Any) -> list[tuple[int, ...]]:
         return [tuple(s) for s in input_shape]
     raise ValueError(
         "`input_shape` must be one shape of positive ints without the batch dimension, e.g. "
-        f"(3, 224, 224), or a non-empty list of such shapes; received: input_shape={input_shape!r}"
+        f"(3, 224, 224), or a non-empty list of such shapes; received: input_shape={short(input_shape)}"
     )
 
 
@@ -351,7 +352,7 @@ def _data_inputs(data: Any, device: torch.device | None) -> tuple[tuple[Any, ...
     else:
         raise TypeError(
             "`input_data` must be a tensor, a non-empty tuple/list of inputs or a mapping of keyword "
-            f"inputs; received: {type(data).__name__} {data!r:.80}"
+            f"inputs; received: {type(data).__name__} {short(data)}"
         )
     first = next((t for t in (*args, *kwargs.values()) if isinstance(t, Tensor) and t.dim() > 0), None)
     return args, kwargs, None if first is None else first.shape[0]
@@ -359,7 +360,7 @@ def _data_inputs(data: Any, device: torch.device | None) -> tuple[tuple[Any, ...
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}; received: {name}={value!r}")
+        raise ValueError(f"`{name}` must be one of {choices}; received: {name}={short(value)}")
     return value
 
 

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._repr import short
 from ._common import Dataset, check_options, finalize, stratified_split, stratified_subset
 from ._images import IMAGE_SUFFIXES, class_dirs
 
@@ -59,7 +60,7 @@ def load_dataset(source: str, *, image_size: int | None = 32, val_fraction: floa
     check_options(image_size, val_fraction, seed, limit, channels)
     options = {"image_size": image_size, "seed": seed, "limit": limit, "channels": channels}
     if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
-        raise ValueError(f"Invalid dataset `source`: expected {_EXPECTED}; received: source={source!r}.")
+        raise ValueError(f"Invalid dataset `source`: expected {_EXPECTED}; received: source={short(source)}.")
     if source == "digits":
         from ._digits import read_digits
 

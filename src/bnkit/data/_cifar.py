@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from .._repr import short
 
 __all__ = ["CIFAR_FILES", "is_cifar_dir", "read_cifar10", "restricted_load"]
 
@@ -29,7 +30,7 @@ class RefusedGlobalError(pickle.UnpicklingError):
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     """The only ``_codecs.encode`` use pickle makes: Python 3 ``bytes`` written with protocol < 3."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise RefusedGlobalError(f"a call _codecs.encode({type(text).__name__}, {encoding!r}) (only 'latin1' is used "
+        raise RefusedGlobalError(f"a call _codecs.encode({type(text).__name__}, {short(encoding)}) (only 'latin1' is used "
                                  "for bytes)")
     return text.encode("latin-1")
 
@@ -62,7 +63,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         """Refuse persistent ids (CIFAR-10 batches have none)."""
-        raise pickle.UnpicklingError(f"refused persistent id {pid!r}")
+        raise pickle.UnpicklingError(f"refused persistent id {short(pid)}")
 
 
 def restricted_load(path: Path) -> Any:
@@ -105,7 +106,7 @@ def _read_meta(path: Path) -> tuple[str, ...]:
     texts = [_as_text(n) for n in names] if isinstance(names, (list, tuple)) else [None]
     if not texts or any(t is None for t in texts):
         raise ValueError(f"{path}: expected b'label_names' to be a non-empty list of strings; "
-                         f"found {type(names).__name__} {names!r:.80}")
+                         f"found {type(names).__name__} {short(names)}")
     return tuple(t for t in texts if t is not None)
 
 
@@ -122,7 +123,7 @@ def _read_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
         y = np.array(labels, dtype=np.int64)
     else:
         raise ValueError(f"{path}: expected b'labels' to be a list of ints; found {type(labels).__name__} "
-                         f"{labels!r:.80}")
+                         f"{short(labels)}")
     if len(y) != len(data):
         raise ValueError(f"{path}: expected one label per image ({len(data)}); found {len(y)} labels")
     if len(y) and (y.min() < 0 or y.max() >= num_classes):

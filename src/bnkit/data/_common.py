@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from .._repr import short
 
 __all__ = ["Dataset", "check_options", "finalize", "resize", "stratified_split", "stratified_subset"]
 
@@ -77,16 +78,16 @@ def check_options(image_size: int | None, val_fraction: float, seed: int, limit:
                   channels: int | None) -> None:
     """Raise ``ValueError`` for an out-of-range :func:`~bnkit.data.load_dataset` option."""
     if image_size is not None and not (_is_int(image_size) and image_size >= 1):
-        raise ValueError(f"Invalid `image_size`: expected a positive int or None; received: image_size={image_size!r}.")
+        raise ValueError(f"Invalid `image_size`: expected a positive int or None; received: image_size={short(image_size)}.")
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
         raise ValueError(f"Invalid `val_fraction`: expected a number in (0, 1); "
-                         f"received: val_fraction={val_fraction!r}.")
+                         f"received: val_fraction={short(val_fraction)}.")
     if not (_is_int(seed) and seed >= 0):
-        raise ValueError(f"Invalid `seed`: expected a non-negative int; received: seed={seed!r}.")
+        raise ValueError(f"Invalid `seed`: expected a non-negative int; received: seed={short(seed)}.")
     if limit is not None and not (_is_int(limit) and limit >= 1):
-        raise ValueError(f"Invalid `limit`: expected a positive int or None; received: limit={limit!r}.")
+        raise ValueError(f"Invalid `limit`: expected a positive int or None; received: limit={short(limit)}.")
     if channels is not None and (not _is_int(channels) or channels not in (1, 3)):
-        raise ValueError(f"Invalid `channels`: expected 1, 3 or None; received: channels={channels!r}.")
+        raise ValueError(f"Invalid `channels`: expected 1, 3 or None; received: channels={short(channels)}.")
 
 
 def _allocate(counts: np.ndarray, total: int) -> np.ndarray:

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+from .._repr import short
 
 __all__ = ["BN_VARIANTS", "RECORDED_KEYS", "Variant", "ExperimentConfig", "load_config"]
 
@@ -25,17 +26,17 @@ RECORDED_KEYS = ("world_size",)
 
 def _text(key: str, value: Any) -> None:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"`{key}` must be a non-empty string; received: {value!r}")
+        raise ValueError(f"`{key}` must be a non-empty string; received: {short(value)}")
 
 
 def _choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"`{key}` must be one of {list(choices)}; received: {value!r}")
+        raise ValueError(f"`{key}` must be one of {list(choices)}; received: {short(value)}")
 
 
 def _integer(key: str, value: Any, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"`{key}` must be an integer >= {minimum}; received: {value!r}")
+        raise ValueError(f"`{key}` must be an integer >= {minimum}; received: {short(value)}")
 
 
 def _number(key: str, value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
@@ -44,7 +45,7 @@ def _number(key: str, value: Any, low: float, high: float, *, low_open: bool = F
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"`{key}` must be a number in {interval}; received: {value!r}")
+        raise ValueError(f"`{key}` must be a number in {interval}; received: {short(value)}")
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,10 @@ class ExperimentConfig:
         _choice("model", self.model, ("vgg16", "vgg19"))
         _number("width", self.width, 0.0, 16.0, low_open=True)
         if not isinstance(self.batch_norm_dense, bool):
-            raise ValueError(f"`batch_norm_dense` must be true or false; received: {self.batch_norm_dense!r}")
+            raise ValueError(f"`batch_norm_dense` must be true or false; received: {short(self.batch_norm_dense)}")
         _number("dropout", self.dropout, 0.0, 1.0, high_open=True)
         if not self.variants or not all(isinstance(v, Variant) for v in self.variants):
-            raise ValueError(f"`variants` must be a non-empty list of variants; received: {self.variants!r}")
+            raise ValueError(f"`variants` must be a non-empty list of variants; received: {short(self.variants)}")
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"`variants` must have distinct names; received: {names}")
@@ -141,7 +142,7 @@ class ExperimentConfig:
         _choice("schedule", self.schedule, ("constant", "cosine", "step"))
         _integer("epochs", self.epochs, 1)
         if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
-            raise ValueError(f"`seeds` must be a non-empty list of non-negative ints; received: {self.seeds!r}")
+            raise ValueError(f"`seeds` must be a non-empty list of non-negative ints; received: {short(self.seeds)}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"`seeds` must be distinct; received: {list(self.seeds)}")
         if self.threads is not None:
@@ -149,7 +150,7 @@ class ExperimentConfig:
         _number("target_accuracy", self.target_accuracy, 0.0, 1.0, low_open=True)
         _text("output_dir", self.output_dir)
         if not isinstance(self.sync_bn, bool):
-            raise ValueError(f"`sync_bn` must be true or false; received: {self.sync_bn!r}")
+            raise ValueError(f"`sync_bn` must be true or false; received: {short(self.sync_bn)}")
         _choice("device", self.device, ("cpu", "cuda"))
 
     @classmethod
@@ -220,10 +221,10 @@ def _variant(value: Any) -> Variant:
         if unknown:
             raise ValueError(f"Unknown variant keys {unknown}; expected some of {sorted(known)}")
         return Variant(**value)
-    raise ValueError(f"A variant must be a name such as 'before_activation' or a table; received: {value!r}")
+    raise ValueError(f"A variant must be a name such as 'before_activation' or a table; received: {short(value)}")
 
 
 def _listed(key: str, value: Any) -> list[Any]:
     if isinstance(value, (list, tuple)):
         return list(value)
-    raise ValueError(f"`{key}` must be a list; received: {value!r}")
+    raise ValueError(f"`{key}` must be a list; received: {short(value)}")

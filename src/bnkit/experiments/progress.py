@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 from typing import Any, TextIO
+from .._repr import short
 
 __all__ = ["Progress", "BarProgress", "QuietProgress", "JsonProgress", "make_progress"]
 
@@ -76,5 +77,5 @@ class JsonProgress(QuietProgress):
 def make_progress(mode: str) -> Progress:
     modes = {"bar": BarProgress, "quiet": QuietProgress, "json": JsonProgress}
     if mode not in modes:
-        raise ValueError(f"`progress` must be one of {sorted(modes)}; received: {mode!r}")
+        raise ValueError(f"`progress` must be one of {sorted(modes)}; received: {short(mode)}")
     return modes[mode]()

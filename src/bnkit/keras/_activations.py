@@ -10,7 +10,8 @@ from torch import nn
 from ._build import Builder, Info
 from ._config import LayerSpec
 from ._entry import ExportState, Handler, LayerEntry
-from ._layers import ACTIVATIONS, Add, Concatenate, KerasReLU
+from ._layers import (KERAS3_ELEMENTWISE, KERAS3_POLICY, Add, Concatenate, KerasReLU, MultiSoftmax, activation_module,
+                      keras3_dialect)
 from ._options import ACTIVATION_TYPES, activation_name, activation_of, axis_option, common, float_option, one_input
 
 __all__ = ["ENTRIES"]
@@ -23,7 +24,10 @@ def activation(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[
         slot = x.slot
     else:
         dim = x.perm.index(len(x.shape) - 1)
-        slot = b.run(spec.name, lambda: ACTIVATIONS[name](dim), [x.slot])
+        keras3 = keras3_dialect(spec.config) and name in KERAS3_ELEMENTWISE  # hard_sigmoid changed in Keras 3
+        slot = b.run(spec.name, lambda: activation_module(name, dim, keras3), [x.slot])
+        if keras3:  # written with Keras 3's dtype policy, so that bnkit and Keras 3 read it back the same
+            return Info(x.shape, x.perm, slot), {**common(spec), "activation": name, "dtype": KERAS3_POLICY}
     return Info(x.shape, x.perm, slot), {**common(spec), "activation": name}
 
 
@@ -44,8 +48,13 @@ def relu(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, A
 
 
 def softmax(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
-    x = one_input(b, xs)
-    axis = axis_option(b, spec.config.get("axis", -1), len(x.shape))
+    x, raw = one_input(b, xs), spec.config.get("axis", -1)
+    if isinstance(raw, list) and len(raw) > 1:  # Keras: one softmax over several axes
+        axes = sorted({axis_option(b, a, len(x.shape)) for a in raw})
+        dims = tuple(sorted(x.perm.index(a) for a in axes))
+        slot = b.run(spec.name, lambda: MultiSoftmax(dims), [x.slot])
+        return Info(x.shape, x.perm, slot), {**common(spec), "axis": axes}
+    axis = axis_option(b, raw, len(x.shape))
     dim = x.perm.index(axis)
     slot = b.run(spec.name, lambda: nn.Softmax(dim=dim), [x.slot])
     return Info(x.shape, x.perm, slot), {**common(spec), "axis": axis}

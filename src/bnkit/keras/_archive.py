@@ -19,16 +19,23 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, cast
+from typing import Any
 
 from .._files import write_atomically
 from ._h5 import h5py_module, open_h5
 from .errors import KerasFormatError
 
-__all__ = ["CONFIG", "WEIGHTS", "is_keras_archive", "read_archive_json", "open_archive_weights", "write_archive"]
+__all__ = ["CONFIG", "WEIGHTS", "FileWindow", "is_keras_archive", "open_archive_weights", "read_archive_json",
+           "weights_budget", "write_archive"]
 
 CONFIG, METADATA, WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
 MAX_JSON_BYTES = 64 * 1024 * 1024
+#: A compressed weights member may expand this much when its config cannot be planned.
+MAX_RATIO = 200
+#: Allowed HDF5 bytes per layer and per weight (object headers, names, attributes) ...
+OVERHEAD_BYTES = 16 * 1024
+#: ... and in all (superblock, root attributes, free space).
+SLACK_BYTES = 1 << 20
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError,
                RuntimeError)  # RuntimeError: a member flagged as encrypted
 
@@ -107,66 +114,106 @@ def read_archive_json(path: Path, name: str = CONFIG, *, required: bool = True) 
             raise KerasFormatError(f"{path}: could not read {name} from the archive: {error}") from error
 
 
+def weights_budget(path: Path) -> tuple[int, str]:
+    """At most how many bytes ``model.weights.h5`` may decompress to, and why.
+
+    The archive's config declares every weight: 8 bytes per value (float64 at most) plus
+    HDF5 overhead per layer and per weight, plus :data:`SLACK_BYTES`.  A config bnkit cannot
+    plan (an unsupported layer) falls back to :data:`MAX_RATIO` times the compressed size.
+    """
+    from ._plan import plan_model
+    from ._graph import parse_model_config
+
+    try:
+        config = read_archive_json(path)
+        plan = plan_model(parse_model_config(config, path), config, init=False, source=path)
+    except KerasFormatError:
+        return -1, ""
+    weights = sum(len(layer) for layer in plan.weight_shapes.values())
+    budget = 8 * plan.elements() + OVERHEAD_BYTES * (len(plan.weight_shapes) + weights) + SLACK_BYTES
+    return budget, f"its config declares {plan.elements():,} weight values"
+
+
 @contextlib.contextmanager
 def open_archive_weights(path: Path) -> Iterator[tuple[Any, int]]:
-    """Yield ``(h5py.File, size)`` for the archive's ``model.weights.h5``."""
+    """Yield ``(h5py.File, size)`` for the archive's ``model.weights.h5``.
+
+    A stored member is read in place; a compressed one is streamed, 1 MiB at a time, into a
+    private temporary file, with its size capped by :func:`weights_budget` (the ZIP header's
+    declared size is checked first, then a running count while writing), so a compression
+    bomb is refused after at most the budget has been written.
+    """
     with _zip(path) as archive:
         info = _member(path, archive, WEIGHTS)
         label = f"{path}::{WEIGHTS}"
-        handle: IO[bytes]
-        try:
-            if info.compress_type == zipfile.ZIP_STORED:
-                handle = cast(IO[bytes], _StoredMember(path, info))
-            else:
-                spill = tempfile.TemporaryFile()
-                with archive.open(info) as source:
-                    copied = _copy_capped(source, spill, info.file_size)
-                if copied != info.file_size:
-                    raise KerasFormatError(
-                        f"{label}: expected {info.file_size:,} bytes; the member decompresses to {copied:,}"
-                    )
-                spill.seek(0)
-                handle = spill
-        except KerasFormatError:
-            raise
-        except _ZIP_ERRORS as error:
-            raise KerasFormatError(f"{label}: could not read the member: {error}") from error
-        with handle:
-            h5 = open_h5(handle, label)
-            try:
+        if info.compress_type == zipfile.ZIP_STORED:
+            with _translating_zip(label):
+                member = _StoredMember(path, info)
+            with member, _closing(open_h5(member, label)) as h5:
                 yield h5, info.file_size
-            finally:
-                with contextlib.suppress(Exception):
-                    h5.close()
+            return
+        budget, reason = weights_budget(path)
+        if budget < 0:
+            budget = MAX_RATIO * max(info.compress_size, 1) + SLACK_BYTES
+            reason = f"at most {MAX_RATIO}x its {info.compress_size:,} compressed bytes"
+        if info.file_size > budget:
+            raise _bomb(label, f"its ZIP header declares {info.file_size:,} bytes", budget, reason)
+        with tempfile.TemporaryDirectory(prefix="bnkit-keras-") as tmp:
+            spill = Path(tmp) / WEIGHTS
+            with _translating_zip(label), archive.open(info) as source, open(spill, "wb") as target:
+                copied = _copy_capped(source, target, min(info.file_size, budget))
+            if copied > budget:
+                raise _bomb(label, "it decompresses past the budget", budget, reason)
+            if copied != info.file_size:
+                raise KerasFormatError(
+                    f"{label}: expected {info.file_size:,} bytes; the member decompresses to {copied:,}"
+                    + (" or more" if copied > info.file_size else "")
+                )
+            with _closing(open_h5(spill, label)) as h5:
+                yield h5, copied
 
 
-class _StoredMember(io.RawIOBase):
-    """A read-only, seekable window onto a stored (uncompressed) member's bytes.
+@contextlib.contextmanager
+def _closing(h5: Any) -> Iterator[Any]:
+    try:
+        yield h5
+    finally:
+        with contextlib.suppress(Exception):
+            h5.close()
 
-    ``ZipFile.open`` rewinds to the member's start on every backward seek, which makes
-    HDF5's random access quadratic; this reads the archive file directly instead (the ZIP
-    CRC is therefore not checked: HDF5 and bnkit's own checks catch damaged bytes).
+
+def _bomb(label: str, what: str, budget: int, reason: str) -> KerasFormatError:
+    return KerasFormatError(
+        f"{label}: {what}; expected at most {budget:,} bytes because {reason} (a compression bomb or a "
+        "corrupted archive); nothing more was decompressed"
+    )
+
+
+@contextlib.contextmanager
+def _translating_zip(label: str) -> Iterator[None]:
+    try:
+        yield
+    except KerasFormatError:
+        raise
+    except _ZIP_ERRORS as error:
+        raise KerasFormatError(f"{label}: could not read the member: {error}") from error
+
+
+class FileWindow(io.RawIOBase):
+    """A read-only, seekable window of ``size`` bytes at ``start`` of the file ``path``.
+
+    ``window`` names those bytes, so :func:`~bnkit.keras._h5.open_h5` can have the worker
+    process parse the same bytes first.
     """
 
-    def __init__(self, path: Path, info: zipfile.ZipInfo) -> None:
+    def __init__(self, path: Path, start: int, size: int) -> None:
         super().__init__()
         self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
-        try:
-            self._file.seek(info.header_offset)
-            header = self._file.read(30)
-            if len(header) < 30 or header[:4] != b"PK\x03\x04":
-                raise KerasFormatError(f"{path}: the local header of {info.filename!r} is damaged")
-            name_length, extra_length = struct.unpack_from("<HH", header, 26)
-            self._start = info.header_offset + 30 + name_length + extra_length
-            self._size = info.file_size
-            if self._start + self._size > os.fstat(self._file.fileno()).st_size:
-                raise KerasFormatError(
-                    f"{path}: member {info.filename!r} claims {self._size:,} bytes past the end of the archive"
-                )
-        except BaseException:
+        if start < 0 or size < 0 or start + size > os.fstat(self._file.fileno()).st_size:
             self._file.close()
-            raise
-        self._position = 0
+            raise KerasFormatError(f"{path}: {size:,} bytes at {start:,} lie past the end of the file")
+        self.window = (path, start, size)
+        self._start, self._size, self._position = start, size, 0
 
     def readable(self) -> bool:
         return True
@@ -196,7 +243,29 @@ class _StoredMember(io.RawIOBase):
         super().close()
 
 
+def _StoredMember(path: Path, info: zipfile.ZipInfo) -> FileWindow:
+    """The bytes of a stored (uncompressed) member, read in place.
+
+    ``ZipFile.open`` rewinds to the member's start on every backward seek, which makes
+    HDF5's random access quadratic; this reads the archive file directly instead (the ZIP
+    CRC is therefore not checked: HDF5 and bnkit's own checks catch damaged bytes).
+    """
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        header = handle.read(30)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raise KerasFormatError(f"{path}: the local header of {info.filename!r} is damaged")
+    name_length, extra_length = struct.unpack_from("<HH", header, 26)
+    start = info.header_offset + 30 + name_length + extra_length
+    if start + info.file_size > os.path.getsize(path):
+        raise KerasFormatError(
+            f"{path}: member {info.filename!r} claims {info.file_size:,} bytes past the end of the archive"
+        )
+    return FileWindow(path, start, info.file_size)
+
+
 def _copy_capped(source: Any, target: Any, limit: int) -> int:
+    """Copy 1 MiB reads until ``source`` ends or more than ``limit`` bytes came (then stop)."""
     copied = 0
     while True:
         chunk = source.read(1 << 20)

@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from .._repr import short
 from .. import constraints, initializers, regularizers
 from .._check import check_bool
 from .._spec import BNSpec
@@ -113,7 +114,7 @@ def _initializer(b: Builder, key: str, raw: Any) -> Any:
     try:
         return _resolve(b, key, initializers, raw)
     except UnsupportedLayerError:
-        b.note(f"`{key}` {raw!r:.80} is not available in bnkit; Keras' default is used")
+        b.note(f"`{key}` {short(raw)} is not available in bnkit; Keras' default is used")
         return None
 
 

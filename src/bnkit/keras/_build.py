@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from .. import initializers
+from .._repr import short
 from ._config import LayerSpec, ModelSpec
 from ._entry import WeightRule, present_rules, resolve_tensor
-from ._layers import ACTIVATIONS
+from ._layers import activation_module, keras3_dialect
 from ._model import KerasModel, Step
 from .errors import KerasFormatError
 
@@ -111,12 +112,15 @@ class Builder:
         self.reserved = {layer.name for layer in spec.layers} | set(self.keys.values())
         self.layer: LayerSpec | None = None
         self.call = 0  # which call of the layer is planned (a shared layer has several)
+        #: layer name -> fields of its written config entry that differ from a plain
+        #: ``keras.layers`` layer (an operation layer's class, module and inbound node)
+        self.written: dict[str, dict[str, Any]] = {}
 
     # ---- errors and notes ------------------------------------------------------------
     def error(self, problem: str, expected: str, received: object) -> KerasFormatError:
         layer = self.layer
         where = f"layer {layer.name!r} ({layer.class_name})" if layer else "model"
-        return KerasFormatError(f"{self.source}: {where}: {problem}; expected {expected}; received {received!r:.200}")
+        return KerasFormatError(f"{self.source}: {where}: {problem}; expected {expected}; received {short(received, 200)}")
 
     def note(self, text: str) -> None:
         name = self.layer.name if self.layer else "model"
@@ -151,7 +155,8 @@ class Builder:
         if name == "linear":
             return slot
         dim = perm.index(len(perm) - 1)
-        return self.run(self.aux_name(name), lambda: ACTIVATIONS[name](dim), [slot])
+        keras3 = self.layer is not None and keras3_dialect(self.layer.config)  # hard_sigmoid changed in Keras 3
+        return self.run(self.aux_name(name), lambda: activation_module(name, dim, keras3), [slot])
 
     def run(self, name: str, factory: Callable[[], nn.Module], slots: list[int], many: bool = False) -> int:
         """Register module ``name`` (a layer's Keras name, stored under its module key, or an

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._repr import short
+from ._call_args import OP_CLASSES, CallArgs, TensorArg, app_layer_class, op_class
 from .errors import KerasFormatError, UnsupportedLayerError
 
-__all__ = ["CODE_CLASSES", "MODEL_CLASSES", "Entry", "LayerSpec", "ModelSpec", "Ref", "TensorId", "check_ref",
-           "check_custom", "endpoints", "layer_entry", "node_refs", "snake_case"]
+__all__ = ["CODE_CLASSES", "MODEL_CLASSES", "CallArgs", "Entry", "LayerSpec", "ModelSpec", "Ref", "TensorArg",
+           "TensorId", "check_custom", "check_ref", "endpoints", "layer_entry", "node_refs", "snake_case"]
 
 MODEL_CLASSES = ("Sequential", "Functional", "Model")
-CODE_CLASSES = ("Lambda", "TFOpLambda", "SlicingOpLambda")
+CODE_CLASSES = ("Lambda",)  # TFOpLambda & co. name a function of a fixed table: see _call_args
 _FLOAT32 = ("float32", None)
 
 #: A reference in a config: (layer name, node index, tensor index).
@@ -39,6 +40,9 @@ class LayerSpec:
     ``keras_name``, ``scope`` (the nested models holding it, outermost first) and
     ``v3_path`` (its weights' group in the ``.keras`` layout) say where the source file
     keeps its weights.
+
+    ``call`` is set only for operation layers (see :mod:`bnkit.keras._call_args`): their
+    call's arguments with constants kept and tensors replaced by :class:`TensorArg`.
     """
 
     name: str
@@ -50,6 +54,7 @@ class LayerSpec:
     keras_name: str = ""
     scope: tuple[str, ...] = ()
     v3_path: str = ""
+    call: CallArgs | None = None
 
 
 @dataclass(frozen=True)
@@ -83,16 +88,18 @@ def layer_entry(raw: Any, index: int, source: object) -> Entry:
     together with every other blocking layer."""
     if not (isinstance(raw, dict) and isinstance(raw.get("class_name"), str) and isinstance(raw.get("config"), dict)):
         raise KerasFormatError(
-            f"{source}: layer #{index} must be {{'class_name': str, 'config': dict}}; received {str(raw)[:120]}"
+            f"{source}: layer #{index} must be {{'class_name': str, 'config': dict}}; received {short(raw)}"
         )
-    cls, cfg = raw["class_name"], raw["config"]
+    cls, cfg = op_class(raw)
     name = raw.get("name", cfg.get("name"))
     if not isinstance(name, str) or not name or len(name) > 1000:
         raise KerasFormatError(f"{source}: layer #{index} ({cls}) needs a non-empty name; received name={short(name)}")
     refusal = ""
     if cls in CODE_CLASSES:
         refusal = "its Python code is stored in the file and bnkit never executes code from a file"
-    refusal = refusal or _custom(raw, cls, ("Functional",) if cls in MODEL_CLASSES else ()) or _dtype(cfg.get("dtype"))
+    custom = "" if cls in OP_CLASSES or app_layer_class(raw) is not None else \
+        _custom(raw, cls, ("Functional",) if cls in MODEL_CLASSES else ())
+    refusal = refusal or custom or _dtype(cfg.get("dtype"))
     return name, cls, cfg, raw.get("inbound_nodes", []), refusal
 
 
@@ -162,11 +169,11 @@ def _keras3_tensors(value: Any, refs: list[Ref], name: str, source: object) -> N
     elif isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
         history = (value.get("config") or {}).get("keras_history")
         if not isinstance(history, list) or len(history) != 3:
-            raise KerasFormatError(f"{source}: layer {name!r}: malformed keras_history {history!r:.80}")
+            raise KerasFormatError(f"{source}: layer {short(name)}: malformed keras_history {short(history)}")
         refs.append(check_ref(history, name, source))
     else:
         raise UnsupportedLayerError(
-            f"{source}: layer {name!r} is called with a non-tensor argument {value!r:.80}; expected tensors only"
+            f"{source}: layer {short(name)} is called with a non-tensor argument {short(value)}; expected tensors only"
         )
 
 

@@ -1,16 +1,15 @@
 """Copy HDF5 datasets (Keras layout) into torch tensors (torch layout), fast and in bounded memory.
 
-Each dataset is read by blocks into reusable NumPy buffers; each block is then moved into
-its tensor by torch.  Reading (h5py, on the calling thread) and moving (torch, which
+Each dataset (of a :mod:`._snapshot`: bytes at checked offsets, read with ``preadv``) is
+read by blocks of leading rows into reusable NumPy buffers; each block is then moved into
+its tensor by torch.  Reading (on the calling thread) and moving (torch, which
 releases the GIL, on one worker thread) overlap, block by block, with two buffers per
 dataset so a block is never overwritten while it is being moved.
 
 Layout changes use torch's fast 2-D transpose, which needs a contiguous destination:
 
-* Dense kernel ``K (IN, U)`` -> ``weight (U, IN)``: column slabs ``K[:, u0:u1]`` (at most
-  :data:`SLAB_BYTES`) land in the contiguous rows ``weight[u0:u1]``; from a ``.keras``
-  archive (no HDF5 sieve buffer, so column reads would be tiny), row blocks of ``K`` go
-  through a contiguous scratch instead;
+* Dense kernel ``K (IN, U)`` -> ``weight (U, IN)``: row blocks of ``K`` go through a
+  contiguous scratch into their column slab of ``weight``;
 * Conv2D kernel ``HWIO`` -> ``OIHW``: a 2-D transpose to ``OHWI``, then a small permute;
 * anything else: blocks of whole leading rows (at most :data:`BLOCK_BYTES`) copied into
   the strided view.
@@ -28,12 +27,10 @@ import torch
 from ._h5 import translating
 from .errors import KerasFormatError
 
-__all__ = ["BLOCK_BYTES", "SLAB_BYTES", "copy_all"]
+__all__ = ["BLOCK_BYTES", "copy_all"]
 
 #: Datasets larger than this are read in blocks of about this size.
 BLOCK_BYTES = 64 * 1024 * 1024
-#: Dense kernels are read in column slabs of at most this size (two are in flight).
-SLAB_BYTES = 128 * 1024 * 1024
 _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 
 Move = Callable[[], None]
@@ -76,10 +73,7 @@ def _moves(dataset: Any, target: torch.Tensor, label: str) -> Iterator[Move]:
         )
     dtype = _NUMPY_DTYPES.get(target.dtype, np.float32)
     if len(shape) == 2 and target.dim() == 2 and target.stride(0) == 1 and target.T.is_contiguous():
-        if getattr(dataset.file, "driver", "") == "fileobj":  # no HDF5 sieving: column slabs would crawl
-            yield from _row_slabs(dataset, target.T, shape, dtype)
-        else:
-            yield from _columns(dataset, target.T, shape, dtype)
+        yield from _row_slabs(dataset, target.T, shape, dtype)
     elif len(shape) == 4 and target.dim() == 4 and target.permute(3, 2, 0, 1).is_contiguous() \
             and target.numel() * np.dtype(dtype).itemsize <= BLOCK_BYTES:
         yield from _conv(dataset, target.permute(3, 2, 0, 1), shape, dtype)
@@ -87,25 +81,10 @@ def _moves(dataset: Any, target: torch.Tensor, label: str) -> Iterator[Move]:
         yield from _rows(dataset, target, shape, dtype)
 
 
-def _read(dataset: Any, buffer: np.ndarray, selection: Any = None) -> np.ndarray:
+def _read(dataset: Any, buffer: np.ndarray) -> np.ndarray:
     if buffer.size:
-        if selection is None:
-            dataset.read_direct(buffer)
-        else:
-            dataset.read_direct(buffer, source_sel=selection)
+        dataset.read_rows(buffer)
     return buffer
-
-
-def _columns(dataset: Any, weight: torch.Tensor, shape: tuple[int, ...], dtype: Any) -> Iterator[Move]:
-    """Kernel ``K (IN, U)`` into the contiguous ``weight (U, IN)``, one column slab at a time."""
-    features, units = shape
-    columns = max(1, min(units, SLAB_BYTES // max(features * np.dtype(dtype).itemsize, 1)))
-    buffers = [np.empty((features, columns), dtype=dtype) for _ in range(2 if columns < units else 1)]
-    for index, start in enumerate(range(0, units, columns)):
-        stop = min(start + columns, units)
-        slab = buffers[index % len(buffers)] if stop - start == columns else np.empty((features, stop - start), dtype)
-        _read(dataset, slab, np.s_[:, start:stop])
-        yield _mover(weight[start:stop], torch.from_numpy(slab).T)
 
 
 def _row_slabs(dataset: Any, weight: torch.Tensor, shape: tuple[int, ...], dtype: Any) -> Iterator[Move]:
@@ -118,7 +97,7 @@ def _row_slabs(dataset: Any, weight: torch.Tensor, shape: tuple[int, ...], dtype
     for index, start in enumerate(range(0, features, rows)):
         stop = min(start + rows, features)
         block = buffers[index % len(buffers)][: stop - start]
-        dataset.read_direct(block, source_sel=np.s_[start:stop], dest_sel=np.s_[0:stop - start])
+        dataset.read_rows(block, start, stop)
         yield _via_scratch(weight[:, start:stop], torch.from_numpy(block).T,
                            scratch if stop - start == rows else torch.empty((units, stop - start), dtype=weight.dtype))
 
@@ -159,7 +138,7 @@ def _rows(dataset: Any, target: torch.Tensor, shape: tuple[int, ...], dtype: Any
         stop = min(start + rows, target.shape[0])
         count = (stop - start) * groups
         buffer = buffers[index % 2]
-        dataset.read_direct(buffer, source_sel=np.s_[start * groups:stop * groups], dest_sel=np.s_[0:count])
+        dataset.read_rows(buffer[:count], start * groups, stop * groups)
         yield _mover(target[start:stop], torch.from_numpy(buffer[:count]).reshape((stop - start,) + tail))
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from ._entry import ExportState
 from ._table import ENTRIES
+from .._repr import short
 from .errors import UnsupportedLayerError
 
 __all__ = ["ExportState", "export_sequential"]
@@ -38,7 +39,7 @@ def export_sequential(model: nn.Module, input_shape: tuple[int, ...]) -> ExportS
         )
     shape = tuple(input_shape)  # torch layout, no batch
     if len(shape) not in (1, 3) or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise ValueError(f"`input_shape` must be (channels, height, width) or (features,); received: {input_shape!r}")
+        raise ValueError(f"`input_shape` must be (channels, height, width) or (features,); received: {short(input_shape)}")
     state = ExportState(shape, "")
     keras_shape = [None, *shape[1:], shape[0]] if len(shape) == 3 else [None, *shape]
     state.add("input_layer", "InputLayer", {"batch_input_shape": keras_shape, "dtype": "float32", "sparse": False,

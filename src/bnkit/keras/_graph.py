@@ -19,6 +19,7 @@ from collections import Counter
 from typing import Any
 
 from .._repr import short
+from ._call_args import OP_CLASSES, CallArgs, op_call
 from ._config import (MODEL_CLASSES, LayerSpec, ModelSpec, Ref, TensorId, check_custom, endpoints, layer_entry,
                       node_refs, snake_case)
 from .errors import KerasFormatError, UnsupportedLayerError
@@ -33,15 +34,15 @@ class _Flat:
     """A layer of the flat graph being built."""
 
     def __init__(self, name: str, cls: str, config: dict[str, Any], refusal: str, keras_name: str,
-                 scope: tuple[str, ...], v3_path: str) -> None:
+                 scope: tuple[str, ...], v3_path: str, call: CallArgs | None) -> None:
         self.name, self.cls, self.config, self.refusal = name, cls, config, refusal
-        self.keras_name, self.scope, self.v3_path = keras_name, scope, v3_path
+        self.keras_name, self.scope, self.v3_path, self.call = keras_name, scope, v3_path, call
         self.calls: list[tuple[TensorId, ...]] = []
 
     def spec(self) -> LayerSpec:
         inbound = tuple(t[0] for t in self.calls[0]) if self.calls else ()
         return LayerSpec(self.name, self.cls, self.config, inbound, self.refusal, tuple(self.calls),
-                         self.keras_name, self.scope, self.v3_path)
+                         self.keras_name, self.scope, self.v3_path, self.call)
 
 
 class _Flattener:
@@ -141,9 +142,12 @@ class _Flattener:
                 resolved[(name, 0, 0)] = bound[position]
         pending = []
         for name, cls, cfg, nodes, refusal in entries:
-            if cls != "InputLayer":
+            if cls in OP_CLASSES:  # an operation layer: tensors and constants in its single call
+                inbound, call = op_call(nodes, name, source)
+                pending.append((name, cls, cfg, refusal, 0, [(ref, 0, 0) for ref in inbound], call))
+            elif cls != "InputLayer":
                 offset = self._offset(cls, raws[name])
-                pending.extend((name, cls, cfg, refusal, k + offset, refs)
+                pending.extend((name, cls, cfg, refusal, k + offset, refs, None)
                                for k, refs in enumerate(node_refs(nodes, name, source)))
         while pending:
             index = next((i for i, call in enumerate(pending) if all(ref in resolved for ref in call[5])), None)
@@ -153,9 +157,9 @@ class _Flattener:
                 raise KerasFormatError(
                     f"{source}: the layer graph cannot be ordered: unknown tensors {missing[:5]} or a cycle through "
                     f"{[c[0] for c in pending][:5]}; expected a DAG of [layer, node, tensor] references")
-            name, cls, cfg, refusal, node, refs = pending.pop(index)
+            name, cls, cfg, refusal, node, refs, call = pending.pop(index)
             outs = self._layer(scope, name, cls, cfg, refusal, raws[name], v3[name], [resolved[r] for r in refs],
-                               frozen)
+                               frozen, call)
             for tensor, out in enumerate(outs):
                 resolved[(name, node, tensor)] = out
         results = []
@@ -177,23 +181,23 @@ class _Flattener:
 
     # ---- one layer call -----------------------------------------------------------------
     def _layer(self, scope: tuple[str, ...], name: str, cls: str, cfg: dict[str, Any], refusal: str, raw: Any,
-               v3_path: str, inputs: list[TensorId], frozen: bool) -> list[TensorId]:
+               v3_path: str, inputs: list[TensorId], frozen: bool, call: CallArgs | None = None) -> list[TensorId]:
         if cls in MODEL_CLASSES and not refusal:
             nested_frozen = frozen or cfg.get("trainable", True) is False
             return self.model(raw, scope + (name,), inputs, nested_frozen, v3_path + "/")
         if frozen:
             cfg = {**cfg, "trainable": False}
-        return [self._call(scope, name, cls, cfg, refusal, v3_path, tuple(inputs))]
+        return [self._call(scope, name, cls, cfg, refusal, v3_path, tuple(inputs), call)]
 
     def _call(self, scope: tuple[str, ...], name: str, cls: str, cfg: dict[str, Any], refusal: str, v3_path: str,
-              inputs: tuple[TensorId, ...]) -> TensorId:
+              inputs: tuple[TensorId, ...], call: CallArgs | None = None) -> TensorId:
         flat = self.flat.get((scope, name))
         if flat is None:
             flat_name = name if name not in self.taken else "_".join(scope + (name,))
             while flat_name in self.taken:
                 flat_name += "_"
             self.taken.add(flat_name)
-            flat = self.flat[(scope, name)] = _Flat(flat_name, cls, cfg, refusal, name, scope, v3_path)
+            flat = self.flat[(scope, name)] = _Flat(flat_name, cls, cfg, refusal, name, scope, v3_path, call)
         flat.calls.append(inputs)
         self.order.append((flat.name, len(flat.calls) - 1))
         return (flat.name, len(flat.calls) - 1, 0)

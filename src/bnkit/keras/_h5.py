@@ -14,20 +14,29 @@ import os
 import zipfile
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
 
 import numpy as np
 
+from .._repr import short
+from ._guard import check_confined
 from ._heap import check_global_heaps
+from ._snapshot import StoredDataset, StoredFile
 from .errors import KerasFormatError
 
-__all__ = ["dataset_problem", "h5py_module", "open_h5", "read_json_attr", "read_names", "translating"]
+__all__ = ["dataset_problem", "h5py_module", "open_checked", "open_h5", "read_json_attr", "read_names", "translating"]
 
 #: HDF5's sieve buffer for reads: column slabs of a kernel read 4 MiB at a time.
 SIEVE_BYTES = 4 * 1024 * 1024
-#: A compressed dataset may expand at most this much over its stored bytes (zip-bomb guard).
-MAX_EXPANSION = 1024
+#: A compressed dataset may expand at most this much over its stored bytes (+ EXPANSION_SLACK):
+#: the file size then bounds the memory the declared shapes make a load allocate.  Real
+#: weights compress about 1.1x; Keras itself never compresses.
+MAX_EXPANSION = 100
+EXPANSION_SLACK = 64 * 1024
+#: HDF5 filters a weight dataset may use (h5repack's usual ones): deflate, shuffle, Fletcher-32.
+ALLOWED_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32"}
 #: Errors h5py, numpy and json raise on damaged input; they become KerasFormatError.
 _LOW_LEVEL_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError,
                      IndexError, UnicodeDecodeError, OverflowError, MemoryError, EOFError,
@@ -60,8 +69,30 @@ def translating(source: object, doing: str) -> Iterator[None]:
         ) from error
 
 
-def open_h5(source: str | os.PathLike[str] | IO[bytes], label: object) -> Any:
-    """Open an HDF5 file (a path or a binary file object) read-only."""
+def open_h5(source: str | os.PathLike[str] | IO[bytes], label: object) -> StoredFile:
+    """An untrusted HDF5 file (a path, or a file object with a ``window``), as a snapshot.
+
+    libhdf5 parses the file in a worker process only (:mod:`._probe`); the caller gets a
+    :class:`~bnkit.keras._snapshot.StoredFile` with the same reading API as ``h5py.File``
+    for groups and attributes, whose datasets read their bytes with checked offsets.  File
+    objects must say which bytes of which file they are: ``window = (path, offset, size)``.
+    """
+    from ._probe import probe
+
+    if isinstance(source, (str, os.PathLike)):
+        path, offset, size = Path(source), 0, None
+    elif getattr(source, "window", None) is not None:
+        path, offset, size = source.window  # type: ignore[union-attr]
+    else:
+        raise TypeError(f"{label}: expected a path or a file window; received {type(source).__name__}")
+    with translating(label, "open it as HDF5"):
+        stat_size = os.path.getsize(path)
+    size = stat_size - offset if size is None else size
+    return StoredFile(probe(path, label, offset, size), Path(path), offset, size, label)
+
+
+def open_checked(source: str | os.PathLike[str] | IO[bytes], label: object) -> Any:
+    """Open an HDF5 file read-only; refuse links or storage outside it and corrupt string heaps."""
     h5py = h5py_module()
     with translating(label, "open it as HDF5"):
         if isinstance(source, (str, os.PathLike)):
@@ -77,6 +108,8 @@ def open_h5(source: str | os.PathLike[str] | IO[bytes], label: object) -> Any:
             access.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
             h5 = h5py.File(h5py.h5f.open(repr(source).encode(), h5py.h5f.ACC_RDONLY, fapl=access))
     try:
+        with translating(label, "check that it stays inside itself"):
+            check_confined(h5, label)
         with translating(label, "check its string storage"):
             if isinstance(source, (str, os.PathLike)):
                 with open(source, "rb") as handle:
@@ -103,7 +136,7 @@ def _decode(value: Any, label: str) -> str:
             ) from error
     if isinstance(value, (str, np.str_)):
         return str(value)
-    raise KerasFormatError(f"{label}: expected a string; received {type(value).__name__} {value!r:.80}")
+    raise KerasFormatError(f"{label}: expected a string; received {type(value).__name__} {short(value)}")
 
 
 def read_names(obj: Any, name: str, label: str) -> list[str] | None:
@@ -150,16 +183,19 @@ def read_json_attr(obj: Any, name: str, label: str) -> Any:
 
 
 def dataset_problem(dataset: Any, file_size: int | None) -> str | None:
-    """Why ``dataset`` cannot hold trustworthy weights, or None if it looks sound.
+    """Why ``dataset`` (a snapshot dataset) cannot hold trustworthy weights, or None if it looks sound.
 
-    Checks a floating dtype, a shape whose bytes the file can hold (uncompressed storage
-    must be complete; compressed storage may expand at most :data:`MAX_EXPANSION` times).
+    Checks a floating dtype and a fixed shape, then the storage: contiguous bytes must lie
+    inside the file; compressed chunks may expand at most :data:`MAX_EXPANSION` times, use
+    only :data:`ALLOWED_FILTERS`, and every chunk must be present and inside the file.
     """
-    h5py = h5py_module()
-    if not isinstance(dataset, h5py.Dataset):
+    if not isinstance(dataset, StoredDataset):
         return f"expected a dataset; found a {type(dataset).__name__}"
+    if dataset.error:
+        return f"its HDF5 description cannot be read ({dataset.error})"
     dtype = dataset.dtype
-    if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+    integer_scalar = dtype.kind in "iu" and dtype.itemsize <= 8 and dataset.shape == ()  # Normalization's count
+    if (dtype.kind != "f" or dtype.itemsize not in (2, 4, 8)) and not integer_scalar:
         return f"expected float16/32/64 values; found dtype {dtype}"
     shape = dataset.shape
     if shape is None or any(int(d) < 0 for d in shape):
@@ -167,14 +203,41 @@ def dataset_problem(dataset: Any, file_size: int | None) -> str | None:
     nbytes = math.prod(int(d) for d in shape) * dtype.itemsize
     if nbytes == 0:
         return None
-    stored = int(dataset.id.get_storage_size())
+    stored = dataset.storage
     if file_size is not None and stored > file_size:
         return f"claims {stored:,} stored bytes but the whole file has {file_size:,}"
-    compressed = bool(dataset.compression) or bool(dataset.id.get_create_plist().get_nfilters())
-    if not compressed and stored < nbytes:
-        return (f"shape {tuple(shape)} needs {nbytes:,} bytes but only {stored:,} are stored "
-                "(truncated file or absurd shape)")
-    if compressed and nbytes > MAX_EXPANSION * max(stored, 1) + (1 << 20):
-        return (f"shape {tuple(shape)} needs {nbytes:,} bytes from {stored:,} compressed bytes "
-                f"(more than {MAX_EXPANSION}x expansion)")
+    unknown = [f for f in dataset.filters if f not in ALLOWED_FILTERS]
+    if unknown:
+        return (f"uses HDF5 filter(s) {unknown}; expected only {sorted(ALLOWED_FILTERS.values())} "
+                f"(ids {sorted(ALLOWED_FILTERS)})")
+    if dataset.layout == "contiguous":
+        offset = dataset.offset
+        if offset is None or stored < nbytes or (file_size is not None and offset + nbytes > file_size):
+            return (f"shape {tuple(shape)} needs {nbytes:,} bytes but only {stored:,} are stored inside the "
+                    "file (truncated file or absurd shape)")
+        return None
+    if dataset.layout == "compact":
+        return None if stored >= nbytes else f"shape {tuple(shape)} needs {nbytes:,} bytes; {stored:,} are stored"
+    if dataset.layout != "chunked":
+        return f"expected contiguous or chunked storage; found {dataset.layout}"
+    if nbytes > MAX_EXPANSION * stored + EXPANSION_SLACK:
+        return (f"shape {tuple(shape)} needs {nbytes:,} bytes from {stored:,} stored bytes "
+                f"(more than {MAX_EXPANSION}x expansion: a compression bomb or an absurd shape)")
+    return _chunk_problem(dataset, file_size)
+
+
+def _chunk_problem(dataset: StoredDataset, file_size: int | None) -> str | None:
+    shape, chunk = dataset.shape or (), dataset.chunk_shape
+    if len(chunk) != len(shape) or any(int(c) <= 0 for c in chunk):
+        return f"chunk shape {chunk} does not fit shape {shape}"
+    needed = math.prod(-(-d // int(c)) for d, c in zip(shape, chunk))
+    found = set()
+    for coords, address, size, _ in dataset.chunks:
+        if len(coords) != len(shape) or any(int(x) % int(c) or not 0 <= int(x) < d for x, c, d in zip(coords, chunk, shape)):
+            return f"a chunk at {coords} does not fit shape {shape} in chunks of {chunk}"
+        if file_size is not None and not (0 <= int(address) and int(address) + int(size) <= file_size):
+            return f"a chunk at {coords} lies outside the file"
+        found.add(tuple(int(x) for x in coords))
+    if len(found) != needed:
+        return f"{needed:,} chunks are needed but {len(found):,} are stored (truncated or corrupt)"
     return None

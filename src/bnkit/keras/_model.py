@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 __all__ = ["KerasModel", "Step"]
 
@@ -73,17 +73,24 @@ class KerasModel(nn.Module):
         self.keras_data_format = keras_data_format
 
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        if isinstance(inputs, fx.Proxy):  # torch.fx traces ``*inputs`` as one proxy (surgery)
+            inputs = tuple(inputs[i] for i in range(len(self.input_slots)))  # type: ignore[index]
+            return self._run(inputs)
         if len(inputs) != len(self.input_slots):
             raise ValueError(
                 f"Model {self.name!r} expects {len(self.input_slots)} input tensor(s); received {len(inputs)}"
             )
-        values: list[Tensor | None] = [None] * self.slots
-        for slot, rank, x in zip(self.input_slots, self.input_ranks, inputs):
+        for rank, x in zip(self.input_ranks, inputs):
             if x.dim() != rank:
                 raise ValueError(
                     f"Model {self.name!r}: expected inputs of rank {rank} in {self._layout_name}; "
                     f"received shape {tuple(x.shape)}"
                 )
+        return self._run(inputs)
+
+    def _run(self, inputs: tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
+        values: list[Tensor | None] = [None] * self.slots
+        for slot, x in zip(self.input_slots, inputs):
             values[slot] = x
         for step in self.steps:
             if step.op == "permute":

@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from .. import initializers
+from .._repr import short
 from ._build import Builder, Info
 from ._config import LayerSpec
 from ._layers import ACTIVATIONS
@@ -122,7 +123,7 @@ def initializer(b: Builder, cfg: dict[str, Any], key: str) -> dict[str, Any] | N
             return initializers.serialize(initializers.get(candidate))
         except (ValueError, TypeError):
             continue
-    b.note(f"`{key}` {raw!r:.80} is not available in bnkit; Keras' default is written instead")
+    b.note(f"`{key}` {short(raw)} is not available in bnkit; Keras' default is written instead")
     return None
 
 
@@ -137,7 +138,7 @@ def training_only(b: Builder, cfg: dict[str, Any], keys: tuple[str, ...] = TRAIN
     """Note every set key of ``keys``: it has no effect in torch."""
     for key in keys:
         if cfg.get(key) is not None:
-            b.note(f"`{key}` {cfg[key]!r:.80} has no effect in torch (not applied, not written back)")
+            b.note(f"`{key}` {short(cfg[key])} has no effect in torch (not applied, not written back)")
 
 
 _ELEMENTWISE = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.SELU: "selu", nn.Softsign: "softsign",

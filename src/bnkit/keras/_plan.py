@@ -95,7 +95,8 @@ def plan_model(spec: ModelSpec, config: dict[str, Any], init: bool, source: obje
             classes[name] = entry.keras_class
         nodes = [[[ref, node, tensor, {}] for ref, node, tensor in inputs] for inputs in layer.calls if inputs]
         canonical[name] = {"module": "keras.layers", "class_name": entry.keras_class, "config": layer_config,
-                           "registered_name": None, "name": name, "inbound_nodes": nodes}
+                           "registered_name": None, "name": name, "inbound_nodes": nodes,
+                           **builder.written.get(name, {})}
     builder.layer = None
     inputs = [infos[(name, 0, 0)].slot for name in spec.inputs]
     ranks = [len(infos[(name, 0, 0)].shape) for name in spec.inputs]

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._repr import short
 from .._spec import BNSpec
 from ..layers import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormalization, TorchBatchNorm
 
@@ -135,15 +136,15 @@ def to_torch_batchnorm(layer: BatchNormalization, rank: int | None = None) -> nn
     ]
     for refused, what, value in refusals:
         if refused:
-            raise ValueError(f"torch.nn.BatchNorm*d cannot express `{what}`; expected the default; received: {value!r}")
+            raise ValueError(f"torch.nn.BatchNorm*d cannot express `{what}`; expected the default; received: {short(value)}")
     spec = layer.spec
     built = layer.built or (spec.build((1,) * rank) if rank in _BY_RANK else None)
     if (built.axes if built else spec.axis if isinstance(spec.axis, tuple) else (spec.axis,)) != (1,):
-        raise ValueError(f"torch.nn.BatchNorm*d normalises dim 1 only; expected axis=1; received: axis={layer.axis!r}")
+        raise ValueError(f"torch.nn.BatchNorm*d normalises dim 1 only; expected axis=1; received: axis={short(layer.axis)}")
     if built is None or built.ndim not in _BY_RANK or layer.has_uninitialized_params():
         raise ValueError(
             "Cannot tell which BatchNorm*d to build: expected a built layer (call it once, or pass "
-            f"num_features) and an input rank in 2..5 (pass `rank`); received: rank={built.ndim if built else rank!r}"
+            f"num_features) and an input rank in 2..5 (pass `rank`); received: rank={short(built.ndim if built else rank)}"
         )
     bn = _BY_RANK[built.ndim](layer.running_mean.numel(), eps=spec.epsilon, momentum=round(1.0 - spec.momentum, 15),
                               affine=spec.center or spec.scale, device=layer.running_mean.device,

@@ -100,7 +100,8 @@ def collect_targets(model: nn.Module) -> tuple[list[Target], list[str]]:
         leaf = path.rsplit(".", 1)[-1]
         if keras is not None and path.startswith("layers.") and path.count(".") == 1:
             leaf = keras.keras_name(leaf)
-        cls = _built_class(keras, leaf, module) or keras_class(module)
+        top = keras if path.startswith("layers.") and path.count(".") == 1 else None
+        cls = _built_class(top, leaf, module) or keras_class(module)
         if cls is not None:
             origin = keras.keras_origins.get(leaf) if keras is not None else None
             targets.append(Target(leaf, path, module, cls, channels.get(path), shapes.get(leaf), origin))
@@ -114,7 +115,12 @@ def _built_class(model: KerasModel | None, name: str, module: nn.Module) -> str 
     """The Keras class a KerasModel built layer ``name`` for, while its module still holds
     that class's weights (surgery may have replaced it, e.g. a folded BN by an Identity)."""
     cls = model.keras_classes.get(name) if model is not None else None
-    return cls if cls is not None and present_rules(module, rules_for(cls)) else None
+    if cls is None:
+        return None
+    # A module with no weights at all still counts (Keras numbers every layer of a class in .keras
+    # files, e.g. a Normalization whose statistics are config constants), and expects none.
+    weightless = not any(True for _ in module.parameters()) and not module.state_dict()
+    return cls if present_rules(module, rules_for(cls)) or weightless else None
 
 
 def _flatten_channels(model: nn.Module) -> dict[str, int]:

@@ -6,6 +6,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .._repr import short
 from .. import functional as F
 from .._dropout_flatten import check_rate
 
@@ -41,11 +42,11 @@ class Dropout(nn.Module):
             ):
                 raise ValueError(
                     "`noise_shape` must be a tuple of positive ints or None entries; "
-                    f"received: noise_shape={noise_shape!r}"
+                    f"received: noise_shape={short(noise_shape)}"
                 )
             noise_shape = tuple(noise_shape)
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise ValueError(f"`seed` must be a non-negative int or None; received: seed={seed!r}")
+            raise ValueError(f"`seed` must be a non-negative int or None; received: seed={short(seed)}")
         self.rate = check_rate(rate)
         self.noise_shape = noise_shape
         self.seed = seed

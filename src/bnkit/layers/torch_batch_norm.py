@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .._repr import short
 from .. import constraints, regularizers
 from .. import functional as F
 from .._check import check_bool, check_fraction, check_positive
@@ -76,7 +77,7 @@ class TorchBatchNorm(BNExtras, _BatchNorm):
     ) -> None:
         check_positive("num_features", num_features, int)
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 <= eps < math.inf:
-            raise ValueError(f"`eps` must be a non-negative finite number; received: eps={eps!r}")
+            raise ValueError(f"`eps` must be a non-negative finite number; received: eps={short(eps)}")
         if momentum is not None:
             check_fraction("momentum", momentum)
         for name, value in (("affine", affine), ("track_running_stats", track_running_stats), ("bias", bias)):

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from .._repr import short
 from ..layers import BatchNormalization, Flatten
 
 __all__ = ["CONFIGS", "PLACEMENTS", "vgg", "vgg16", "vgg19"]
@@ -71,18 +72,18 @@ def vgg(
         bn_kwargs: extra arguments for every BatchNormalization (Keras names: ``momentum``...).
     """
     if arch not in CONFIGS:
-        raise ValueError(f"`arch` must be one of {sorted(CONFIGS)}; received: {arch!r}")
+        raise ValueError(f"`arch` must be one of {sorted(CONFIGS)}; received: {short(arch)}")
     if batch_norm not in PLACEMENTS:
-        raise ValueError(f"`batch_norm` must be one of {PLACEMENTS}; received: batch_norm={batch_norm!r}")
+        raise ValueError(f"`batch_norm` must be one of {PLACEMENTS}; received: batch_norm={short(batch_norm)}")
     if pooling not in (None, "avg", "max"):
-        raise ValueError(f"`pooling` must be None, 'avg' or 'max'; received: pooling={pooling!r}")
+        raise ValueError(f"`pooling` must be None, 'avg' or 'max'; received: pooling={short(pooling)}")
     if classifier_activation not in _ACTIVATIONS:
         raise ValueError("`classifier_activation` must be 'softmax', 'sigmoid', 'linear' or None; "
-                         f"received: {classifier_activation!r}")
+                         f"received: {short(classifier_activation)}")
     if not (isinstance(width, (int, float)) and width > 0):
-        raise ValueError(f"`width` must be a positive number; received: width={width!r}")
+        raise ValueError(f"`width` must be a positive number; received: width={short(width)}")
     if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
-        raise ValueError(f"`dropout` must be in [0, 1); received: dropout={dropout!r}")
+        raise ValueError(f"`dropout` must be in [0, 1); received: dropout={short(dropout)}")
     channels, height, wide = _check_input_shape(input_shape)
     bn_kwargs = dict(bn_kwargs or {})
     layers: OrderedDict[str, nn.Module] = OrderedDict()
@@ -132,11 +133,11 @@ def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
         raise ValueError(
-            f"`input_shape` must be (channels, height, width) of positive ints; received: {input_shape!r}"
+            f"`input_shape` must be (channels, height, width) of positive ints; received: {short(input_shape)}"
         )
     if shape[1] < 32 or shape[2] < 32:
         raise ValueError(
             "`input_shape` height and width must be at least 32 (five 2x2 poolings); "
-            f"received: {input_shape!r}"
+            f"received: {short(input_shape)}"
         )
     return shape  # type: ignore[return-value]

@@ -258,7 +258,15 @@ class _Tracer(fx.Tracer):
         self.leaf_types = tuple(leaf_types) + _BNKIT_LEAVES
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, self.leaf_types) or super().is_leaf_module(m, module_qualified_name)
+        return isinstance(m, self.leaf_types) or self._keras_helper(m) or \
+            super().is_leaf_module(m, module_qualified_name)
+
+    def _keras_helper(self, module: nn.Module) -> bool:
+        """A helper module of a loaded Keras model (``SamePad``, ``AvgPoolSame``, ``KerasReLU``...):
+        opaque to surgery, and its shape arithmetic cannot be traced.  Helpers holding layers
+        surgery looks for (``SeparableConv``'s two convs) are traced into, so those are visible."""
+        return type(module).__module__.startswith("bnkit.keras.") and \
+            not any(isinstance(m, self.leaf_types) for m in module.modules())
 
 
 def _is_plain_sequential(module: nn.Module) -> bool:

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .._repr import short
 from ..layers import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormalization
 from ._graph import BATCH_NORM_TYPES, ModelView, Site, open_view
 
@@ -78,7 +79,7 @@ def _scale_shift(
 ) -> tuple[Tensor, Tensor]:
     """The BN's inference map ``scale * x + shift`` in float64."""
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
-        raise ValueError(f"`eps` must be a non-negative number; received: eps={eps!r}")
+        raise ValueError(f"`eps` must be a non-negative number; received: eps={short(eps)}")
     for name, tensor in (("bn_mean", mean), ("bn_var", var), ("gamma", gamma), ("beta", beta)):
         if tensor is not None and tuple(tensor.shape) != (channels,):
             raise ValueError(f"`{name}` must have shape ({channels},), one value per {what} of `weight`; "

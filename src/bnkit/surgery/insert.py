@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedParameter
 
+from .._repr import short
 from ..layers import BatchNormalization
 from ._graph import ACTIVATION_FUNCTIONS, BATCH_NORM_TYPES, ModelView, Site, is_activation, open_view
 
@@ -112,7 +113,7 @@ def insert_batch_norm(
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module; received: {type(model).__name__}")
     if placement not in PLACEMENTS:
-        raise ValueError(f"`placement` must be one of {PLACEMENTS}; received: placement={placement!r}")
+        raise ValueError(f"`placement` must be one of {PLACEMENTS}; received: placement={short(placement)}")
     layer_types = _check_types("layer_types", layer_types)
     activation_types = _check_types("activation_types", activation_types)
     _check_bn_kwargs(bn_kwargs, calibration_data)
@@ -302,7 +303,7 @@ def _check_types(name: str, types: Any) -> tuple[type[nn.Module], ...]:
     if not (isinstance(result, tuple) and result
             and all(isinstance(t, type) and issubclass(t, nn.Module) for t in result)):
         raise TypeError(f"`{name}` must be an nn.Module subclass or a non-empty tuple of them; "
-                        f"received: {name}={types!r}")
+                        f"received: {name}={short(types)}")
     return result
 
 
@@ -310,7 +311,7 @@ def _check_bn_kwargs(bn_kwargs: dict[str, Any], calibration_data: Any) -> None:
     for key in _SET_HERE:
         if key in bn_kwargs:
             raise TypeError(f"`{key}` is set by insert_batch_norm (axis=1, sizes, device and dtype come "
-                            f"from each layer); received: {key}={bn_kwargs[key]!r}")
+                            f"from each layer); received: {key}={short(bn_kwargs[key])}")
     BatchNormalization(axis=1, num_features=1, **bn_kwargs)  # the layer validates its own arguments
     if calibration_data is None:
         return
@@ -320,4 +321,4 @@ def _check_bn_kwargs(bn_kwargs: dict[str, Any], calibration_data: Any) -> None:
     for key in ("scale", "center"):
         if bn_kwargs.get(key, True) is not True:
             raise ValueError(f"Calibration preserves outputs only with `{key}=True` (it sets gamma and beta); "
-                             f"received: {key}={bn_kwargs[key]!r}")
+                             f"received: {key}={short(bn_kwargs[key])}")
