@@ -190,6 +190,7 @@ def resaved(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
         return work, oracle.run_jobs(work, tasks, "resaved")
 
 
+@pytest.mark.slow  # a second round of Keras processes (~40 s)
 @pytest.mark.parametrize("flavour, recipe, suffix", RESAVED)
 def test_keras_loads_the_flat_graphs_bnkit_writes(built: Any, resaved: Any, flavour: str, recipe: str,
                                                   suffix: str) -> None:
