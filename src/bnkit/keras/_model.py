@@ -109,6 +109,11 @@ class KerasModel(nn.Module):
         """The Keras layer name of the module under ``key``."""
         return self.keras_names.get(key, key)
 
+    def display_names(self) -> dict[str, str]:
+        """Module path -> the name :func:`bnkit.summary` shows, for layers whose module key is
+        not their Keras name (``layers.conv1_conv`` -> ``layers.conv1/conv``)."""
+        return {f"layers.{key}": f"layers.{name}" for key, name in self.keras_names.items() if key != name}
+
     def keras_layer(self, name: str) -> nn.Module:
         """The module of the Keras layer ``name``."""
         for key, keras_name in self.keras_names.items():
