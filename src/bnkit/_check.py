@@ -10,6 +10,7 @@ import math
 from numbers import Real
 from typing import Any
 
+import torch
 from torch import Tensor
 from ._repr import short
 
@@ -85,3 +86,65 @@ def check_torch_arguments(
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
         if t is not None and t.numel() != channels:
             raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
+
+
+_TINY32 = float(torch.finfo(torch.float32).tiny)
+_TINY64 = float(torch.finfo(torch.float64).tiny)
+
+
+def epsilon_floor(dtype: torch.dtype | None) -> float:
+    """The smallest ``epsilon`` that survives in arithmetic of ``dtype``.
+
+    float16/bfloat16 layers compute in float32 inside, so their floor is float32's: the
+    smallest normal float32 (1.18e-38).  float64 layers may go down to float64's.
+    """
+    return _TINY64 if dtype == torch.float64 else _TINY32
+
+
+def check_epsilon(name: str, value: Any, dtype: torch.dtype | None = None, *, zero_ok: bool = False) -> float:
+    """A finite ``epsilon`` that does not vanish in the layer's arithmetic (``zero_ok``: 0 is allowed too)."""
+    if zero_ok and isinstance(value, Real) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    value = check_positive(name, value)
+    floor = epsilon_floor(dtype)
+    if value < floor:
+        kind = "float64" if floor < 1e-300 else "float32"
+        raise ValueError(
+            f"`{name}` must be at least {floor:.6g}, the smallest normal {kind} number: a smaller one "
+            f"vanishes when added to a variance in {kind} (a constant channel would then divide by zero); "
+            f"received: {name}={value!r}"
+        )
+    return value
+
+
+def check_input_dtype(x: Tensor, *tensors: Tensor | None) -> None:
+    """Refuse inputs batch normalization would silently get wrong or fail on deep in torch.
+
+    Complex inputs would lose their imaginary part; a float64 input with float32 (or lower)
+    parameters and statistics, or the reverse, is what ``torch.nn.BatchNorm*`` refuses with
+    "mixed dtype": say which dtypes differ and what to call.
+    """
+    if x.is_complex():
+        raise TypeError(
+            f"Batch normalization expects a real (floating-point) input; received an input of dtype "
+            f"{str(x.dtype).replace('torch.', '')}, whose imaginary part would be lost (pass x.real, x.abs() "
+            "or torch.view_as_real(x))"
+        )
+    if not x.is_floating_point():
+        return
+    present = [t for t in tensors if t is not None]
+    wide = any(t.dtype == torch.float64 for t in present)
+    narrow = [t.dtype for t in present if t.dtype != torch.float64]
+    if x.dtype == torch.float64 and narrow:
+        held = str(narrow[0]).replace("torch.", "")
+        raise TypeError(
+            f"Batch normalization input and layer dtypes differ: expected an input of the layer's dtype "
+            f"({held}; float16/bfloat16 inputs are also accepted with float32 layers); received a float64 "
+            f"input. Call layer.double() to compute in float64, or pass x.to(torch.{held})"
+        )
+    if x.dtype != torch.float64 and wide:
+        raise TypeError(
+            f"Batch normalization input and layer dtypes differ: expected a float64 input for a float64 "
+            f"layer; received a {str(x.dtype).replace('torch.', '')} input. Pass x.double(), or call "
+            "layer.float() to compute in float32"
+        )

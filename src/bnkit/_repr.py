@@ -35,6 +35,11 @@ class _Bounded(reprlib.Repr):
         if name in _SAFE or kind.__module__ in ("pathlib", "enum", "numpy.dtypes") or kind in (int, float, complex, type):
             text = reprlib.builtins.repr(obj)  # type: ignore[attr-defined]
             return text if len(text) <= self.maxother else text[: self.maxother - 3] + "..."
+        if isinstance(obj, (bytes, bytearray)):
+            text = reprlib.builtins.repr(obj[: self.maxother])  # type: ignore[attr-defined]
+            return text if len(obj) <= self.maxother else text[: self.maxother - 3] + "..."
+        if kind.__repr__ is object.__repr__:  # the default "<T object at 0x...>" cannot recurse
+            return object.__repr__(obj)
         if callable(obj) and hasattr(obj, "__qualname__"):
             return f"<{kind.__name__} {getattr(obj, '__qualname__', '?')[:60]}>"
         return f"<{kind.__name__} object>"

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import torch
 
 from ._repr import short
-from ._check import check_axis, check_bool, check_fraction, check_positive
+from ._check import check_axis, check_bool, check_epsilon, check_fraction, check_positive
 from ._kernels import normalize_axes
 
 __all__ = ["BNSpec", "BuiltBN", "Clipping"]
@@ -159,7 +159,7 @@ class BNSpec:
         axis = check_axis(a["axis"])
         spec = cls(
             axis=axis, momentum=check_fraction("momentum", a["momentum"]),
-            epsilon=check_positive("epsilon", a["epsilon"]), center=check_bool("center", a["center"]),
+            epsilon=check_epsilon("epsilon", a["epsilon"], torch.float64), center=check_bool("center", a["center"]),
             scale=check_bool("scale", a["scale"]), renorm=renorm, renorm_clipping=clipping,
             renorm_momentum=check_fraction("renorm_momentum", a["renorm_momentum"]),
             fused=None, virtual_batch_size=vbs, adjustment=adjustment, synchronized=synchronized,

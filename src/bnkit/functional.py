@@ -41,7 +41,7 @@ from torch import Tensor
 from ._repr import short
 from . import _kernels as K
 from ._dropout_flatten import dropout, flatten
-from ._check import check_sizes, check_torch_arguments
+from ._check import (check_epsilon, check_fraction, check_input_dtype, check_sizes, check_torch_arguments)
 from ._spec import Clipping
 from . import distributed
 
@@ -167,7 +167,43 @@ def batch_norm(
             only; one all-reduce forward and one backward, none in a group of one process;
             see :mod:`bnkit.distributed`).
         process_group: the group for ``synchronized`` (default: the world).
+
+    Raises:
+        ValueError: ``momentum`` outside [0, 1]; ``epsilon`` not positive and finite, or so
+            small that it vanishes in the input's arithmetic (see :func:`bnkit._check.check_epsilon`).
+        TypeError: a complex input, or an input whose dtype differs from the parameters'
+            (float64 against float32), which ``torch.nn.BatchNorm*`` refuses too.
     """
+    if not torch.jit.is_tracing():
+        check_fraction("momentum", momentum)
+        check_epsilon("epsilon", epsilon, x.dtype if isinstance(x, Tensor) else None)
+    return _batch_norm(
+        x, running_mean, running_var, weight, bias, training=training, axis=axis, momentum=momentum,
+        epsilon=epsilon, variance_rule=variance_rule, renorm=renorm, virtual_batch_size=virtual_batch_size,
+        adjustment=adjustment, mask=mask, synchronized=synchronized, process_group=process_group,
+    )
+
+
+def _batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    *,
+    training: bool,
+    axis: int | Sequence[int],
+    momentum: float,
+    epsilon: float,
+    variance_rule: str,
+    renorm: RenormState | None,
+    virtual_batch_size: int | None,
+    adjustment: Adjustment | None,
+    mask: Tensor | None,
+    synchronized: bool,
+    process_group: object | None,
+) -> tuple[Tensor, BatchNormStats]:
+    """:func:`batch_norm` without its scalar checks (the PyTorch family checks in its own way)."""
     if variance_rule not in ("biased", "unbiased"):
         raise ValueError(
             f"`variance_rule` must be 'biased' or 'unbiased'; received: {short(variance_rule)}"
@@ -175,6 +211,7 @@ def batch_norm(
     axes = K.normalize_axes(axis, x.dim())
     if not torch.jit.is_tracing():
         check_sizes(x, axes, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+        check_input_dtype(x, running_mean, running_var, weight, bias)
     out_dtype = x.dtype if x.is_floating_point() else torch.float32
     unchanged = BatchNormStats(running_mean, running_var, *_renorm_unchanged(renorm))
     plain = renorm is None and adjustment is None and mask is None and not synchronized and virtual_batch_size is None
@@ -232,17 +269,18 @@ def torch_batch_norm(
     *new* value, the running variance is fed the unbiased batch variance, and
     ``running_mean``/``running_var`` are updated in place in training.  The keyword-only
     arguments add bnkit's options (:func:`batch_norm` documents them); ``renorm`` statistics
-    are updated in place too.
+    are updated in place too.  As torch's, it does not check ``momentum`` (PyTorch's own tests
+    pass -1); :func:`batch_norm` and the layers do.
     """
     check_torch_arguments(input, running_mean, running_var, weight, bias, training, eps)
     if input.dim() < 2:
         if input.numel() == 0:
             return input.clone()  # as torch
         raise RuntimeError(f"batch_norm expects an input of at least 2 dimensions; received shape {tuple(input.shape)}")
-    out, stats = batch_norm(
+    out, stats = _batch_norm(
         input, running_mean, running_var, weight, bias, training=training, axis=1, momentum=1.0 - momentum,
         epsilon=eps, variance_rule="unbiased", renorm=renorm, virtual_batch_size=virtual_batch_size,
-        synchronized=synchronized, process_group=process_group,
+        adjustment=None, mask=None, synchronized=synchronized, process_group=process_group,
     )
     if training:
         olds = (running_mean, running_var, *_renorm_unchanged(renorm))
@@ -448,8 +486,17 @@ def _affine(y: Tensor, axes: list[int], ndim: int, weight: Tensor | None, bias: 
 
 
 def _adjust(y: Tensor, adjustment: Adjustment, shape: torch.Size) -> Tensor:
-    scale, shift = adjustment(shape)
-    return y * scale.to(y) + shift.to(y)
+    """``y * scale + shift`` with ``(scale, shift) = adjustment(shape)``; numbers are taken as tensors."""
+    result = adjustment(shape)
+    try:
+        scale, shift = result
+        scale, shift = (torch.as_tensor(v, dtype=y.dtype, device=y.device) for v in (scale, shift))
+        return y * scale + shift
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(
+            "`adjustment` must return a pair (scale, bias) of tensors or numbers broadcastable to the input "
+            f"of shape {tuple(shape)}; received: {short(result)} ({type(error).__name__}: {short(str(error))})"
+        ) from None
 
 
 def _ema(olds: Sequence[Tensor | None], news: Sequence[Tensor], momentum: float) -> list[Tensor | None]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from .._repr import short
 
+
 __all__ = ["CIFAR_FILES", "is_cifar_dir", "read_cifar10", "restricted_load"]
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -94,7 +95,7 @@ def _as_dict(obj: Any, path: Path, required: tuple[str, ...]) -> dict[str, Any]:
     keys = {_as_text(k): v for k, v in obj.items()}
     missing = [k for k in required if k not in keys]
     if missing:
-        shown = sorted(repr(k) for k in obj)
+        shown = sorted(short(k) for k in obj)[:10]
         raise ValueError(f"{path}: expected keys {[f'b{k!r}' for k in required]}; missing {missing}, found {shown}")
     return keys
 
@@ -119,10 +120,10 @@ def _read_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: expected b'data' to be a uint8 array of shape (n, {_PIXELS}); found {found}")
     if isinstance(labels, np.ndarray) and labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer):
         y = labels.astype(np.int64)
-    elif isinstance(labels, list) and all(type(v) is int for v in labels):
+    elif isinstance(labels, list) and all(type(v) is int and -2**63 <= v < 2**63 for v in labels):
         y = np.array(labels, dtype=np.int64)
     else:
-        raise ValueError(f"{path}: expected b'labels' to be a list of ints; found {type(labels).__name__} "
+        raise ValueError(f"{path}: expected b'labels' to be a list of ints (64-bit); found {type(labels).__name__} "
                          f"{short(labels)}")
     if len(y) != len(data):
         raise ValueError(f"{path}: expected one label per image ({len(data)}); found {len(y)} labels")

@@ -21,9 +21,16 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["NpzData", "read_npz"]
+from ._members import check_member_size
+
+__all__ = ["MAX_CLASSES", "NpzData", "read_npz"]
 
 _SPLIT_KEYS = ("x_train", "y_train", "x_val", "y_val")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: Labels at or above this are refused outright (an ImageNet-21k has 21,841 classes).
+MAX_CLASSES = 100_000
+#: Fewer classes than this are accepted whatever the number of examples (small test sets).
+_FEW_CLASSES = 1_000
 NpzData = tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray], tuple[str, ...]]
 
 
@@ -46,8 +53,14 @@ def _images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
     if min(x.shape) == 0:
         raise ValueError(f"{path}: expected '{key}' with at least one image of at least 1x1 pixels; "
                          f"found shape {x.shape}")
-    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-        raise ValueError(f"{path}: expected finite pixel values in '{key}'; found NaN or infinity")
+    if np.issubdtype(x.dtype, np.floating):
+        low, high = x.min(), x.max()  # NaN propagates; no temporary array as large as x
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError(f"{path}: expected finite pixel values in '{key}'; found NaN or infinity")
+        if max(-float(low), float(high)) > _FLOAT32_MAX:
+            raise ValueError(f"{path}: expected pixel values in '{key}' that fit float32 (|value| <= "
+                             f"{_FLOAT32_MAX:.4g}), the dtype images are trained in; found values from {float(low):.4g} "
+                             f"to {float(high):.4g}, which become infinite in float32")
     return x
 
 
@@ -60,6 +73,10 @@ def _labels(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
         raise ValueError(f"{path}: expected '{key}' to have one label per image ({n}); found {len(y)}")
     if len(y) and y.min() < 0:
         raise ValueError(f"{path}: expected non-negative labels in '{key}'; found minimum {y.min()}")
+    top = int(y.max()) if len(y) else 0
+    if top >= MAX_CLASSES:
+        raise ValueError(f"{path}: expected labels in '{key}' below {MAX_CLASSES:,} (each label up to the largest "
+                         f"becomes a class and an output of the model); found label {top:,}")
     return y.astype(np.int64)
 
 
@@ -103,6 +120,7 @@ def read_npz(path: Path) -> NpzData:
             wanted.append("classes")
         arrays: dict[str, np.ndarray] = {}
         for key in wanted:
+            check_member_size(path, archive, key)
             try:
                 arrays[key] = archive[key]
             except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -120,5 +138,10 @@ def read_npz(path: Path) -> NpzData:
             raise ValueError(f"{path}: expected 'x_train' and 'x_val' with the same number of channels; "
                              f"found {x_train.shape[1]} and {x_val.shape[1]}")
     num_labels = 1 + max(int(y.max()) for y in (y_train, y_val) if y is not None)
+    examples = sum(len(y) for y in (y_train, y_val) if y is not None)
+    if num_labels > max(examples, _FEW_CLASSES):
+        raise ValueError(f"{path}: expected labels 0..K-1 with K at most the number of examples ({examples}) "
+                         f"or {_FEW_CLASSES}; found label {num_labels - 1}, which would make {num_labels:,} classes, "
+                         "most of them without any example")
     classes = _classes(path, arrays.get("classes"), num_labels)
     return x_train, y_train, x_val, y_val, classes

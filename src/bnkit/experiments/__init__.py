@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from .._files import remove_stale_staging
 from ..data import Dataset
 from . import parallel
 from .config import BN_VARIANTS, ExperimentConfig, Variant, load_config
@@ -80,11 +81,14 @@ def run_experiment(
         run_dir = Path(resume)
         if not (run_dir / "config.json").is_file():
             raise FileNotFoundError(f"{run_dir} is not a bnkit run folder: expected {run_dir / 'config.json'}")
-        stored = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        stored = _read_run_config(run_dir / "config.json")
         config = ExperimentConfig.from_dict(stored)
+        for folder in (run_dir, run_dir / "checkpoints"):  # an interrupted write leaves its staging folder
+            remove_stale_staging(folder)
         recorded_world = stored.get("world_size") if isinstance(stored, dict) else None
     else:
         config = config or ExperimentConfig()
+        _remove_stale_in_runs(Path(config.output_dir))
     parallel.check_config(config, processes.world_size)
     device = processes.device(config.device)
     if config.threads:
@@ -94,6 +98,7 @@ def run_experiment(
     torch.set_flush_denormal(True)
     data = load_dataset(config.dataset, image_size=config.image_size, limit=config.limit)
     parallel.check_config(config, processes.world_size, len(data.x_train))
+    config.check_training_set(len(data.x_train))
     started = parallel.start(processes, device)
     try:
         result = _run(config, Path(resume) if resume is not None else None, recorded_world, data, processes,
@@ -103,6 +108,26 @@ def run_experiment(
         raise
     parallel.stop(started)
     return result
+
+
+def _read_run_config(path: Path) -> object:
+    """A run folder's ``config.json``, parsed; a broken one is a ValueError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: expected the JSON configuration this run folder was started with; found a "
+                         f"broken file ({error})") from None
+
+
+def _remove_stale_in_runs(output_dir: Path, limit: int = 1000) -> None:
+    """Remove staging folders that killed runs left in the run folders of ``output_dir`` (their writer is gone)."""
+    try:
+        runs = [entry for _, entry in zip(range(limit), output_dir.iterdir()) if entry.is_dir()]
+    except OSError:
+        return
+    for run in runs:
+        for folder in (run, run / "checkpoints"):
+            remove_stale_staging(folder)
 
 
 def _run(config: ExperimentConfig, run_dir: Path | None, recorded_world: int | None, data: Dataset,

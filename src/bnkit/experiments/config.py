@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 from .._repr import short
+
 
 __all__ = ["BN_VARIANTS", "RECORDED_KEYS", "Variant", "ExperimentConfig", "load_config"]
 
@@ -22,11 +24,23 @@ BN_VARIANTS = ("none", "before_activation", "after_activation", "renorm", "ghost
 #: Keys a run folder's ``config.json`` records about how the run was launched; accepted (and
 #: checked) when read back, but not settings: ``world_size`` is the number of processes.
 RECORDED_KEYS = ("world_size",)
+#: More threads than this are refused (OpenMP aborts on absurd counts).
+MAX_THREADS = 1024
 
 
 def _text(key: str, value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError(f"`{key}` must be a non-empty string; received: {short(value)}")
+
+
+def _file_name(key: str, value: Any) -> None:
+    """A name that becomes one file or folder name: no separators, no ``..``, not hidden."""
+    _text(key, value)
+    separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(sep in value for sep in separators) or value.startswith(".") or "\0" in value or len(value) > 100:
+        raise ValueError(f"`{key}` names a folder or file inside the output folder: expected a plain name of at most "
+                         "100 characters without path separators, '..' or a leading '.'; "
+                         f"received: {short(value)}")
 
 
 def _choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
@@ -64,6 +78,7 @@ class Variant:
         _choice("batch_norm", self.batch_norm, BN_VARIANTS)
         if not self.name:
             object.__setattr__(self, "name", self.batch_norm)
+        _file_name("name", self.name)  # the checkpoint file is <name>-seed<k>.pt
         _number("momentum", self.momentum, 0.0, 1.0)
         _number("epsilon", self.epsilon, 0.0, math.inf, low_open=True)
         _integer("virtual_batch_size", self.virtual_batch_size, 1)
@@ -119,7 +134,7 @@ class ExperimentConfig:
     device: str = "cpu"  # "cuda": GPU LOCAL_RANK of each process (NCCL between processes; gloo on CPU)
 
     def __post_init__(self) -> None:
-        _text("name", self.name)
+        _file_name("name", self.name)
         _text("dataset", self.dataset)
         _integer("image_size", self.image_size, 32)
         if self.limit is not None:
@@ -135,6 +150,11 @@ class ExperimentConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"`variants` must have distinct names; received: {names}")
         _integer("batch_size", self.batch_size, 1)
+        for variant in self.variants:  # every variant, before any trains
+            if variant.batch_norm == "ghost" and self.batch_size % variant.virtual_batch_size:
+                raise ValueError(f"variant {variant.name!r}: `virtual_batch_size` ({variant.virtual_batch_size}) must "
+                                 f"divide `batch_size` (ghost batches split every batch); received: "
+                                 f"batch_size={self.batch_size}")
         _choice("optimizer", self.optimizer, ("sgd", "adam"))
         _number("learning_rate", self.learning_rate, 0.0, 10.0, low_open=True)
         _number("sgd_momentum", self.sgd_momentum, 0.0, 1.0, high_open=True)
@@ -147,6 +167,9 @@ class ExperimentConfig:
             raise ValueError(f"`seeds` must be distinct; received: {list(self.seeds)}")
         if self.threads is not None:
             _integer("threads", self.threads, 1)
+            if self.threads > MAX_THREADS:
+                raise ValueError(f"`threads` must be at most {MAX_THREADS} (this machine has {os.cpu_count()} CPUs); "
+                                 f"received: {self.threads!r}")
         _number("target_accuracy", self.target_accuracy, 0.0, 1.0, low_open=True)
         _text("output_dir", self.output_dir)
         if not isinstance(self.sync_bn, bool):
@@ -180,13 +203,25 @@ class ExperimentConfig:
     def replace(self, **changes: Any) -> "ExperimentConfig":
         return dataclasses.replace(self, **changes)
 
+    def check_training_set(self, size: int) -> None:
+        """The errors training on ``size`` examples would hit mid-run, raised before the first step."""
+        if size < self.batch_size:  # then every epoch is one batch of all the examples
+            for variant in self.variants:
+                if variant.batch_norm == "ghost" and size % variant.virtual_batch_size:
+                    raise ValueError(f"variant {variant.name!r}: `virtual_batch_size` ({variant.virtual_batch_size}) "
+                                     f"must divide the {size} training examples, which are one batch since "
+                                     f"batch_size={self.batch_size} exceeds them; lower `batch_size` or `limit`")
+
 
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read a ``.toml``, ``.json`` or ``.yaml``/``.yml`` experiment file."""
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"No configuration file at {source}")
-    text = source.read_text(encoding="utf-8")
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{source}: expected a UTF-8 text file; found undecodable bytes ({error.reason})") from None
     suffix = source.suffix.lower()
     try:
         if suffix == ".toml":

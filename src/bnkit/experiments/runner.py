@@ -158,11 +158,17 @@ def train_variant(
         if not path.exists():
             raise FileNotFoundError(f"rank {processes.rank} cannot read {path}, which rank 0 resumes from: on "
                                     "several nodes the run folder must be on a file system every node reads")
-        state = torch.load(path, map_location=device, weights_only=True)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        record.history, record.status, record.message = state["history"], state["status"], state["message"]
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            record.history, record.status, record.message = state["history"], state["status"], state["message"]
+        except Exception as error:  # noqa: BLE001 - any damage is reported against the file
+            text = " ".join(str(error).split())
+            raise ValueError(f"{path}: expected the checkpoint of {variant.name} seed {seed} written by this run; "
+                             f"found an unreadable or mismatched file ({type(error).__name__}: {text[:300]}); "
+                             "delete it to train that variant again from the start") from None
     if record.status in ("done", "diverged"):
         return record
     # DDP averages the gradients over the ranks: each rank's loss is the mean over its equal

@@ -1,8 +1,10 @@
 """The ``.keras`` v3 archive: a ZIP of ``metadata.json``, ``config.json``, ``model.weights.h5``.
 
 Reading validates every member name first (no absolute paths, no ``..``), caps the size of
-the JSON members, and hands the weights member to h5py as a file object (stored members)
-or through a size-capped temporary file (compressed members).  Writing builds the archive
+the JSON members, and opens the weights member in place (stored members: a
+:class:`FileWindow` on the archive) or from a private temporary file it is streamed into
+under the budget :func:`weights_budget` derives from the config (compressed members: a
+compression bomb stops there).  Writing builds the archive
 next to the target and renames it into place, so an interrupted write leaves nothing half
 written.
 """

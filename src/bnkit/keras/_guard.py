@@ -86,20 +86,20 @@ class _Links:
             address, group = queue.popleft()
             if address in self.tables:
                 continue
-            entries: list[tuple[bytes, Any]] = []
-            group.links.iterate(lambda name, info: entries.append((name, info)), info=True)
+            entries: list[tuple[bytes, int]] = []  # h5py reuses one LinkInfo: keep its type now
+            group.links.iterate(lambda name, info: entries.append((name, info.type)), info=True)
             table: dict[str, tuple[str, Any]] = {}
             self.tables[address] = table
-            for raw, info in entries:
+            for raw, link_type in entries:
                 total += 1
                 if total > MAX_LINKS:
                     raise KerasFormatError(f"{label}: more than {MAX_LINKS:,} links; expected a Keras file")
                 name = raw.decode("utf-8", "replace")
                 if not name or "/" in name or name in (".", ".."):
                     raise KerasFormatError(f"{label}: a link named {name[:80]!r}; expected plain link names")
-                kind = kinds.get(info.type)
+                kind = kinds.get(link_type)
                 if kind is None:
-                    raise _refuse(label, self.path(address, name), "a user-defined link", f"(link type {info.type})")
+                    raise _refuse(label, self.path(address, name), "a user-defined link", f"(link type {link_type})")
                 value: Any = None
                 if kind == "soft":
                     value = group.links.get_val(raw).decode("utf-8", "replace")

@@ -2,8 +2,11 @@
 
 Everything that opens or inspects HDF5 goes through here, so a damaged file surfaces as one
 :class:`~bnkit.keras.KerasFormatError` naming the file and what was being read, never as an
-``OSError`` or ``KeyError`` from deep inside h5py.  Datasets are checked before they are
-read (floating dtype, storage consistent with the declared shape); :mod:`._copy` reads them.
+``OSError`` or ``KeyError`` from deep inside h5py.  :func:`open_h5` hands untrusted files
+to libhdf5 only in a worker process (:mod:`._probe`) and returns their snapshot
+(:mod:`._snapshot`); :func:`open_checked` is what the worker runs.  Datasets are checked
+before they are read (floating dtype, allowed filters, storage inside the file and
+consistent with the declared shape); :mod:`._copy` reads them.
 """
 from __future__ import annotations
 

@@ -172,6 +172,8 @@ class StoredDataset:
             raise ValueError(f"dataset {self.name}: cannot read into this buffer")
         rows = self.shape[0] if self.shape else 1
         stop = rows if stop is None else stop
+        if not 0 <= start <= stop <= rows:
+            raise ValueError(f"dataset {self.name}: rows {start}:{stop} outside its {rows} rows")
         row_items = math.prod(self.shape[1:]) if self.shape else 1
         first, count = start * row_items, (stop - start) * row_items
         target = buffer.reshape(-1)[:count]

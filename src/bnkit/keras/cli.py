@@ -60,8 +60,13 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a checkpoint's model (``{"builder": "keras"}`` architectures included)."""
-    return checkpoint.load_checkpoint(path)
+    """Rebuild a checkpoint's model (``{"builder": "keras"}`` architectures included).
+
+    A malformed checkpoint is a ValueError naming the file (:func:`bnkit._cli_support.read_checkpoint`).
+    """
+    from .._cli_support import read_checkpoint
+
+    return read_checkpoint(path)
 
 
 def _describe(model: nn.Module) -> str:

@@ -12,7 +12,7 @@ from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from .. import constraints, initializers, regularizers
 from .. import functional as F
-from .._check import check_bool, check_positive
+from .._check import check_bool, check_epsilon, check_positive
 from .._spec import BNSpec, BuiltBN
 from ._common import BNExtras, flat_state, fx_leaf, renorm_state, store_stats
 
@@ -108,6 +108,7 @@ class BatchNormalization(BNExtras, LazyModuleMixin, nn.Module):
             virtual_batch_size=virtual_batch_size, adjustment=adjustment, synchronized=synchronized,
             dtype=factory["dtype"],
         )
+        check_epsilon("epsilon", epsilon, factory["dtype"])  # the spec checks it against float32 only
         self.process_group = process_group
         self.initializers = {
             "beta": initializers.get(beta_initializer),

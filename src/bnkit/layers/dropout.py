@@ -45,8 +45,9 @@ class Dropout(nn.Module):
                     f"received: noise_shape={short(noise_shape)}"
                 )
             noise_shape = tuple(noise_shape)
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise ValueError(f"`seed` must be a non-negative int or None; received: seed={short(seed)}")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64):
+            raise ValueError(f"`seed` must be an int in [0, 2**64) (a torch.Generator seed) or None; "
+                             f"received: seed={short(seed)}")
         self.rate = check_rate(rate)
         self.noise_shape = noise_shape
         self.seed = seed

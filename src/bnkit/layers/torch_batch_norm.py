@@ -22,7 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .._repr import short
 from .. import constraints, regularizers
 from .. import functional as F
-from .._check import check_bool, check_fraction, check_positive
+from .._check import check_bool, check_epsilon, check_fraction, check_input_dtype, check_positive
 from .._spec import BNSpec
 from ..distributed import is_distributed
 from .batch_norm import KERAS_WEIGHT_NAMES
@@ -78,6 +78,7 @@ class TorchBatchNorm(BNExtras, _BatchNorm):
         check_positive("num_features", num_features, int)
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 <= eps < math.inf:
             raise ValueError(f"`eps` must be a non-negative finite number; received: eps={short(eps)}")
+        check_epsilon("eps", eps, dtype or torch.get_default_dtype(), zero_ok=True)
         if momentum is not None:
             check_fraction("momentum", momentum)
         for name, value in (("affine", affine), ("track_running_stats", track_running_stats), ("bias", bias)):
@@ -142,7 +143,12 @@ class TorchBatchNorm(BNExtras, _BatchNorm):
         if isinstance(input, torch.fx.Proxy):
             return fx_leaf(self, input)
         if self._plain:
-            return super().forward(input)  # exactly nn.BatchNorm*
+            try:
+                return super().forward(input)  # exactly nn.BatchNorm*
+            except RuntimeError as error:  # torch's "mixed dtype (CPU)": say which dtypes and what to call
+                if "mixed dtype" in str(error) and not is_tracing(input):
+                    check_input_dtype(input, self.weight, self.bias, self.running_mean, self.running_var)
+                raise
         if not is_tracing(input):
             self._check_input_dim(input)
         factor = 0.0 if self.momentum is None else self.momentum
@@ -164,12 +170,12 @@ class TorchBatchNorm(BNExtras, _BatchNorm):
         local = not (spec.synchronized and is_distributed(self.process_group))  # else the global batch counts
         if training and local and x.numel() and x.numel() // x.shape[1] == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-        out, stats = F.batch_norm(
+        out, stats = F._batch_norm(  # torch's rules for eps and momentum were checked above
             x, self.running_mean if track else None, self.running_var if track else None, self.weight, self.bias,
             training=training, axis=1, momentum=1.0 - factor, epsilon=self.eps, variance_rule="unbiased",
             renorm=renorm_state(self, spec.renorm_momentum) if spec.renorm and training and track else None,
             virtual_batch_size=spec.virtual_batch_size if self.training else None,
-            synchronized=spec.synchronized, process_group=self.process_group,
+            adjustment=None, mask=None, synchronized=spec.synchronized, process_group=self.process_group,
         )
         if training and track:
             store_stats(self, stats)

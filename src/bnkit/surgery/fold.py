@@ -84,6 +84,12 @@ def _scale_shift(
         if tensor is not None and tuple(tensor.shape) != (channels,):
             raise ValueError(f"`{name}` must have shape ({channels},), one value per {what} of `weight`; "
                              f"received shape {tuple(tensor.shape)}")
+    bad_mean = int((~torch.isfinite(mean)).sum())
+    bad_var = int((~(torch.isfinite(var) & (var.double() + eps > 0))).sum())
+    if bad_mean or bad_var:
+        raise ValueError("`bn_mean` and `bn_var` must be finite with bn_var + eps > 0 (else the folded weights are "
+                         f"NaN or infinite); received: {bad_mean} bad mean(s) and {bad_var} bad variance(s) with "
+                         f"eps={eps!r}")
     scale = torch.rsqrt(var.double() + eps)
     if gamma is not None:
         scale = scale * gamma.double().to(scale.device)
@@ -142,7 +148,9 @@ def fold_batch_norm(model: nn.Module) -> tuple[nn.Module, FoldReport]:
     torch.fx and returned as a ``GraphModule`` (or as a plain copy when nothing folds).
 
     Raises:
-        ValueError: ``model`` is in training mode (call ``model.eval()`` first).
+        ValueError: ``model`` is in training mode (call ``model.eval()`` first), or a batch
+            norm holds statistics or parameters that are NaN or infinite, or a negative
+            ``running_var``: folding them would write NaN/inf into the weights.
         TypeError: ``model`` is not a module, or neither a Sequential nor fx-traceable.
     """
     if not isinstance(model, nn.Module):
@@ -151,6 +159,7 @@ def fold_batch_norm(model: nn.Module) -> tuple[nn.Module, FoldReport]:
         raise ValueError("`model` must be in inference mode to fold batch norm (running statistics "
                          "replace batch statistics only then): call model.eval() first; received a "
                          f"{type(model).__name__} with training=True")
+    _refuse_broken_statistics(model)
     work = copy.deepcopy(model)
     view = open_view(work, BATCH_NORM_TYPES + _LAYERS, BATCH_NORM_TYPES + _LAYERS)
     folded: list[Folded] = []
@@ -172,6 +181,29 @@ def fold_batch_norm(model: nn.Module) -> tuple[nn.Module, FoldReport]:
     result = view.finish() if folded else work
     not_folded = tuple(NotFolded(site.name, reasons[site]) for site in pending)
     return result, FoldReport(tuple(folded), not_folded)
+
+
+def _refuse_broken_statistics(model: nn.Module) -> None:
+    """A ValueError naming the first batch norm whose inference map is not finite."""
+    for name, bn in model.named_modules():
+        if not isinstance(bn, BATCH_NORM_TYPES):
+            continue
+        for what in ("running_mean", "running_var", "weight", "bias"):
+            tensor = getattr(bn, what, None)
+            if not isinstance(tensor, Tensor) or isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+                continue
+            values = tensor.detach()
+            bad = ~torch.isfinite(values) if values.is_floating_point() else torch.zeros_like(values, dtype=torch.bool)
+            if what == "running_var":
+                bad |= values < 0
+            if bool(bad.any()):
+                first = int(bad.flatten().nonzero()[0])
+                raise ValueError(
+                    f"Cannot fold batch norm {name or type(bn).__name__!r}: its `{what}` must be finite"
+                    f"{' and non-negative' if what == 'running_var' else ''}; received "
+                    f"{int(bad.sum())} bad value(s), e.g. {what}[{first}]={float(values.flatten()[first])!r} "
+                    "(the model was trained into NaN, or the checkpoint is corrupt)"
+                )
 
 
 @dataclass(frozen=True)

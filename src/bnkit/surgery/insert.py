@@ -267,7 +267,14 @@ class _MomentProbe(nn.Module):
                 f"Calibration never reached the batch norm after {self.where}: expected every "
                 "batch to run through it; received batches that skip it or are empty"
             )
-        return self.mean, self.m2 / self.count
+        var = self.m2 / self.count
+        if not bool(torch.isfinite(self.mean).all() & torch.isfinite(var).all()):
+            raise ValueError(
+                f"Calibration of the batch norm after {self.where}: expected finite activations; received "
+                f"NaN or infinite values in {int((~torch.isfinite(self.mean)).sum())} of {self.features} "
+                "channels (the calibration data holds NaN/inf, or the model overflows on it)"
+            )
+        return self.mean, var
 
 
 def _calibrate(model: nn.Module, data: Iterable[Any]) -> int:
