@@ -40,7 +40,7 @@ def test_committed_keras_files_give_keras_outputs(name: str) -> None:
 
 
 @pytest.mark.parametrize("name, by", [("small_tf_keras.w.h5", "name"), ("small_keras3.weights.h5", "name"),
-                                      ("small_tf_keras.keras", "Keras layer order")])
+                                      ("small_tf_keras.keras", "Keras weight path")])
 def test_weights_only_files(name: str, by: str) -> None:
     ref = _ref(name.split(".")[0].removeprefix("small_"))
     model = bk.build_from_config(bk.read_model_config(FIXTURES / "small_tf_keras.h5")).eval()

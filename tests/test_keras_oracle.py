@@ -160,6 +160,9 @@ def test_tf_keras_archives_without_layer_names_match_by_keras_order(round1: Any)
     work, _ = round1
     model = bk.build_from_config(bk.read_model_config(work / "tf_keras_res.h5")).eval()
     report = bk.load_weights(model, work / "tf_keras_res.keras")
+    assert report.ok and report.matched_by == "Keras weight path"  # layers/<class>[_k] of the model's config
+    torch_model = nn.Sequential(OrderedDict((name, model.layers[name]) for name in model.layers))
+    report = bk.load_weights(torch_model, work / "tf_keras_res.keras")  # a plain torch model: by module order
     assert report.ok and report.matched_by == "Keras layer order"
 
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 import bnkit.keras as bk
 from bnkit.keras import _core, _plan, _table
-from bnkit.keras._config import parse_model_config
+from bnkit.keras._graph import parse_model_config
 from bnkit.keras._entry import LayerEntry, WeightRule, as_is, view_shape
 
 KERAS_DIR = Path(bk.__file__).parent

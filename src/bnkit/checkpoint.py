@@ -77,7 +77,7 @@ def _base(architecture: dict[str, Any]) -> nn.Module:
     if architecture["builder"] == "keras":  # written by `bnkit convert`: the Keras config itself, as data
         from .keras import build_from_config
 
-        return build_from_config(architecture["config"])
+        return build_from_config(architecture["config"], data_format=architecture.get("data_format"))
     return _builders()[architecture["builder"]](**architecture.get("kwargs", {}))
 
 
@@ -90,7 +90,7 @@ def declared_elements(architecture: dict[str, Any], source: object = "") -> int:
     _check_record(architecture, source)
     if architecture["builder"] == "keras":
         from .keras._plan import plan_model
-        from .keras._config import parse_model_config
+        from .keras._graph import parse_model_config
 
         config = architecture["config"]
         if isinstance(config, str):

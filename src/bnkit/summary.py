@@ -186,8 +186,10 @@ def summary(
     args, kwargs, batch = _inputs(model, input_shape, input_data, batch_size, dtypes, device)
 
     model_name = type(model).__name__.lower()
+    display = getattr(model, "display_names", None)  # e.g. a loaded Keras model's layer names
+    shown: dict[str, str] = display() if callable(display) else {}
     modules = [
-        (name or model_name, name.count(".") + 1 if name else 0, module)
+        (shown.get(name, name) or model_name, name.count(".") + 1 if name else 0, module)
         for name, module in model.named_modules()
         if _owns_state(module) or next(module.children(), None) is None
     ]

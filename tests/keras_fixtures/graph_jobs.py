@@ -4,8 +4,9 @@ shared layers and channel layouts.  Runs in its own process::
 
     python graph_jobs.py {tf_keras|keras3} JOB.json
 
-A recipe may return several outputs; ``build`` then stores ``y0``, ``y1``... next to ``y``
-(the first output).
+Task ``graph`` builds a recipe like keras_jobs' ``build`` (several inputs and outputs: ``x0``,
+``y0``, ``y1``... in ``<name>_ref.npz``); ``predict_many`` loads a file and predicts on every
+``x<i>`` of an npz.
 """
 from __future__ import annotations
 
@@ -113,8 +114,19 @@ def _build(task: dict[str, Any], work: Path) -> None:
         np.savez(work / f"{name}_ref.npz", x=xs[0], y=np.asarray(ys[0]), **arrays)
 
 
-RECIPES = {f.__name__: f for f in (blocked, odd_names, nested_models, shared_layers, plain_cnn)}
-keras_jobs.TASKS["graph"] = _build
+def _predict(task: dict[str, Any], work: Path) -> None:
+    """Load ``file`` and predict on every ``x<i>`` of npz ``x`` -> ``<name>_pred.npz`` (``y<i>``)."""
+    model = keras.models.load_model(task["file"], compile=False)
+    with np.load(task["x"]) as data:
+        xs = [data[f"x{i}"] for i in range(sum(k.startswith("x") and k != "x" for k in data.files))]
+    ys = model(xs if len(xs) > 1 else xs[0], training=False)
+    ys = ys if isinstance(ys, (list, tuple)) else [ys]
+    np.savez(work / f"{task['name']}_pred.npz", **{f"y{i}": np.asarray(y) for i, y in enumerate(ys)})
+
+
+RECIPES = {f.__name__: f for f in (blocked, odd_names, nested_models, shared_layers, plain_cnn,
+                                   keras_jobs.channels_first)}
+keras_jobs.TASKS.update(graph=_build, predict_many=_predict)
 
 if __name__ == "__main__":
     raise SystemExit(keras_jobs.main())

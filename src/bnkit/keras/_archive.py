@@ -124,7 +124,7 @@ def weights_budget(path: Path) -> tuple[int, str]:
     plan (an unsupported layer) falls back to :data:`MAX_RATIO` times the compressed size.
     """
     from ._plan import plan_model
-    from ._config import parse_model_config
+    from ._graph import parse_model_config
 
     try:
         config = read_archive_json(path)

@@ -79,6 +79,9 @@ class Plan(NamedTuple):
     notes: list[str]
     classes: dict[str, str]
     names: dict[str, str]
+    origins: dict[str, tuple[tuple[str, ...], str, str]]
+    data_format: str
+    keras_data_format: str
 
     def elements(self) -> int:
         return sum(math.prod(shape) for layer in self.weight_shapes.values() for shape in layer.values())
@@ -86,7 +89,8 @@ class Plan(NamedTuple):
     def create(self) -> KerasModel:
         layers = {name: factory() for name, factory in self.factories.items()}
         return KerasModel(self.name, layers, self.steps, self.inputs, self.input_ranks, self.outputs,
-                          self.slots, self.config, self.weight_shapes, self.notes, self.classes, self.names)
+                          self.slots, self.config, self.weight_shapes, self.notes, self.classes, self.names,
+                          self.origins, self.data_format, self.keras_data_format)
 
 
 class Builder:
@@ -107,6 +111,7 @@ class Builder:
         self.keys = module_keys([layer.name for layer in spec.layers])
         self.reserved = {layer.name for layer in spec.layers} | set(self.keys.values())
         self.layer: LayerSpec | None = None
+        self.call = 0  # which call of the layer is planned (a shared layer has several)
         #: layer name -> fields of its written config entry that differ from a plain
         #: ``keras.layers`` layer (an operation layer's class, module and inbound node)
         self.written: dict[str, dict[str, Any]] = {}
@@ -157,7 +162,9 @@ class Builder:
         """Register module ``name`` (a layer's Keras name, stored under its module key, or an
         :meth:`aux_name`) and a step calling it on ``slots``; returns the output slot."""
         name = self.keys.get(name, name)
-        self.factories[name] = factory
+        repeated = self.call > 0 and self.layer is not None and name == self.keys.get(self.layer.name)
+        if not repeated:  # a shared layer's later calls reuse its module
+            self.factories[name] = factory
         out = self.new_slot()
         self.steps.append(Step("module", name, tuple(slots), out, many=many))
         return out

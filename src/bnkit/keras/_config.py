@@ -1,32 +1,45 @@
-"""Parse a Keras model config (tf_keras 2.x or Keras 3 dialect) into a plain layer graph.
+"""Read one Keras model config level (tf_keras 2.x or Keras 3 dialect): the specs of the
+flattened layer graph, and the parsing of single layer entries and their call nodes.
 
-The config is data: it is read as JSON; ``Lambda`` layers, custom (registered) objects,
-nested models and shared layers are refused with an
-:class:`~bnkit.keras.UnsupportedLayerError` naming the layer; nothing in the config is ever
-imported or executed.  Which layer classes bnkit rebuilds is the layer table's business
-(:mod:`bnkit.keras._table`), checked by the planner.
+The config is data: it is read as JSON; nothing in it is ever imported or executed.
+``Lambda`` layers, custom (registered) objects and non-float32 dtype policies get a
+*refusal* that the planner reports together with every other blocking layer.  Nested
+models and shared layers are resolved by :mod:`bnkit.keras._graph`; which layer classes
+bnkit rebuilds is the layer table's business (:mod:`bnkit.keras._table`).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from .._repr import short
-from ._call_args import OP_CLASSES, CallArgs, TensorArg, app_layer_class, op_call, op_class
+from ._call_args import OP_CLASSES, CallArgs, TensorArg, app_layer_class, op_class
 from .errors import KerasFormatError, UnsupportedLayerError
 
-__all__ = ["CallArgs", "LayerSpec", "ModelSpec", "TensorArg", "parse_model_config"]
+__all__ = ["CODE_CLASSES", "MODEL_CLASSES", "CallArgs", "Entry", "LayerSpec", "ModelSpec", "Ref", "TensorArg",
+           "TensorId", "check_custom", "check_ref", "endpoints", "layer_entry", "node_refs", "snake_case"]
 
-_MODEL_CLASSES = ("Sequential", "Functional", "Model")
-_CODE_CLASSES = ("Lambda",)  # TFOpLambda & co. name a function of a fixed table: see _call_args
+MODEL_CLASSES = ("Sequential", "Functional", "Model")
+CODE_CLASSES = ("Lambda",)  # TFOpLambda & co. name a function of a fixed table: see _call_args
 _FLOAT32 = ("float32", None)
 
+#: A reference in a config: (layer name, node index, tensor index).
 Ref = tuple[str, int, int]
+#: A tensor of the flattened graph: (flat layer name, call index, output index).
+TensorId = tuple[str, int, int]
 
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One Keras layer: its class, config and the tensors its single call consumes.
+    """One Keras layer of the flattened graph.
+
+    ``name`` is unique in the flattened graph (the Keras name, qualified by its nested
+    models' names when that name is taken); ``calls`` lists the input tensors of every
+    call (a shared layer has several); ``inbound`` names the first call's input layers.
+    ``keras_name``, ``scope`` (the nested models holding it, outermost first) and
+    ``v3_path`` (its weights' group in the ``.keras`` layout) say where the source file
+    keeps its weights.
 
     ``call`` is set only for operation layers (see :mod:`bnkit.keras._call_args`): their
     call's arguments with constants kept and tensors replaced by :class:`TensorArg`.
@@ -37,51 +50,40 @@ class LayerSpec:
     config: dict[str, Any]
     inbound: tuple[str, ...]
     refusal: str = ""  # why bnkit must refuse the layer whatever the table holds (code, custom object...)
+    calls: tuple[tuple[TensorId, ...], ...] = ()
+    keras_name: str = ""
+    scope: tuple[str, ...] = ()
+    v3_path: str = ""
     call: CallArgs | None = None
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A Keras model as a layer graph, layers in a topological order."""
+    """A Keras model as a flat layer graph: layers in the order of their first call, the
+    calls in a topological order, the input layers and the output tensors."""
 
     name: str
     kind: str
     layers: tuple[LayerSpec, ...]
     inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
+    outputs: tuple[TensorId, ...]
+    order: tuple[tuple[str, int], ...] = ()
 
     def layer(self, name: str) -> LayerSpec:
         return next(spec for spec in self.layers if spec.name == name)
 
 
-def parse_model_config(config: Any, source: object = "config") -> ModelSpec:
-    """Check and normalise a model config ``{"class_name": ..., "config": {...}}``."""
-    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
-        raise KerasFormatError(
-            f"{source}: expected a model config {{'class_name': ..., 'config': {{...}}}}; "
-            f"received {type(config).__name__} {short(config)}"
-        )
-    kind = config.get("class_name")
-    body = config["config"]
-    if kind not in _MODEL_CLASSES or not isinstance(body.get("layers"), list):
-        raise UnsupportedLayerError(
-            f"{source}: the model class {short(kind)} is not supported; expected a Sequential or "
-            "functional model (subclassed models carry code and cannot be rebuilt)"
-        )
-    _check_custom(config, "the model", kind, source, allow_registered=("Functional",))
-    name = body.get("name") if isinstance(body.get("name"), str) else "model"
-    entries = [_entry(raw, index, source) for index, raw in enumerate(body["layers"])]
-    if body.get("trainable", True) is False:  # a frozen model freezes every layer (BN: inference statistics)
-        entries = [(n, cls, {**cfg, "trainable": False}, nodes, why) for n, cls, cfg, nodes, why in entries]
-    if kind == "Sequential":
-        return _sequential(name, entries, body, config, source)
-    return _functional(name, entries, body, source)
+def snake_case(class_name: str) -> str:
+    """Keras' snake_case of a class name, used for ``.keras`` weight paths: ``Conv2D`` ->
+    ``conv2d``, ``BatchNormalization`` -> ``batch_normalization``."""
+    text = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", text).lower()
 
 
 Entry = tuple[str, str, dict[str, Any], Any, str]
 
 
-def _entry(raw: Any, index: int, source: object) -> Entry:
+def layer_entry(raw: Any, index: int, source: object) -> Entry:
     """``(name, class, config, inbound nodes, refusal)``; a refusal is reported by the planner
     together with every other blocking layer."""
     if not (isinstance(raw, dict) and isinstance(raw.get("class_name"), str) and isinstance(raw.get("config"), dict)):
@@ -93,16 +95,15 @@ def _entry(raw: Any, index: int, source: object) -> Entry:
     if not isinstance(name, str) or not name or len(name) > 1000:
         raise KerasFormatError(f"{source}: layer #{index} ({cls}) needs a non-empty name; received name={short(name)}")
     refusal = ""
-    if cls in _CODE_CLASSES:
+    if cls in CODE_CLASSES:
         refusal = "its Python code is stored in the file and bnkit never executes code from a file"
-    elif cls in _MODEL_CLASSES:
-        refusal = "a nested model; load_model expects a flat graph (load_weights can read nested weight files)"
-    custom = "" if cls in OP_CLASSES or app_layer_class(raw) is not None else _custom(raw, cls)
+    custom = "" if cls in OP_CLASSES or app_layer_class(raw) is not None else \
+        _custom(raw, cls, ("Functional",) if cls in MODEL_CLASSES else ())
     refusal = refusal or custom or _dtype(cfg.get("dtype"))
     return name, cls, cfg, raw.get("inbound_nodes", []), refusal
 
 
-def _check_custom(raw: dict[str, Any], what: str, cls: Any, source: object,
+def check_custom(raw: dict[str, Any], what: str, cls: Any, source: object,
                   allow_registered: tuple[str, ...] = ()) -> None:
     problem = _custom(raw, cls, allow_registered)
     if problem:
@@ -128,88 +129,31 @@ def _dtype(dtype: Any) -> str:
     return "" if policy in _FLOAT32 else f"dtype policy {short(policy)}; expected 'float32'"
 
 
-def _sequential(name: str, entries: list[Entry], body: dict[str, Any],
-                config: dict[str, Any], source: object) -> ModelSpec:
-    layers: list[LayerSpec] = []
-    if not entries or entries[0][1] != "InputLayer":
-        shape = (entries[0][2].get("batch_input_shape") if entries else None) or body.get("build_input_shape") \
-            or (config.get("build_config") or {}).get("input_shape")
-        if not isinstance(shape, list):
-            raise KerasFormatError(
-                f"{source}: the Sequential model has no input shape; expected an InputLayer, a "
-                "`batch_input_shape` on its first layer or a `build_input_shape`"
-            )
-        taken = {entry[0] for entry in entries}
-        input_name = next(f"input_{i}" for i in range(1, len(taken) + 2) if f"input_{i}" not in taken)
-        entries = [(input_name, "InputLayer", {"batch_input_shape": shape, "name": input_name}, [], "")] + entries
-    previous: str | None = None
-    for layer_name, cls, cfg, _, refusal in entries:
-        if cls == "InputLayer" and previous is not None:
-            raise KerasFormatError(f"{source}: InputLayer {layer_name!r} must come first in a Sequential model")
-        layers.append(LayerSpec(layer_name, cls, cfg, () if previous is None else (previous,), refusal))
-        previous = layer_name
-    _check_unique(layers, source)
-    return ModelSpec(name, "Sequential", tuple(layers), (layers[0].name,), (layers[-1].name,))
-
-
-def _functional(name: str, entries: list[Entry], body: dict[str, Any],
-                source: object) -> ModelSpec:
-    layers = [_op_layer(n, cls, cfg, nodes, source, why) if cls in OP_CLASSES
-              else LayerSpec(n, cls, cfg, _inbound(nodes, n, source), why) for n, cls, cfg, nodes, why in entries]
-    _check_unique(layers, source)
-    inputs = _endpoints(body.get("input_layers"), "input_layers", source)
-    outputs = _endpoints(body.get("output_layers"), "output_layers", source)
-    by_name = {spec.name: spec for spec in layers}
-    for endpoint in inputs + outputs:
-        if endpoint not in by_name:
-            raise KerasFormatError(f"{source}: model endpoint {short(endpoint)} is not a layer of the model")
-    for spec in layers:
-        if (spec.class_name == "InputLayer") != (spec.name in inputs):
-            raise KerasFormatError(
-                f"{source}: layer {spec.name!r} ({spec.class_name}): expected InputLayers to be exactly "
-                f"the model inputs {list(inputs)}"
-            )
-        for ref in spec.inbound:
-            if ref not in by_name:
-                raise KerasFormatError(f"{source}: layer {short(spec.name)} consumes unknown layer {short(ref)}")
-    return ModelSpec(name, "Functional", _topological(layers, source), inputs, outputs)
-
-
-def _op_layer(name: str, cls: str, cfg: dict[str, Any], nodes: Any, source: object, refusal: str) -> LayerSpec:
-    inbound, call = op_call(nodes, name, source)
-    return LayerSpec(name, cls, cfg, inbound, refusal, call=call)
-
-
-def _inbound(nodes: Any, name: str, source: object) -> tuple[str, ...]:
+def node_refs(nodes: Any, name: str, source: object) -> list[list[Ref]]:
+    """The tensors each call of layer ``name`` consumes, from its ``inbound_nodes``."""
     if not isinstance(nodes, list):
-        raise KerasFormatError(f"{source}: layer {short(name)}: `inbound_nodes` must be a list; received {short(nodes)}")
-    if not nodes:
-        return ()
-    if len(nodes) > 1:
-        raise UnsupportedLayerError(
-            f"{source}: layer {name!r} is called {len(nodes)} times (a shared layer); expected one call per layer"
-        )
-    node = nodes[0]
-    refs: list[Ref] = []
-    if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
-        _keras3_tensors(node.get("args", []), refs, name, source)
-        kwargs = node.get("kwargs") or {}
-        if not isinstance(kwargs, dict) or not _ignorable(kwargs):
-            raise UnsupportedLayerError(
-                f"{source}: layer {short(name)} is called with arguments {short(kwargs)}; expected none"
-            )
-    elif isinstance(node, list):  # tf_keras: [[name, node, tensor, kwargs], ...]
-        for item in node:
-            if not (isinstance(item, list) and len(item) in (3, 4)):
-                raise KerasFormatError(f"{source}: layer {short(name)}: malformed inbound node {short(item)}")
-            if len(item) == 4 and not (isinstance(item[3], dict) and _ignorable(item[3])):
+        raise KerasFormatError(f"{source}: layer {name!r}: `inbound_nodes` must be a list; received {short(nodes)}")
+    calls = []
+    for node in nodes:
+        refs: list[Ref] = []
+        if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
+            _keras3_tensors(node.get("args", []), refs, name, source)
+            kwargs = node.get("kwargs") or {}
+            if not isinstance(kwargs, dict) or not _ignorable(kwargs):
                 raise UnsupportedLayerError(
-                    f"{source}: layer {short(name)} is called with arguments {short(item[3])}; expected none"
-                )
-            refs.append((item[0], item[1], item[2]))
-    else:
-        raise KerasFormatError(f"{source}: layer {short(name)}: malformed inbound node {short(node)}")
-    return tuple(_ref(ref, name, source) for ref in refs)
+                    f"{source}: layer {name!r} is called with arguments {short(kwargs)}; expected none")
+        elif isinstance(node, list):  # tf_keras: [[name, node, tensor, kwargs], ...]
+            for item in node:
+                if not (isinstance(item, list) and len(item) in (3, 4)):
+                    raise KerasFormatError(f"{source}: layer {name!r}: malformed inbound node {short(item)}")
+                if len(item) == 4 and not (isinstance(item[3], dict) and _ignorable(item[3])):
+                    raise UnsupportedLayerError(
+                        f"{source}: layer {name!r} is called with arguments {short(item[3])}; expected none")
+                refs.append(check_ref(item[:3], name, source))
+        else:
+            raise KerasFormatError(f"{source}: layer {name!r}: malformed inbound node {short(node)}")
+        calls.append(refs)
+    return calls
 
 
 def _ignorable(kwargs: dict[str, Any]) -> bool:
@@ -226,51 +170,26 @@ def _keras3_tensors(value: Any, refs: list[Ref], name: str, source: object) -> N
         history = (value.get("config") or {}).get("keras_history")
         if not isinstance(history, list) or len(history) != 3:
             raise KerasFormatError(f"{source}: layer {short(name)}: malformed keras_history {short(history)}")
-        refs.append((history[0], history[1], history[2]))
+        refs.append(check_ref(history, name, source))
     else:
         raise UnsupportedLayerError(
             f"{source}: layer {short(name)} is called with a non-tensor argument {short(value)}; expected tensors only"
         )
 
 
-def _ref(ref: Ref, name: str, source: object) -> str:
-    layer, node, tensor = ref
-    if not isinstance(layer, str) or node != 0 or tensor != 0:
-        raise UnsupportedLayerError(
-            f"{source}: layer {short(name)} consumes {short(list(ref))}; expected the single output of a "
-            "single-call layer ([name, 0, 0])"
-        )
-    return layer
+def check_ref(value: Any, name: str, source: object) -> Ref:
+    """A ``[layer, node, tensor]`` reference, checked."""
+    if not (isinstance(value, (list, tuple)) and len(value) == 3 and isinstance(value[0], str)
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**20 for v in value[1:])):
+        raise KerasFormatError(f"{source}: layer {name!r}: malformed tensor reference {short(value)}; expected "
+                               "[layer name, node index, tensor index]")
+    return (value[0], value[1], value[2])
 
 
-def _endpoints(value: Any, key: str, source: object) -> tuple[str, ...]:
+def endpoints(value: Any, key: str, source: object) -> list[Ref]:
+    """The ``input_layers`` / ``output_layers`` of a functional model config."""
     if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str):
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(v, list) and len(v) == 3 for v in value):
         raise KerasFormatError(f"{source}: `{key}` must be [[name, 0, 0], ...]; received {short(value)}")
-    return tuple(_ref((v[0], v[1], v[2]), key, source) for v in value)
-
-
-def _check_unique(layers: list[LayerSpec], source: object) -> None:
-    seen: set[str] = set()
-    for spec in layers:
-        if spec.name in seen:
-            raise KerasFormatError(f"{source}: layer name {spec.name!r} appears twice; expected unique names")
-        seen.add(spec.name)
-
-
-def _topological(layers: list[LayerSpec], source: object) -> tuple[LayerSpec, ...]:
-    """The config order when it is topological (Keras writes it so), else a stable sort of it."""
-    done: set[str] = set()
-    ordered: list[LayerSpec] = []
-    pending = list(layers)
-    while pending:
-        index = next((i for i, spec in enumerate(pending) if all(ref in done for ref in spec.inbound)), None)
-        if index is None:
-            raise KerasFormatError(
-                f"{source}: the layer graph has a cycle through {[s.name for s in pending][:5]}; expected a DAG"
-            )
-        spec = pending.pop(index)
-        done.add(spec.name)
-        ordered.append(spec)
-    return tuple(ordered)
+    return [check_ref(v, key, source) for v in value]

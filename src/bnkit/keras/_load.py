@@ -9,10 +9,10 @@ from typing import Any
 
 from ..layers import BatchNormalization
 from ._archive import is_keras_archive, read_archive_json
-from ._config import parse_model_config
+from ._graph import parse_model_config
 from ._h5 import open_h5, read_json_attr, translating
 from ._model import KerasModel
-from ._plan import plan_model
+from ._plan import check_data_format, plan_model
 from ._weights import LoadReport, collect_targets, copy_planned, open_weights, plan_load
 from .errors import KerasFormatError
 
@@ -44,7 +44,7 @@ def read_model_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
-def load_model(path: str | os.PathLike[str]) -> KerasModel:
+def load_model(path: str | os.PathLike[str], data_format: str | None = None) -> KerasModel:
     """Rebuild a Keras model saved with ``model.save()`` as a torch module, weights included.
 
     Reads ``.keras`` archives (Keras 3, tf_keras >= 2.13) and legacy ``.h5`` files
@@ -56,16 +56,23 @@ def load_model(path: str | os.PathLike[str]) -> KerasModel:
     shapes, dtypes, storage), and only then are tensors created and filled, so a damaged
     file raises before any model exists.
 
+    ``data_format="channels_first"`` gives a channels-last Keras model an NCHW (NCDHW)
+    interface for its rank-4/5 inputs and outputs: convs and BNs then run natively with no
+    permutes inside, and outputs equal Keras' transposed to NCHW (``"channels_last"`` does
+    the converse for a channels-first model; None, the default, keeps Keras' layout).
+
     Raises:
         FileNotFoundError: no file at ``path``.
         KerasFormatError: the file is damaged, unsafe, or its config and weights disagree.
         UnsupportedLayerError: a layer class bnkit cannot rebuild (Lambda, custom objects...).
     """
+    data_format = check_data_format(data_format)
     source = Path(path)
     config = read_model_config(source)
     spec = parse_model_config(config, source)
-    plan = plan_model(spec, config, init=False, source=source)
-    with open_weights(source, {layer.name for layer in spec.layers}) as (layout, stored):
+    plan = plan_model(spec, config, init=False, source=source, data_format=data_format)
+    names = {layer.name for layer in spec.layers} | {layer.keras_name for layer in spec.layers if layer.keras_name}
+    with open_weights(source, names) as (layout, stored):
         available = sum(int(ds.size) for layer in stored for ds in layer.datasets)
         if plan.elements() > available:
             raise KerasFormatError(
@@ -109,15 +116,16 @@ def _keras_version(source: Path) -> str:
     return version if isinstance(version, str) else ""
 
 
-def build_from_config(config: dict[str, Any] | str) -> KerasModel:
+def build_from_config(config: dict[str, Any] | str, data_format: str | None = None) -> KerasModel:
     """Build a freshly initialised :class:`KerasModel` from a Keras model config.
 
     ``config`` is ``{"class_name": "Sequential"|"Functional"|"Model", "config": {...}}``
     (a dict or its JSON text), in the tf_keras or Keras 3 dialect, e.g. a model's
     ``keras_config``.  Kernels and biases use the config's Keras initializers.  This is
     what a checkpoint with ``{"builder": "keras", "config": ...}`` replays before loading
-    its state dict.
+    its state dict.  ``data_format``: the interface layout, as in :func:`load_model`.
     """
+    check_data_format(data_format)
     if isinstance(config, str):
         try:
             config = json.loads(config)
@@ -127,4 +135,4 @@ def build_from_config(config: dict[str, Any] | str) -> KerasModel:
     if not isinstance(config, dict):
         raise KerasFormatError(f"Expected a Keras model config dict; received {type(config).__name__}")
     spec = parse_model_config(config, "config")
-    return plan_model(spec, config, init=True, source="config").create()
+    return plan_model(spec, config, init=True, source="config", data_format=data_format).create()

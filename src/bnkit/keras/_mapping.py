@@ -26,6 +26,7 @@ import re
 
 from torch import nn
 
+from ._config import snake_case
 from ._entry import WeightRule
 from ._table import ENTRIES, TABLE, entry_for_module
 
@@ -58,10 +59,3 @@ def short_name(stored: str, layer: str | None) -> str:
         base = base[len(layer) + 1:]
     base = re.sub(r"_\d+$", "", base)
     return KERAS_ALIASES.get(base, base)
-
-
-def snake_case(class_name: str) -> str:
-    """Keras' snake_case of a class name, used for ``.keras`` weight paths: ``Conv2D`` ->
-    ``conv2d``, ``BatchNormalization`` -> ``batch_normalization``."""
-    text = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", text).lower()

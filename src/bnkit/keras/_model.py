@@ -2,9 +2,10 @@
 
 The layers live in a ``ModuleDict`` under their Keras names (helpers a Keras layer needs
 get suffixed names: ``conv_pad``, ``conv_relu``); the graph is a list of steps over
-numbered tensor slots.  Internally images are NCHW; the forward takes and returns tensors
-in Keras' own layout (NHWC for a channels-last model), so outputs equal Keras' outputs on
-the same inputs.
+numbered tensor slots.  Internally images are NCHW; by default the forward takes and
+returns tensors in Keras' own layout (NHWC for a channels-last model), so outputs equal
+Keras' outputs on the same inputs; with ``data_format="channels_first"`` it takes and
+returns NCHW images and runs without any permute between convs and BNs.
 """
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ class KerasModel(nn.Module):
     """A Keras Sequential or functional model as a torch module.
 
     Build one with :func:`bnkit.keras.load_model` or :func:`bnkit.keras.build_from_config`.
-    ``forward(*inputs)`` takes one tensor per Keras input, in Keras' layout, and returns a
-    tensor (or a tuple for several outputs) in Keras' layout.  ``keras_config`` is the
+    ``forward(*inputs)`` takes one tensor per Keras input and returns a tensor (or a tuple
+    for several outputs), in Keras' layout by default; a model built with
+    ``data_format="channels_first"`` takes and returns its rank-4/5 tensors as NCHW/NCDHW
+    (``data_format`` says which: the layout of the model's images at its interface).  ``keras_config`` is the
     model config bnkit writes back (a tf_keras-style dialect that tf_keras 2.x and Keras 3
     both read); ``keras_notes`` lists Keras settings with no torch effect (e.g. kernel
     regularizers), so nothing is dropped silently.  ``keras_classes`` maps each module
@@ -41,12 +44,17 @@ class KerasModel(nn.Module):
     Layers live under module keys: their Keras names, except that names torch cannot use as
     keys (``conv1/conv``, ``head.fc``) get a safe key (``conv1_conv``); ``keras_names`` maps
     each layer's key to its Keras name, and :meth:`keras_layer` finds a layer by Keras name.
+    Nested models are expanded into one flat graph (a layer whose name is taken gets one
+    qualified by its nested models); ``keras_origins`` maps each flat layer with weights to
+    ``(nested models, Keras name, .keras weight path)`` in the file it was read from.
     """
 
     def __init__(self, name: str, layers: dict[str, nn.Module], steps: list[Step], inputs: list[int],
                  input_ranks: list[int], outputs: list[int], slots: int, keras_config: dict[str, Any],
                  keras_weight_shapes: dict[str, dict[str, tuple[int, ...]]], keras_notes: list[str],
-                 keras_classes: dict[str, str] | None = None, keras_names: dict[str, str] | None = None) -> None:
+                 keras_classes: dict[str, str] | None = None, keras_names: dict[str, str] | None = None,
+                 keras_origins: dict[str, tuple[tuple[str, ...], str, str]] | None = None,
+                 data_format: str = "channels_last", keras_data_format: str = "channels_last") -> None:
         super().__init__()
         self.name = name
         self.layers = nn.ModuleDict(layers)
@@ -60,6 +68,9 @@ class KerasModel(nn.Module):
         self.keras_notes = list(keras_notes)
         self.keras_classes = dict(keras_classes or {})
         self.keras_names = dict(keras_names or {})
+        self.keras_origins = dict(keras_origins or {})
+        self.data_format = data_format
+        self.keras_data_format = keras_data_format
 
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         if isinstance(inputs, fx.Proxy):  # torch.fx traces ``*inputs`` as one proxy (surgery)
@@ -72,7 +83,7 @@ class KerasModel(nn.Module):
         for rank, x in zip(self.input_ranks, inputs):
             if x.dim() != rank:
                 raise ValueError(
-                    f"Model {self.name!r}: expected inputs of rank {rank} in Keras' layout; "
+                    f"Model {self.name!r}: expected inputs of rank {rank} in {self._layout_name}; "
                     f"received shape {tuple(x.shape)}"
                 )
         return self._run(inputs)
@@ -98,6 +109,11 @@ class KerasModel(nn.Module):
         """The Keras layer name of the module under ``key``."""
         return self.keras_names.get(key, key)
 
+    def display_names(self) -> dict[str, str]:
+        """Module path -> the name :func:`bnkit.summary` shows, for layers whose module key is
+        not their Keras name (``layers.conv1_conv`` -> ``layers.conv1/conv``)."""
+        return {f"layers.{key}": f"layers.{name}" for key, name in self.keras_names.items() if key != name}
+
     def keras_layer(self, name: str) -> nn.Module:
         """The module of the Keras layer ``name``."""
         for key, keras_name in self.keras_names.items():
@@ -108,10 +124,26 @@ class KerasModel(nn.Module):
         raise KeyError(f"Model {self.name!r} has no Keras layer named {name!r}")
 
     @property
+    def input_shapes(self) -> list[tuple[int | None, ...]]:
+        """The shapes ``forward`` takes, batch first, in this model's interface layout."""
+        shapes = []
+        for shape in self.keras_input_shapes:
+            if self.data_format != self.keras_data_format and len(shape) in (4, 5):
+                shape = (shape[0], shape[-1], *shape[1:-1]) if self.data_format == "channels_first" \
+                    else (shape[0], *shape[2:], shape[1])
+            shapes.append(shape)
+        return shapes
+
+    @property
     def keras_input_shapes(self) -> list[tuple[int | None, ...]]:
         """The model's input shapes in Keras' layout, batch first (None: any size)."""
         layers = {layer["name"]: layer["config"] for layer in self.keras_config["config"]["layers"]}
         return [tuple(layers[name]["batch_input_shape"]) for name, _, _ in self.keras_config["config"]["input_layers"]]
 
+    @property
+    def _layout_name(self) -> str:
+        return "Keras' layout" if self.data_format == self.keras_data_format else f"the {self.data_format} layout"
+
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, inputs={len(self.input_slots)}, outputs={len(self.output_slots)}"
+        return (f"name={self.name!r}, inputs={len(self.input_slots)}, outputs={len(self.output_slots)}, "
+                f"data_format={self.data_format!r}")

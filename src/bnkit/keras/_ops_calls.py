@@ -135,13 +135,18 @@ def operation(b: Builder, spec: LayerSpec, xs: list[Info]) -> Result:
     return info, {**common(spec), "function": name}
 
 
+def _ref(spec: LayerSpec, index: int) -> list[Any]:
+    """The written reference of the call's ``index``-th tensor: [layer, node, tensor] of the flat graph."""
+    return list(spec.calls[0][index]) if spec.calls else [spec.inbound[index], 0, 0]
+
+
 def _written(spec: LayerSpec, call: CallArgs, xs: list[Info]) -> dict[str, Any]:
     """The class, module and inbound node bnkit writes for an operation layer: as read, so that
     the Keras that wrote it (and bnkit) reads it back."""
     if spec.class_name == "KerasOperation":
         def keras3(value: Any) -> Any:
             if isinstance(value, TensorArg):
-                history = [spec.inbound[value.index], 0, 0]
+                history = _ref(spec, value.index)
                 return {"class_name": "__keras_tensor__", "config": {
                     "shape": list(xs[value.index].shape), "dtype": "float32", "keras_history": history}}
             if isinstance(value, list):
@@ -156,7 +161,7 @@ def _written(spec: LayerSpec, call: CallArgs, xs: list[Info]) -> dict[str, Any]:
 
     def tf_keras(value: Any) -> Any:
         if isinstance(value, TensorArg):
-            return [spec.inbound[value.index], 0, 0]
+            return _ref(spec, value.index)
         if isinstance(value, list):
             return [tf_keras(v) for v in value]
         if isinstance(value, dict):

@@ -23,7 +23,7 @@ from torch import nn
 
 from .._files import write_atomically
 from ._archive import write_archive
-from ._config import parse_model_config
+from ._graph import parse_model_config
 from ._entry import present_rules, resolve_tensor
 from ._export import export_sequential
 from ._h5 import h5py_module

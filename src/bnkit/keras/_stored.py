@@ -37,6 +37,7 @@ class StoredLayer:
     names: list[str] = field(default_factory=list)
     datasets: list[Any] = field(default_factory=list)
     positional: bool = False
+    group: str | None = None  # legacy HDF5: the top-level layer group holding the weights
 
 
 def index_weights(h5: Any, label: str, file_size: int | None,
@@ -98,7 +99,8 @@ def _legacy(group: Any, prefix: str, label: str, names: Collection[str]) -> list
                     "dataset (missing weights)"
                 )
             owner = _owner(weight_name, layer_name, names)
-            stored = owners.setdefault(owner, StoredLayer(owner, path if owner == layer_name else f"{path}/{owner}"))
+            stored = owners.setdefault(owner, StoredLayer(owner, path if owner == layer_name else f"{path}/{owner}",
+                                                          group=layer_name))
             stored.names.append(weight_name)
             stored.datasets.append(sub[weight_name])
         layers.extend(owners.values())

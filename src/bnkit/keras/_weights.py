@@ -74,6 +74,7 @@ class Target:
     keras_class: str
     channels: int | None = None
     keras_shapes: dict[str, tuple[int, ...]] | None = None
+    origin: tuple[tuple[str, ...], str, str] | None = None  # (nested models, Keras name, .keras path)
 
 
 @dataclass
@@ -102,7 +103,8 @@ def collect_targets(model: nn.Module) -> tuple[list[Target], list[str]]:
         top = keras if path.startswith("layers.") and path.count(".") == 1 else None
         cls = _built_class(top, leaf, module) or keras_class(module)
         if cls is not None:
-            targets.append(Target(leaf, path, module, cls, channels.get(path), shapes.get(leaf)))
+            origin = keras.keras_origins.get(leaf) if keras is not None else None
+            targets.append(Target(leaf, path, module, cls, channels.get(path), shapes.get(leaf), origin))
             inside.append(path)
         elif any(True for _ in module.parameters(recurse=False)):
             unmapped.append(f"{path} ({type(module).__name__}: no Keras equivalent)")
@@ -169,19 +171,17 @@ def plan_load(targets: list[Target], stored: list[StoredLayer], layout: str, rep
     for target in targets:
         by_leaf.setdefault(target.name, []).append(target)
     named = all(layer.name is not None and layer.name in by_leaf for layer in stored)
-    if layout == "v3" and not named:
+    by_path = {target.origin[2]: target for target in targets if target.origin and target.origin[2]}
+    unique = named and len({layer.name for layer in stored}) == len(stored) and \
+        all(len(by_leaf[layer.name or ""]) == 1 for layer in stored)
+    if layout == "v3" and not unique and by_path and all(layer.path in by_path for layer in stored):
+        report.matched_by = "Keras weight path"
+        pairs = [(layer, by_path[layer.path]) for layer in stored]
+    elif layout == "v3" and not named:
         report.matched_by = "Keras layer order"
         pairs = _pair_by_order(targets, stored, report)
     else:
-        pairs = []
-        for layer in stored:
-            found = by_leaf.get(layer.name or "", [])
-            if len(found) == 1:
-                pairs.append((layer, found[0]))
-            elif found:
-                report.mismatched.append(f"{layer.name}: ambiguous, modules {[t.path for t in found]}")
-            else:
-                report.unexpected.append(f"{layer.name or layer.path} ({len(layer.datasets)} weights at {layer.path})")
+        pairs = _pair_by_name(targets, stored, by_leaf, report)
     order = {id(target): index for index, target in enumerate(targets)}
     pairs.sort(key=lambda pair: order[id(pair[1])])
     used = {id(target) for _, target in pairs}
@@ -194,6 +194,27 @@ def plan_load(targets: list[Target], stored: list[StoredLayer], layout: str, rep
             copies.extend(layer_copies)
             report.loaded.append(target.name)
     return copies
+
+
+def _pair_by_name(targets: list[Target], stored: list[StoredLayer], by_leaf: dict[str, list[Target]],
+                  report: LoadReport) -> list[tuple[StoredLayer, Target]]:
+    """Pair by layer name; a layer of a nested model is found by (outermost model, Keras name)."""
+    by_origin: dict[tuple[str, str], list[Target]] = {}
+    for target in targets:
+        if target.origin is not None:
+            scope, keras_name, _ = target.origin
+            by_origin.setdefault((scope[0] if scope else keras_name, keras_name), []).append(target)
+    pairs = []
+    for layer in stored:
+        found = by_origin.get((layer.group or "", layer.name or ""), []) if layer.group else []
+        found = found or by_leaf.get(layer.name or "", [])
+        if len(found) == 1:
+            pairs.append((layer, found[0]))
+        elif found:
+            report.mismatched.append(f"{layer.name}: ambiguous, modules {[t.path for t in found]}")
+        else:
+            report.unexpected.append(f"{layer.name or layer.path} ({len(layer.datasets)} weights at {layer.path})")
+    return pairs
 
 
 def _pair_by_order(targets: list[Target], stored: list[StoredLayer],

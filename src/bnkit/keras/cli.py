@@ -3,6 +3,7 @@
     bnkit convert model.h5|model.keras out.pt      Keras model -> checkpoint
     bnkit convert in.pt out.keras|out.h5           checkpoint -> Keras model
     bnkit convert model.h5 model.keras             between Keras formats
+    bnkit convert model.h5 out.pt --data-format channels_first   NCHW interface
 
 A checkpoint written from a Keras file stores the architecture as data, the Keras model
 config itself: ``{"builder": "keras", "config": {...}}``, next to the state dict.
@@ -39,6 +40,9 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("output", help="a .pt checkpoint or a .keras/.h5 Keras file")
     parser.add_argument("--input-shape", type=_shape, default=None,
                         help="C,H,W of a checkpoint's torch model when writing Keras (default: from the checkpoint)")
+    parser.add_argument("--data-format", choices=("channels_last", "channels_first"), default=None,
+                        help="layout of the checkpoint model's image inputs/outputs (default: Keras' own; "
+                             "channels_first: NCHW, convs and BNs run without permutes)")
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     parser.set_defaults(run=run_convert)
     return parser
@@ -86,19 +90,26 @@ def run_convert(args: argparse.Namespace) -> int:
     out_kind = target.suffix.lower()
     if out_kind not in _CHECKPOINT + _KERAS:
         raise ValueError(f"OUTPUT must end in {', '.join(_CHECKPOINT + _KERAS)}; received: {target.name!r}")
+    data_format = getattr(args, "data_format", None)
+    if data_format is not None and (source.suffix.lower() in _CHECKPOINT or out_kind not in _CHECKPOINT):
+        raise ValueError(f"--data-format sets the interface of a checkpoint written from a Keras file; received it "
+                         f"for {source.name} -> {target.name}")
     if source.suffix.lower() in _CHECKPOINT:
         model, architecture = load_checkpoint_model(source)
         origin = f"checkpoint ({architecture.get('builder')})"
     else:
-        model, architecture = load_model(source), {}
+        model, architecture = load_model(source, data_format=data_format), {}
         origin = "Keras file"
     print(f"read {source}: {origin}, {_describe(model)}")
     if out_kind in _CHECKPOINT:
         if not isinstance(model, KerasModel):
             raise ValueError(f"{source} is already a checkpoint; expected a Keras .h5/.keras input for a .pt output")
-        checkpoint.save_checkpoint(target, model, {"builder": KERAS_BUILDER, "config": model.keras_config},
-                                   force=args.force)
-        print(f"wrote {target}: bnkit checkpoint, architecture = the Keras config ({len(model.layers)} modules)")
+        architecture = {"builder": KERAS_BUILDER, "config": model.keras_config}
+        if model.data_format != model.keras_data_format:
+            architecture["data_format"] = model.data_format
+        checkpoint.save_checkpoint(target, model, architecture, force=args.force)
+        print(f"wrote {target}: bnkit checkpoint, architecture = the Keras config ({len(model.layers)} modules, "
+              f"{model.data_format} interface)")
         for note in model.keras_notes:
             print(f"  note: {note}")
         return 0
