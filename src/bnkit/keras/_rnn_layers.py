@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["GATES", "KerasBidirectional", "KerasEmbedding", "KerasGRU", "KerasLSTM", "KerasRecurrent",
+__all__ = ["GATES", "KerasBidirectional", "KerasEmbedding", "KerasGRU", "KerasLSTM", "KerasMasking", "KerasRecurrent",
            "KerasSimpleRNN", "RecurrentConfig", "SequenceMask", "recurrent"]
 
 #: Gates per cell type: the multiple of ``units`` in the kernels' last axis.
@@ -199,16 +199,31 @@ class KerasRecurrent(nn.Module):
 
     kind = ""
 
-    def __init__(self, input_size: int, cfg: RecurrentConfig) -> None:
+    def __init__(self, input_size: int, cfg: RecurrentConfig, device: torch.device | str | None = None) -> None:
         super().__init__()
         if cfg.kind != self.kind:
             raise ValueError(f"{type(self).__name__} computes {self.kind}; received a config for {cfg.kind!r}")
         self.input_size, self.cfg = input_size, cfg
         width = GATES[cfg.kind] * cfg.units
-        self.kernel = nn.Parameter(torch.empty(input_size, width))
-        self.recurrent_kernel = nn.Parameter(torch.empty(cfg.units, width))
+        self.kernel = nn.Parameter(torch.empty(input_size, width, device=device))
+        self.recurrent_kernel = nn.Parameter(torch.empty(cfg.units, width, device=device))
         bias_shape = (2, width) if cfg.kind == "GRU" and cfg.reset_after else (width,)
-        self.bias = nn.Parameter(torch.zeros(bias_shape)) if cfg.use_bias else None
+        self.bias = nn.Parameter(torch.empty(bias_shape, device=device)) if cfg.use_bias else None
+        if self.kernel.device.type != "meta":
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Keras' defaults: Glorot-uniform kernel, orthogonal recurrent kernel, zero bias with
+        the LSTM forget-gate biases at 1 (``unit_forget_bias``)."""
+        with torch.no_grad():
+            fan_in, fan_out = self.kernel.shape
+            bound = (6.0 / (fan_in + fan_out)) ** 0.5
+            self.kernel.uniform_(-bound, bound)
+            nn.init.orthogonal_(self.recurrent_kernel)
+            if self.bias is not None:
+                self.bias.zero_()
+                if self.kind == "LSTM":
+                    self.bias[self.cfg.units:2 * self.cfg.units] = 1.0
 
     def forward(self, inputs: Tensor | list[Tensor]) -> Tensor:
         x, mask = _split_inputs(self.kind, inputs)
@@ -246,7 +261,7 @@ class KerasBidirectional(nn.Module):
     """
 
     def __init__(self, input_size: int, forward_cfg: RecurrentConfig, backward_cfg: RecurrentConfig,
-                 merge_mode: str) -> None:
+                 merge_mode: str, device: torch.device | str | None = None) -> None:
         super().__init__()
         if merge_mode not in _MERGES:
             raise ValueError(f"`merge_mode` must be one of {_MERGES}; received {merge_mode!r}")
@@ -256,7 +271,7 @@ class KerasBidirectional(nn.Module):
             if cfg.return_sequences:
                 cfg = replace(cfg, zero_output_for_mask=True)  # Keras forces it inside Bidirectional
             self.configs[direction] = cfg
-            probe = _RECURRENT[cfg.kind](input_size, cfg)
+            probe = _RECURRENT[cfg.kind](input_size, cfg, device=device)
             for name in ("kernel", "recurrent_kernel", "bias"):
                 self.register_parameter(f"{direction}_{name}", getattr(probe, name))
 
@@ -292,6 +307,14 @@ class KerasEmbedding(nn.Embedding):
             raise ValueError(f"Embedding: ids must lie in [0, {self.num_embeddings}); received values from "
                              f"{int(ids.min())} to {int(ids.max())}")
         return F.embedding(ids, self.weight)
+
+
+class KerasMasking(nn.Module):
+    """Keras ``Masking``: ``forward([x, mask])`` zeroes the masked timesteps of ``x``."""
+
+    def forward(self, inputs: list[Tensor]) -> Tensor:
+        x, mask = inputs
+        return x * mask.unsqueeze(-1).to(x.dtype)
 
 
 class SequenceMask(nn.Module):

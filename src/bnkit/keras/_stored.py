@@ -17,6 +17,7 @@ straight into the destination tensors.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,9 @@ def _legacy(group: Any, prefix: str, label: str, names: Collection[str]) -> list
                     "dataset (missing weights)"
                 )
             owner = _owner(weight_name, layer_name, names)
+            if owner not in names:  # no known layer in the path: an RNN's cell weights are the RNN's
+                parts = _without_cells(weight_name.split("/"))
+                owner = parts[-2] if len(parts) >= 2 else layer_name
             stored = owners.setdefault(owner, StoredLayer(owner, path if owner == layer_name else f"{path}/{owner}"))
             stored.names.append(weight_name)
             stored.datasets.append(sub[weight_name])
@@ -105,10 +109,42 @@ def _legacy(group: Any, prefix: str, label: str, names: Collection[str]) -> list
     return layers
 
 
+_CELL = re.compile(r"(simple_rnn|lstm|gru)_cell(_\d+)?")
+#: Sub-objects whose ``.keras`` weights belong to the layer holding them, in weight order.
+_V3_PARTS = ("cell", "forward_layer", "backward_layer")
+
+
+def _without_cells(parts: list[str]) -> list[str]:
+    """A weight path without recurrent-cell components: ``lstm/lstm_cell/kernel:0`` ->
+    ``lstm/kernel:0``, ``bi/forward_gru/gru_cell/bias:0`` -> ``bi/bias:0`` (the weights of
+    an RNN layer's cell, or of a Bidirectional's inner layers, are the layer's own)."""
+    kept: list[str] = []
+    for index, part in enumerate(parts[:-1]):
+        following = parts[index + 1] if index + 1 < len(parts) - 1 else ""
+        if _CELL.fullmatch(part) or (part.startswith(("forward_", "backward_")) and _CELL.fullmatch(following)):
+            continue
+        kept.append(part)
+    return kept + parts[-1:]
+
+
+def _v3_nested(group: Any, prefix: str, label: str, stored: StoredLayer) -> None:
+    """Append the weights a layer keeps in sub-objects (an RNN's ``cell``, a Bidirectional's
+    ``forward_layer``/``backward_layer``), depth first in Keras' order."""
+    for part in _V3_PARTS:
+        if part in group and hasattr(group[part], "keys"):
+            sub, path = group[part], f"{prefix}/{part}"
+            if "vars" in sub:
+                found = _v3_vars(sub["vars"], path, label)
+                stored.names.extend(f"{part}/{name}" for name in found.names)
+                stored.datasets.extend(found.datasets)
+            _v3_nested(sub, path, label, stored)
+
+
 def _v3(group: Any, prefix: str, label: str) -> list[StoredLayer]:
     layers: list[StoredLayer] = []
     if "vars" in group:
         stored = _v3_vars(group["vars"], prefix, label)
+        _v3_nested(group, prefix, label, stored)
         if stored.datasets:
             if not prefix:  # variables the model owns directly
                 stored.name, stored.class_key = "top_level_model_weights", None
