@@ -7,8 +7,9 @@ Runs in its own process (TensorFlow and torch must not share one interpreter)::
 ``JOB.json``: ``{"workdir": dir, "tasks": [task, ...]}``; ``results_<flavour>.json`` in
 ``workdir`` maps task name -> ``"ok"`` or ``"Type: message"``.
 
-* ``{"kind": "build", "name", "input": [dims], "layers": [[class, kwargs], ...], "x": npz}``:
-  a Sequential model (a nested ``[class, kwargs]`` under kwargs ``"layer"`` /
+* ``{"kind": "build", "name", "input": [dims], "layers": [[class, kwargs], ...], "x": npz,
+  "functional": bool, "ids": bool}``: a Sequential (or functional chain) model on a float32
+  (``ids``: int32) input (a nested ``[class, kwargs]`` under kwargs ``"layer"`` /
   ``"backward_layer"`` is built first, for Bidirectional) with seeded random weights
   (normal, std 0.5; BN variances uniform in [0.5, 2]), saved as ``<name>.h5`` and
   ``<name>.keras``; ``<name>_ref.npz`` holds ``y`` (inference on ``x`` of npz ``x``) and
@@ -55,11 +56,17 @@ def make_layer(spec: list[Any]) -> Any:
 def build(task: dict[str, Any], work: Path) -> None:
     keras.utils.set_random_seed(1234)
     dtype = "int32" if task.get("ids") else "float32"
-    layers = [keras.Input(tuple(task["input"]), dtype=dtype if FLAVOUR == "keras3" else None)]
-    model = keras.Sequential(layers + [make_layer(spec) for spec in task["layers"]], name=task["name"])
+    inputs = keras.Input(tuple(task["input"]), dtype=dtype, name="x")
+    if task.get("functional"):
+        y = inputs
+        for spec in task["layers"]:
+            y = make_layer(spec)(y)
+        model = keras.Model(inputs, y, name=task["name"])
+    else:
+        model = keras.Sequential([inputs] + [make_layer(spec) for spec in task["layers"]], name=task["name"])
     rng = np.random.default_rng(7)
     arrays = {}
-    for li, layer in enumerate(model.layers):
+    for li, layer in enumerate(layer for layer in model.layers if type(layer).__name__ != "InputLayer"):
         for wi, weight in enumerate(layer.weights):
             path = weight.path if hasattr(weight, "path") else weight.name
             shape = tuple(weight.shape)

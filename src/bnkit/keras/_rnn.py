@@ -195,8 +195,6 @@ def _activation(b: Builder, cfg: dict[str, Any], key: str, default: str, keras3:
         names = [n for n in CELL_ACTIVATIONS if n != "hard_sigmoid_keras3"]
         raise UnsupportedLayerError(str(b.error(f"unsupported `{key}`", f"one of {names}", value)))
     if value == "hard_sigmoid" and keras3:
-        b.note(f"`{key}`='hard_sigmoid' is Keras 3's relu6(x + 3) / 6 here; bnkit writes it back as "
-               "'hard_sigmoid', which tf_keras reads as clip(0.2 x + 0.5, 0, 1)")
         return "hard_sigmoid_keras3"
     return value
 
@@ -232,6 +230,9 @@ def _recurrent_config(b: Builder, kind: str, cfg: dict[str, Any], keras3: bool,
         canonical["reset_after"] = rc.reset_after
     if kind == "LSTM":
         canonical["unit_forget_bias"] = bool_option(b, cfg, "unit_forget_bias", True)
+    if "hard_sigmoid_keras3" in (rc.activation, rc.recurrent_activation):
+        canonical["seed"] = None  # a Keras 3 key: tf_keras refuses the file instead of misreading it
+        b.note("written with Keras 3's `seed` key: its hard_sigmoid is Keras 3's, which tf_keras cannot express")
     if rc.zero_output_for_mask and not in_bidirectional:
         canonical["zero_output_for_mask"] = True
     for key in ("kernel_initializer", "recurrent_initializer", "bias_initializer"):

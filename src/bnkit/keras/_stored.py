@@ -92,6 +92,7 @@ def _legacy(group: Any, prefix: str, label: str, names: Collection[str]) -> list
         sub = group[layer_name]
         weight_names = read_names(sub, "weight_names", f"{label}:{path}") or []
         owners: dict[str, StoredLayer] = {}
+        wrappers = _wrappers(weight_names)
         for weight_name in weight_names:
             if weight_name not in sub:
                 raise KerasFormatError(
@@ -100,7 +101,7 @@ def _legacy(group: Any, prefix: str, label: str, names: Collection[str]) -> list
                 )
             owner = _owner(weight_name, layer_name, names)
             if owner not in names:  # no known layer in the path: an RNN's cell weights are the RNN's
-                parts = _without_cells(weight_name.split("/"))
+                parts = _without_cells(weight_name.split("/"), wrappers)
                 owner = parts[-2] if len(parts) >= 2 else layer_name
             stored = owners.setdefault(owner, StoredLayer(owner, path if owner == layer_name else f"{path}/{owner}"))
             stored.names.append(weight_name)
@@ -114,14 +115,26 @@ _CELL = re.compile(r"(simple_rnn|lstm|gru)_cell(_\d+)?")
 _V3_PARTS = ("cell", "forward_layer", "backward_layer")
 
 
-def _without_cells(parts: list[str]) -> list[str]:
+def _wrappers(weight_names: list[str]) -> set[str]:
+    """The Bidirectional layers among the path components: those holding a ``forward_*``
+    layer with a recurrent cell (``bi/forward_gru/gru_cell/kernel:0`` -> ``bi``)."""
+    found = set()
+    for name in weight_names:
+        parts = name.split("/")
+        for index in range(1, len(parts) - 2):
+            if parts[index].startswith("forward_") and _CELL.fullmatch(parts[index + 1]):
+                found.add(parts[index - 1])
+    return found
+
+
+def _without_cells(parts: list[str], wrappers: set[str]) -> list[str]:
     """A weight path without recurrent-cell components: ``lstm/lstm_cell/kernel:0`` ->
     ``lstm/kernel:0``, ``bi/forward_gru/gru_cell/bias:0`` -> ``bi/bias:0`` (the weights of
     an RNN layer's cell, or of a Bidirectional's inner layers, are the layer's own)."""
     kept: list[str] = []
     for index, part in enumerate(parts[:-1]):
-        following = parts[index + 1] if index + 1 < len(parts) - 1 else ""
-        if _CELL.fullmatch(part) or (part.startswith(("forward_", "backward_")) and _CELL.fullmatch(following)):
+        cell_next = index + 1 < len(parts) - 1 and _CELL.fullmatch(parts[index + 1]) is not None
+        if _CELL.fullmatch(part) or (cell_next and index > 0 and parts[index - 1] in wrappers):
             continue
         kept.append(part)
     return kept + parts[-1:]
