@@ -36,7 +36,7 @@ else:
     os.environ.pop("TF_USE_LEGACY_KERAS", None)
     os.environ["KERAS_BACKEND"] = "tensorflow"
 
-import tensorflow as tf  # noqa: E402,F401
+import tensorflow  # noqa: E402,F401  (first, as Keras expects)
 
 if FLAVOUR == "tf_keras":
     import tf_keras as keras  # noqa: E402

@@ -14,6 +14,7 @@ would reach any other layer is refused, since bnkit would silently compute it un
 from __future__ import annotations
 
 import weakref
+from dataclasses import replace
 from collections.abc import Callable
 from typing import Any
 
@@ -23,13 +24,13 @@ from torch import nn
 from .. import initializers
 from ._build import Builder, Info, identity
 from ._config import LayerSpec
-from ._mapping import WeightRule, _as_is, _view_shape
-from ._options import bool_option, choice, float_option, int_option, known, one_input
+from ._entry import LayerEntry, WeightRule, as_is, view_shape
+from ._options import bool_option, choice, float_option, initializer, int_option, known, one_input, training_only
 from ._rnn_layers import (CELL_ACTIVATIONS, GATES, KerasBidirectional, KerasEmbedding, KerasGRU, KerasLSTM,
                           KerasMasking, KerasSimpleRNN, RecurrentConfig, SequenceMask)
 from .errors import UnsupportedLayerError
 
-__all__ = ["HANDLERS", "MASK_PASSING", "RULES", "TORCH_CLASSES", "v3_groups"]
+__all__ = ["ENTRIES", "MASK_PASSING", "v3_groups"]
 
 Handler = Callable[[Builder, LayerSpec, list[Info]], tuple[Info, dict[str, Any]]]
 RECURRENT = ("SimpleRNN", "LSTM", "GRU")
@@ -57,24 +58,14 @@ def _common(spec: LayerSpec, cfg: dict[str, Any] | None = None) -> dict[str, Any
             "dtype": "float32"}
 
 
-def _notes(b: Builder, cfg: dict[str, Any]) -> None:
-    for key in _TRAINING_ONLY:
-        if cfg.get(key) is not None:
-            b.note(f"`{key}` {cfg[key]!r:.80} has no effect in torch (not applied, not written back)")
-
-
 def _initializer(b: Builder, cfg: dict[str, Any], key: str) -> dict[str, Any] | None:
     raw = cfg.get(key)
-    if raw is None:
-        return None
     if isinstance(raw, dict) and raw.get("class_name") == "Orthogonal":
-        return raw  # drawn by the module itself (torch's orthogonal_)
-    try:
-        return initializers.serialize(initializers.get(raw))
-    except (ValueError, TypeError):
-        pass
-    b.note(f"`{key}` {raw!r:.80} is not available in bnkit; Keras' default is written instead")
-    return None
+        gain = (raw.get("config") or {}).get("gain", 1.0)
+        return {"module": "keras.initializers", "class_name": "Orthogonal",
+                "config": {"gain": float(gain) if isinstance(gain, (int, float)) else 1.0, "seed": None},
+                "registered_name": None}  # drawn by torch's orthogonal_, not bnkit.initializers
+    return initializer(b, cfg, key)
 
 
 def _factory(b: Builder, make: Callable[[str | None], nn.Module], inits: dict[str, dict[str, Any] | None],
@@ -159,7 +150,7 @@ def embedding(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[s
             not (isinstance(cfg.get("dtype"), dict) and (cfg["dtype"].get("config") or {}).get("name") == "float32"):
         raise UnsupportedLayerError(str(b.error("unsupported dtype or quantization", "float32",
                                                 cfg.get("quantization_config") or cfg.get("dtype"))))
-    _notes(b, cfg)
+    training_only(b, cfg, _TRAINING_ONLY)
     inits = {"weight": _initializer(b, cfg, "embeddings_initializer")}
     factory = _factory(b, lambda device: KerasEmbedding(input_dim, output_dim, device=device), inits,
                        _common(spec)["trainable"], False)
@@ -219,9 +210,10 @@ def _recurrent_config(b: Builder, kind: str, cfg: dict[str, Any], keras3: bool,
         bool_option(b, cfg, "zero_output_for_mask", False),
         float_option(b, cfg, "dropout", 0.0, 0.0, 1.0), float_option(b, cfg, "recurrent_dropout", 0.0, 0.0, 1.0))
     bool_option(b, cfg, "unroll", False)  # checked; unrolling changes nothing in the math
-    _notes(b, cfg)
+    training_only(b, cfg, _TRAINING_ONLY)
     canonical = {**_common(LayerSpec(cfg.get("name", kind.lower()), kind, cfg, ()), cfg), "units": units,
-                 "activation": rc.activation.replace("_keras3", ""), "use_bias": rc.use_bias, "return_sequences": rc.return_sequences, "return_state": False,
+                 "activation": rc.activation.replace("_keras3", ""), "use_bias": rc.use_bias,
+                 "return_sequences": rc.return_sequences, "return_state": False,
                  "go_backwards": rc.go_backwards, "stateful": False, "unroll": bool(cfg.get("unroll", False)),
                  "dropout": rc.dropout, "recurrent_dropout": rc.recurrent_dropout}
     if kind != "SimpleRNN":
@@ -316,7 +308,6 @@ def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, di
             raise b.error("`backward_layer` must run the other way with the same return_sequences",
                           f"go_backwards={not forward.go_backwards}", backward.go_backwards)
     else:
-        from dataclasses import replace
         backward, backward_canonical = replace(forward, go_backwards=not forward.go_backwards), None
     inits = {**_inits(forward_canonical, "forward_"), **_inits(backward_canonical or forward_canonical, "backward_")}
     lstm_forget = forward.kind == "LSTM" and forward_canonical.get("unit_forget_bias", False)
@@ -339,21 +330,18 @@ def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, di
 
 # ---- weights and storage ---------------------------------------------------------------
 def _rules(prefix: str = "") -> tuple[WeightRule, ...]:
-    return tuple(WeightRule(f"{prefix}{name}", f"{prefix}{name}", _as_is, _view_shape(_as_is))
+    return tuple(WeightRule(f"{prefix}{name}", f"{prefix}{name}", as_is, view_shape(as_is))
                  for name in ("kernel", "recurrent_kernel", "bias"))
 
 
-HANDLERS: dict[str, Handler] = {"Embedding": embedding, "Masking": masking, "Bidirectional": bidirectional,
-                                **{kind: _recurrent(kind) for kind in RECURRENT}}
-RULES: dict[str, tuple[WeightRule, ...]] = {
-    "Embedding": (WeightRule("embeddings", "weight", _as_is, _view_shape(_as_is)),),
-    **{kind: _rules() for kind in RECURRENT},
-    "Bidirectional": _rules("forward_") + _rules("backward_"),
-}
-#: torch module type -> Keras class, for the weight reader and writer.
-TORCH_CLASSES: tuple[tuple[type[nn.Module], str], ...] = (
-    (KerasEmbedding, "Embedding"), (KerasSimpleRNN, "SimpleRNN"), (KerasLSTM, "LSTM"), (KerasGRU, "GRU"),
-    (KerasBidirectional, "Bidirectional"),
+ENTRIES: tuple[LayerEntry, ...] = (
+    LayerEntry("Embedding", embedding, (WeightRule("embeddings", "weight", as_is, view_shape(as_is)),),
+               example=((None, 5), {"input_dim": 7, "output_dim": 3})),
+    LayerEntry("Masking", masking),
+    *(LayerEntry(kind, _recurrent(kind), _rules(), example=((None, 5, 3), {"units": 4, "return_sequences": True}))
+      for kind in RECURRENT),
+    LayerEntry("Bidirectional", bidirectional, _rules("forward_") + _rules("backward_"),
+               example=((None, 5, 3), {"layer": {"class_name": "GRU", "config": {"name": "gru", "units": 2}}})),
 )
 
 
