@@ -8,7 +8,8 @@ Runs in its own process (TensorFlow and torch must not share one interpreter)::
 ``workdir`` maps task name -> ``"ok"`` or ``"Type: message"``.
 
 * ``{"kind": "build", "name", "input": [dims], "layers": [[class, kwargs], ...], "x": npz,
-  "functional": bool, "ids": bool}``: a Sequential (or functional chain) model on a float32
+  "functional": bool, "ids": bool, "user_mask": bool}`` (``user_mask``, Keras 3: the second
+  layer is called with ``mask=ops.not_equal(inputs, 0)``): a Sequential (or functional chain) model on a float32
   (``ids``: int32) input (a nested ``[class, kwargs]`` under kwargs ``"layer"`` /
   ``"backward_layer"`` is built first, for Bidirectional) with seeded random weights
   (normal, std 0.5; BN variances uniform in [0.5, 2]), saved as ``<name>.h5`` and
@@ -59,8 +60,9 @@ def build(task: dict[str, Any], work: Path) -> None:
     inputs = keras.Input(tuple(task["input"]), dtype=dtype, name="x")
     if task.get("functional"):
         y = inputs
-        for spec in task["layers"]:
-            y = make_layer(spec)(y)
+        for index, spec in enumerate(task["layers"]):
+            mask = keras.ops.not_equal(inputs, 0) if task.get("user_mask") and index == 1 else None
+            y = make_layer(spec)(y) if mask is None else make_layer(spec)(y, mask=mask)
         model = keras.Model(inputs, y, name=task["name"])
     else:
         model = keras.Sequential([inputs] + [make_layer(spec) for spec in task["layers"]], name=task["name"])

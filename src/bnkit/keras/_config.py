@@ -13,6 +13,7 @@ from typing import Any
 
 from .._repr import short
 from ._call_args import OP_CLASSES, CallArgs, TensorArg, app_layer_class, op_call, op_class
+from ._mask_ops import strip_mask_ops
 from .errors import KerasFormatError, UnsupportedLayerError
 
 __all__ = ["CallArgs", "LayerSpec", "ModelSpec", "TensorArg", "parse_model_config"]
@@ -38,6 +39,8 @@ class LayerSpec:
     inbound: tuple[str, ...]
     refusal: str = ""  # why bnkit must refuse the layer whatever the table holds (code, custom object...)
     call: CallArgs | None = None
+    #: Keras 3 calls this layer with the mask ``layer != value`` (see :mod:`bnkit.keras._mask_ops`).
+    mask_of: tuple[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,14 @@ def parse_model_config(config: Any, source: object = "config") -> ModelSpec:
         )
     _check_custom(config, "the model", kind, source, allow_registered=("Functional",))
     name = body.get("name") if isinstance(body.get("name"), str) else "model"
-    entries = [_entry(raw, index, source) for index, raw in enumerate(body["layers"])]
+    raw_layers, masks = (body["layers"], {}) if kind == "Sequential" else \
+        strip_mask_ops(body["layers"], body.get("output_layers"))
+    entries = [_entry(raw, index, source) for index, raw in enumerate(raw_layers)]
     if body.get("trainable", True) is False:  # a frozen model freezes every layer (BN: inference statistics)
         entries = [(n, cls, {**cfg, "trainable": False}, nodes, why) for n, cls, cfg, nodes, why in entries]
     if kind == "Sequential":
         return _sequential(name, entries, body, config, source)
-    return _functional(name, entries, body, source)
+    return _functional(name, entries, body, source, masks)
 
 
 Entry = tuple[str, str, dict[str, Any], Any, str]
@@ -153,9 +158,10 @@ def _sequential(name: str, entries: list[Entry], body: dict[str, Any],
 
 
 def _functional(name: str, entries: list[Entry], body: dict[str, Any],
-                source: object) -> ModelSpec:
+                source: object, masks: dict[str, tuple[str, float]]) -> ModelSpec:
     layers = [_op_layer(n, cls, cfg, nodes, source, why) if cls in OP_CLASSES
-              else LayerSpec(n, cls, cfg, _inbound(nodes, n, source), why) for n, cls, cfg, nodes, why in entries]
+              else LayerSpec(n, cls, cfg, _inbound(nodes, n, source), why, mask_of=masks.get(n))
+              for n, cls, cfg, nodes, why in entries]
     _check_unique(layers, source)
     inputs = _endpoints(body.get("input_layers"), "input_layers", source)
     outputs = _endpoints(body.get("output_layers"), "output_layers", source)

@@ -44,11 +44,13 @@ _MASK_DROPPING = frozenset({"Flatten"})
 _TRAINING_ONLY = ("kernel_regularizer", "recurrent_regularizer", "bias_regularizer", "activity_regularizer",
                   "kernel_constraint", "recurrent_constraint", "bias_constraint", "embeddings_regularizer",
                   "embeddings_constraint")
-_MASKS: weakref.WeakKeyDictionary[Builder, dict[str, int]] = weakref.WeakKeyDictionary()
+#: A mask: its slot, and the ``(layer, value)`` it is ``!=`` of (None for a Masking layer's).
+Mask = tuple[int, "tuple[str, float] | None"]
+_MASKS: weakref.WeakKeyDictionary[Builder, dict[str, Mask]] = weakref.WeakKeyDictionary()
 
 
-def _masks(b: Builder) -> dict[str, int]:
-    """Layer name -> slot of the boolean mask its output carries (this build only)."""
+def _masks(b: Builder) -> dict[str, Mask]:
+    """Layer name -> the boolean mask its output carries (this build only)."""
     return _MASKS.setdefault(b, {})
 
 
@@ -114,6 +116,9 @@ def _check_mask_reach(b: Builder, source: str) -> None:
     while pending:
         for layer in _consumers(b, pending.pop()):
             if layer.class_name in MASK_PASSING:
+                if layer.class_name == "BatchNormalization" and layer.name not in seen:
+                    b.note(f"the mask reaches BatchNormalization {layer.name!r}: Keras 3 leaves masked steps out of "
+                           "its training statistics, bnkit does not (inference is the same)")
                 if layer.name not in seen:
                     seen.add(layer.name)
                     pending.append(layer.name)
@@ -125,8 +130,8 @@ def _check_mask_reach(b: Builder, source: str) -> None:
                     f"{', '.join(sorted(MASK_PASSING))}", layer.name)))
 
 
-def _incoming_mask(b: Builder, spec: LayerSpec) -> int | None:
-    """The mask slot Keras would hand this layer (None: no mask)."""
+def _incoming_mask(b: Builder, spec: LayerSpec) -> Mask | None:
+    """The mask Keras would hand this layer (None: no mask)."""
     masks, name = _masks(b), spec.inbound[0] if spec.inbound else None
     while name is not None:
         if name in masks:
@@ -158,7 +163,7 @@ def embedding(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[s
     ids = b.take(x, identity(len(x.shape)))
     slot = b.run(spec.name, factory, [ids])
     if mask_zero:
-        _masks(b)[spec.name] = b.run(b.aux_name("mask"), SequenceMask, [ids])
+        _masks(b)[spec.name] = (b.run(b.aux_name("mask"), SequenceMask, [ids]), (spec.inbound[0], 0.0))
         _check_mask_reach(b, spec.name)
     config = {**_common(spec), "input_dim": input_dim, "output_dim": output_dim, "mask_zero": mask_zero}
     if inits["weight"] is not None:
@@ -172,7 +177,7 @@ def masking(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str
     slot = b.take(x, identity(3))
     mask = b.run(b.aux_name("mask"), lambda: SequenceMask(value, reduce_last=True), [slot])
     out = b.run(spec.name, KerasMasking, [slot, mask], many=True)
-    _masks(b)[spec.name] = mask
+    _masks(b)[spec.name] = (mask, None)
     _check_mask_reach(b, spec.name)
     return Info(x.shape, identity(3), out), {**_common(spec), "mask_value": value}
 
@@ -253,12 +258,21 @@ def _sequence_input(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, 
     features = known(b, x.shape[2], "input features (last axis)")
     slots = [b.take(x, identity(3))]
     mask = _incoming_mask(b, spec)
-    return x, features, slots + ([mask] if mask is not None else [])
+    recorded = getattr(spec, "mask_of", None)
+    if recorded is not None and (mask is None or mask[1] != recorded):
+        raise UnsupportedLayerError(str(b.error(
+            f"Keras 3 calls this layer with the mask `{recorded[0]} != {recorded[1]:g}`, which bnkit does not "
+            "rebuild here", "the mask of an Embedding(mask_zero=True) on that input, reaching this layer through "
+            f"{', '.join(sorted(MASK_PASSING))} or sequence-returning recurrent layers", recorded)))
+    _masks(b).pop(spec.name, None)
+    if mask is not None:
+        _masks(b)[f"{spec.name}/input"] = mask
+    return x, features, slots + ([mask[0]] if mask is not None else [])
 
 
-def _output(b: Builder, spec: LayerSpec, x: Info, slot: int, width: int, sequences: bool, masked: bool,
-            mask: int | None) -> Info:
-    if sequences and masked and mask is not None:
+def _output(b: Builder, spec: LayerSpec, x: Info, slot: int, width: int, sequences: bool) -> Info:
+    mask = _masks(b).pop(f"{spec.name}/input", None)
+    if sequences and mask is not None:
         _masks(b)[spec.name] = mask
         _check_mask_reach(b, spec.name)
     shape = (x.shape[0], x.shape[1], width) if sequences else (x.shape[0], width)
@@ -275,8 +289,7 @@ def _recurrent(kind: str) -> Handler:
                            canonical["trainable"], kind == "LSTM" and canonical.get("unit_forget_bias", False))
         b.weight_shapes[spec.name] = _shapes(rc, features)
         slot = b.run(spec.name, factory, slots, many=len(slots) > 1)
-        mask = slots[1] if len(slots) > 1 else None
-        return _output(b, spec, x, slot, rc.units, rc.return_sequences, mask is not None, mask), canonical
+        return _output(b, spec, x, slot, rc.units, rc.return_sequences), canonical
     return plan
 
 
@@ -324,8 +337,7 @@ def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, di
     if backward_canonical is not None:
         config["backward_layer"] = {"module": "keras.layers", "class_name": backward.kind,
                                     "config": backward_canonical, "registered_name": None}
-    mask = slots[1] if len(slots) > 1 else None
-    return _output(b, spec, x, slot, width, forward.return_sequences, mask is not None, mask), config
+    return _output(b, spec, x, slot, width, forward.return_sequences), config
 
 
 # ---- weights and storage ---------------------------------------------------------------
