@@ -33,7 +33,7 @@ def _tensor(value: Any) -> str | None:
 def _not_equal(raw: Any) -> tuple[str, float] | None:
     """``(layer, value)`` of a ``NotEqual(tensor, number)`` operation layer, else None."""
     if not (isinstance(raw, dict) and raw.get("class_name") == "NotEqual"
-            and str(raw.get("module", "")).startswith("keras.src.ops")):
+            and str(raw.get("module", "keras.src.ops")).startswith("keras.src.ops")):  # .h5 configs: no module
         return None
     nodes = raw.get("inbound_nodes")
     if not (isinstance(nodes, list) and len(nodes) == 1 and isinstance(nodes[0], dict) and not nodes[0].get("kwargs")):
