@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,9 @@ def _recipes() -> dict[str, dict[str, Any]]:
         "mask_through_layers": ((7,), "holes", [EMB, ["Dropout", {"rate": 0.3}], ["Dense", {"units": 6}],
                                                 ["BatchNormalization", {}], ["Activation", {"activation": "tanh"}],
                                                 ["LSTM", {"units": 3, "dropout": 0.2, "recurrent_dropout": 0.1}]]),
+        "padded_options": ((7,), "right_padded", [EMB, ["GRU", {"units": 4, "return_sequences": True}],
+                                                  ["LSTM", {"units": 3, "go_backwards": True, "return_sequences": True}],
+                                                  ["SimpleRNN", {"units": 2, "zero_output_for_mask": True}]]),
         "gru_reset_after_dropout": (seq, "float", [["GRU", {"units": 4, "dropout": 0.5, "recurrent_dropout": 0.5,
                                                             "use_bias": True}], ["Dense", {"units": 2}]]),
     }
@@ -323,3 +327,30 @@ def test_embedding_ids_out_of_range_are_a_clear_error() -> None:
     assert model(torch.tensor([[0.0, 4.9, 2.0]])).shape == (1, 3, 2)
     with pytest.raises(ValueError, match="\\[0, 5\\).*received values from 0 to 5"):
         model(torch.tensor([[0.0, 5.0, 1.0]]))
+
+
+@pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("backwards", [False, True])
+@pytest.mark.parametrize("zero_output", [False, True])
+def test_right_padded_masks_run_packed_like_the_step_loop(kind: str, backwards: bool, zero_output: bool) -> None:
+    """Right padding takes torch's fused kernel on packed sequences; the step loop (checked
+    against Keras above) is the reference, here forced by a mask that is not padding."""
+    import bnkit.keras._rnn_layers as rl
+
+    rng = np.random.default_rng(11)
+    units, gates = 3, rl.GATES[kind]
+    x = torch.from_numpy(rng.normal(size=(4, 6, 2)))
+    k = torch.from_numpy(rng.normal(0, 0.6, (2, gates * units)))
+    r = torch.from_numpy(rng.normal(0, 0.6, (3, gates * units)))
+    b = torch.from_numpy(rng.normal(0, 0.3, (2, gates * units) if kind == "GRU" else (gates * units,)))
+    lengths = torch.tensor([6, 1, 4, 2])
+    mask = torch.arange(6) < lengths[:, None]
+    cfg = RecurrentConfig(kind, units, return_sequences=True, go_backwards=backwards,
+                          zero_output_for_mask=zero_output)
+    assert rl._right_padded(mask) is not None and rl._right_padded(mask.flip(1)) is None
+    packed = recurrent(cfg, x, k, r, b, mask)
+    flipped = x.flip(1) if backwards else x
+    looped, last = rl._loop(cfg, flipped, k, r, b, mask.flip(1) if backwards else mask)
+    torch.testing.assert_close(packed, looped, rtol=0, atol=1e-12)
+    final = recurrent(replace(cfg, return_sequences=False), x, k, r, b, mask)
+    torch.testing.assert_close(final, last, rtol=0, atol=1e-12)

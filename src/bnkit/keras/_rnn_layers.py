@@ -8,10 +8,12 @@ and the writer reads them back unchanged.  The forward pass picks one of two ker
 * **fused**: torch's own RNN kernels (``torch._VF.lstm``/``gru``/``rnn_tanh``/``rnn_relu``,
   what ``nn.LSTM`` etc. call) when Keras' math is theirs: LSTM/GRU with ``tanh`` and a
   ``sigmoid`` recurrent activation (GRU only with ``reset_after=True``, torch's form),
-  SimpleRNN with ``tanh``/``relu``, and no mask.  The LSTM gate order is torch's; GRU gates
+  SimpleRNN with ``tanh``/``relu``.  The LSTM gate order is torch's; GRU gates
   are reordered ``z, r, h -> r, z, n`` on the fly (a copy of the weights per call).
+  Right-padded masks (every sequence a run of real steps, then padding) run fused on
+  packed sequences.
 * **loop**: one step per timestep, written from Keras' cell equations, for every other
-  activation, GRU ``reset_after=False`` (no torch equivalent) and masked sequences.
+  activation, GRU ``reset_after=False`` (no torch equivalent) and other masks.
 
 Masks follow Keras' ``backend.rnn``: on a masked step the states keep their previous
 values and the step's output is the previous output (or zeros with
@@ -23,11 +25,13 @@ outputs in processing (reversed) order.
 from __future__ import annotations
 
 from collections.abc import Callable
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 __all__ = ["GATES", "KerasBidirectional", "KerasEmbedding", "KerasGRU", "KerasLSTM", "KerasMasking", "KerasRecurrent",
            "KerasSimpleRNN", "RecurrentConfig", "SequenceMask", "recurrent"]
@@ -83,10 +87,11 @@ def _gru_to_torch(t: Tensor) -> Tensor:
     return torch.cat((r, z, h), dim=-1)
 
 
-def _fused(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Tensor,
-           bias: Tensor | None) -> Tensor:
-    """All outputs ``(N, T, units)`` from torch's fused kernel (x already in processing order)."""
-    batch = x.shape[0]
+def _fused(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor | None,
+           batch_sizes: Tensor | None = None) -> Tensor:
+    """All outputs from torch's fused kernel: ``x`` ``(N, T, F)`` in processing order gives
+    ``(N, T, units)``; packed data with ``batch_sizes`` gives packed outputs."""
+    batch = x.shape[0] if batch_sizes is None else int(batch_sizes[0])
     h0 = x.new_zeros(1, batch, cfg.units)
     if cfg.kind == "GRU":
         w_ih, w_hh = _gru_to_torch(kernel).t(), _gru_to_torch(recurrent_kernel).t()
@@ -94,14 +99,52 @@ def _fused(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Te
     else:
         w_ih, w_hh = kernel.t(), recurrent_kernel.t()
         biases = [] if bias is None else [bias, torch.zeros_like(bias)]
-    params = [w_ih, w_hh, *biases]
-    has_bias = bias is not None
-    if cfg.kind == "LSTM":
-        return torch._VF.lstm(x, (h0, h0), params, has_bias, 1, 0.0, False, False, True)[0]
-    if cfg.kind == "GRU":
-        return torch._VF.gru(x, h0, params, has_bias, 1, 0.0, False, False, True)[0]
-    run = torch._VF.rnn_tanh if cfg.activation == "tanh" else torch._VF.rnn_relu
-    return run(x, h0, params, has_bias, 1, 0.0, False, False, True)[0]
+    params, has_bias = [w_ih, w_hh, *biases], bias is not None
+    hx: Tensor | tuple[Tensor, Tensor] = (h0, h0) if cfg.kind == "LSTM" else h0
+    run = {"LSTM": torch._VF.lstm, "GRU": torch._VF.gru}.get(
+        cfg.kind, torch._VF.rnn_tanh if cfg.activation == "tanh" else torch._VF.rnn_relu)
+    with warnings.catch_warnings():
+        if x.is_cuda:  # cuDNN copies weights that are not one flat buffer (ours are Keras-layout views)
+            warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
+        if batch_sizes is None:
+            return run(x, hx, params, has_bias, 1, 0.0, False, False, True)[0]
+        return run(x, batch_sizes, hx, params, has_bias, 1, 0.0, False, False)[0]
+
+
+def _right_padded(mask: Tensor) -> Tensor | None:
+    """The sequence lengths when ``mask`` is right padding with no empty sequence, else None."""
+    if torch.compiler.is_compiling():
+        return None
+    lengths = mask.sum(dim=1)
+    steps = torch.arange(mask.shape[1], device=mask.device)
+    if int(lengths.min()) == 0 or not torch.equal(mask, steps < lengths[:, None]):
+        return None
+    return lengths
+
+
+def _packed(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor | None,
+            lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """``(all outputs in Keras' processing order, last output)`` of right-padded ``x`` (input
+    order) from the fused kernel on packed sequences: what the step loop computes with the mask."""
+    n, t = x.shape[:2]
+    steps = torch.arange(t, device=x.device)
+    valid = steps < lengths[:, None]
+    if cfg.go_backwards:  # Keras meets the padding first (nothing changes), then the tokens last to first
+        order = torch.where(valid, lengths[:, None] - 1 - steps, steps)
+        x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    data = _fused(cfg, packed.data, kernel, recurrent_kernel, bias, packed.batch_sizes)
+    out, _ = pad_packed_sequence(packed._replace(data=data), batch_first=True, total_length=t)
+    last = out.gather(1, (lengths - 1).view(n, 1, 1).expand(-1, 1, out.shape[2])).squeeze(1)
+    if cfg.go_backwards:  # outputs end the processing order; the padding steps before them output zeros
+        shift = (t - lengths)[:, None]
+        moved = out.gather(1, (steps - shift).clamp(min=0).unsqueeze(-1).expand(-1, -1, out.shape[2]))
+        out = torch.where((steps >= shift).unsqueeze(-1), moved, torch.zeros_like(moved))
+    elif not cfg.zero_output_for_mask:  # masked steps repeat the last output
+        out = torch.where(valid.unsqueeze(-1), out, last.unsqueeze(1))
+    else:  # Keras' last output is the last step's, zeroed when that step is padding
+        last = torch.where((lengths == t)[:, None], last, torch.zeros_like(last))
+    return out, last
 
 
 def _loop(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor | None,
@@ -167,6 +210,10 @@ def recurrent(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel:
         x = x * F.dropout(x.new_ones(x.shape[0], 1, x.shape[2]), cfg.dropout, training=True)
     if mask is not None:
         mask = mask.to(torch.bool)
+        lengths = _right_padded(mask) if cfg.fused() else None
+        if lengths is not None:
+            outputs, last = _packed(cfg, x, kernel, recurrent_kernel, bias, lengths)
+            return outputs if cfg.return_sequences else last
     if cfg.go_backwards:
         x = x.flip(1)
         mask = None if mask is None else mask.flip(1)

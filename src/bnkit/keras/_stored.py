@@ -7,6 +7,10 @@
   run of path components before its name, ending last, that is a known layer name (``conv1/conv/kernel:0``
   -> ``conv1/conv``; Keras 3's ``model/c1/kernel`` -> ``c1``; ``lstm/lstm_cell/kernel:0`` ->
   ``lstm``), else the component before its name, so they split back per layer.
+* recurrent layers keep their weights in their cell (``lstm/lstm_cell/kernel:0``; ``.keras``:
+  ``layers/lstm/cell/vars/0``), a Bidirectional in its forward and backward layers
+  (``bi/forward_gru/gru_cell/kernel:0``; ``layers/bidirectional/forward_layer/cell/vars``):
+  those weights are the layer's own, in that order.
 * the Keras-1 applications files (``block1_conv1_W_1:0``): the same, byte-string attributes.
 * the v3 layout (``.weights.h5`` and ``model.weights.h5`` in ``.keras``):
   ``layers/<snake_case class>[_k]/vars/<i>``, numbered in the layer's weight order, with a
