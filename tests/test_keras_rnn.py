@@ -74,6 +74,11 @@ def _recipes() -> dict[str, dict[str, Any]]:
         "padded_options": ((7,), "right_padded", [EMB, ["GRU", {"units": 4, "return_sequences": True}],
                                                   ["LSTM", {"units": 3, "go_backwards": True, "return_sequences": True}],
                                                   ["SimpleRNN", {"units": 2, "zero_output_for_mask": True}]]),
+        "attention_dot": (seq, "float", [["Dense", {"units": 6}], ["Attention", {"use_scale": True}],
+                                         ["LSTM", {"units": 3}]]),
+        "attention_concat": (seq, "float", [["GRU", {"units": 5, "return_sequences": True}],
+                                            ["Attention", {"score_mode": "concat", "use_scale": True, "dropout": 0.2}],
+                                            ["Flatten", {}], ["Dense", {"units": 2}]]),
         "gru_reset_after_dropout": (seq, "float", [["GRU", {"units": 4, "dropout": 0.5, "recurrent_dropout": 0.5,
                                                             "use_bias": True}], ["Dense", {"units": 2}]]),
     }
@@ -83,7 +88,9 @@ def _recipes() -> dict[str, dict[str, Any]]:
 RECIPES = _recipes()
 #: Also built as functional models: Keras 3 then records masks as NotEqual layers and call arguments.
 FUNCTIONAL = ("text_lstm_bn", "bi_lstm", "mask_through_layers", "gru_before_holes", "stacked_gru")
-CASES = sorted([*RECIPES, *(f"{name}_fn" for name in FUNCTIONAL)])
+ONLY_FUNCTIONAL = ("attention_dot", "attention_concat")  # Attention takes [query, value]: self-attention here
+CASES = sorted([*(name for name in RECIPES if name not in ONLY_FUNCTIONAL),
+                *(f"{name}_fn" for name in FUNCTIONAL + ONLY_FUNCTIONAL)])
 
 
 def _recipe(case: str) -> dict[str, Any]:

@@ -62,7 +62,10 @@ def build(task: dict[str, Any], work: Path) -> None:
         y = inputs
         for index, spec in enumerate(task["layers"]):
             mask = keras.ops.not_equal(inputs, 0) if task.get("user_mask") and index == 1 else None
-            y = make_layer(spec)(y) if mask is None else make_layer(spec)(y, mask=mask)
+            if spec[0] == "Attention":  # self-attention: query = value
+                y = make_layer(spec)([y, y])
+            else:
+                y = make_layer(spec)(y) if mask is None else make_layer(spec)(y, mask=mask)
         model = keras.Model(inputs, y, name=task["name"])
     else:
         model = keras.Sequential([inputs] + [make_layer(spec) for spec in task["layers"]], name=task["name"])

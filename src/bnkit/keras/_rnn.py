@@ -26,7 +26,7 @@ from ._build import Builder, Info, identity
 from ._config import LayerSpec
 from ._entry import LayerEntry, WeightRule, as_is, view_shape
 from ._options import bool_option, choice, float_option, initializer, int_option, known, one_input, training_only
-from ._rnn_layers import (CELL_ACTIVATIONS, GATES, KerasBidirectional, KerasEmbedding, KerasGRU, KerasLSTM,
+from ._rnn_layers import (CELL_ACTIVATIONS, GATES, KerasAttention, KerasBidirectional, KerasEmbedding, KerasGRU, KerasLSTM,
                           KerasMasking, KerasSimpleRNN, RecurrentConfig, SequenceMask)
 from .errors import UnsupportedLayerError
 
@@ -340,6 +340,29 @@ def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, di
     return _output(b, spec, x, slot, width, forward.return_sequences), config
 
 
+def attention(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
+    cfg = spec.config
+    if len(xs) not in (2, 3) or any(len(x.shape) != 3 for x in xs):
+        raise b.error("wrong inputs", "[query, value] or [query, value, key] of rank 3", [x.shape for x in xs])
+    for key in ("causal", "use_causal_mask"):
+        if cfg.get(key):
+            raise UnsupportedLayerError(str(b.error(f"`{key}=True` is not supported", f"{key}=False", True)))
+    use_scale = bool_option(b, cfg, "use_scale", False)
+    score_mode = choice(b, cfg, "score_mode", ("dot", "concat"), "dot")
+    rate = float_option(b, cfg, "dropout", 0.0, 0.0, 1.0)
+    query, value = xs[0], xs[1]
+    depth = known(b, query.shape[2], "query features")
+    if any(known(b, x.shape[2], "features") != depth for x in (xs[2:] if len(xs) > 2 else [value])):
+        raise b.error("query and key features differ", f"{depth} features", [x.shape for x in xs])
+    factory = _factory(b, lambda device: KerasAttention(use_scale, score_mode, rate, device=device),
+                       {}, _common(spec)["trainable"], False)
+    b.weight_shapes[spec.name] = {**({"scale": ()} if use_scale else {}),
+                                  **({"concat_score_weight": ()} if score_mode == "concat" else {})}
+    slot = b.run(spec.name, factory, [b.take(x, identity(3)) for x in xs], many=True)
+    config = {**_common(spec), "use_scale": use_scale, "score_mode": score_mode, "dropout": rate}
+    return Info((query.shape[0], query.shape[1], value.shape[2]), identity(3), slot), config
+
+
 # ---- weights and storage ---------------------------------------------------------------
 def _rules(prefix: str = "") -> tuple[WeightRule, ...]:
     return tuple(WeightRule(f"{prefix}{name}", f"{prefix}{name}", as_is, view_shape(as_is))
@@ -350,6 +373,10 @@ ENTRIES: tuple[LayerEntry, ...] = (
     LayerEntry("Embedding", embedding, (WeightRule("embeddings", "weight", as_is, view_shape(as_is)),),
                example=((None, 5), {"input_dim": 7, "output_dim": 3})),
     LayerEntry("Masking", masking),
+    LayerEntry("Attention", attention, (WeightRule("scale", "scale", as_is, view_shape(as_is)),
+                                        WeightRule("concat_score_weight", "concat_score_weight", as_is,
+                                                   view_shape(as_is))),
+               example=((None, 4, 3), {"use_scale": True, "score_mode": "concat"})),
     *(LayerEntry(kind, _recurrent(kind), _rules(), example=((None, 5, 3), {"units": 4, "return_sequences": True}))
       for kind in RECURRENT),
     LayerEntry("Bidirectional", bidirectional, _rules("forward_") + _rules("backward_"),

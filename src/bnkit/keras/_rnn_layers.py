@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-__all__ = ["GATES", "KerasBidirectional", "KerasEmbedding", "KerasGRU", "KerasLSTM", "KerasMasking", "KerasRecurrent",
+__all__ = ["GATES", "KerasAttention", "KerasBidirectional", "KerasEmbedding", "KerasGRU", "KerasLSTM", "KerasMasking", "KerasRecurrent",
            "KerasSimpleRNN", "RecurrentConfig", "SequenceMask", "recurrent"]
 
 #: Gates per cell type: the multiple of ``units`` in the kernels' last axis.
@@ -362,6 +362,44 @@ class KerasMasking(nn.Module):
     def forward(self, inputs: list[Tensor]) -> Tensor:
         x, mask = inputs
         return x * mask.unsqueeze(-1).to(x.dtype)
+
+
+class KerasAttention(nn.Module):
+    """Keras ``Attention`` (Luong-style): ``forward([query, value])`` or ``[query, value, key]``.
+
+    ``dot`` scores ``q k^T`` (times ``scale`` with ``use_scale``); ``concat`` scores
+    ``concat_score_weight * sum(tanh(scale * (q + k)))``; softmax over the value steps, dropout
+    on the weights in training, then the weighted sum of the values.
+    """
+
+    def __init__(self, use_scale: bool = False, score_mode: str = "dot", dropout: float = 0.0,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        if score_mode not in ("dot", "concat"):
+            raise ValueError(f"`score_mode` must be 'dot' or 'concat'; received {score_mode!r}")
+        self.score_mode, self.dropout = score_mode, dropout
+        self.scale = nn.Parameter(torch.ones((), device=device)) if use_scale else None
+        self.concat_score_weight = nn.Parameter(torch.ones((), device=device)) if score_mode == "concat" else None
+
+    def forward(self, inputs: list[Tensor]) -> Tensor:
+        query, value = inputs[0], inputs[1]
+        key = inputs[2] if len(inputs) > 2 else value
+        if self.score_mode == "dot":
+            scores = torch.matmul(query, key.transpose(-2, -1))
+            if self.scale is not None:
+                scores = scores * self.scale
+        else:
+            summed = query.unsqueeze(-2) + key.unsqueeze(-3)
+            if self.scale is not None:
+                summed = self.scale * summed
+            scores = self.concat_score_weight * torch.tanh(summed).sum(dim=-1)
+        weights = torch.softmax(scores, dim=-1)
+        if self.training and self.dropout > 0:
+            weights = F.dropout(weights, self.dropout, training=True)
+        return torch.matmul(weights, value)
+
+    def extra_repr(self) -> str:
+        return f"use_scale={self.scale is not None}, score_mode={self.score_mode!r}, dropout={self.dropout}"
 
 
 class SequenceMask(nn.Module):
