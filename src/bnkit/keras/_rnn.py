@@ -359,7 +359,9 @@ def attention(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[s
     b.weight_shapes[spec.name] = {**({"scale": ()} if use_scale else {}),
                                   **({"concat_score_weight": ()} if score_mode == "concat" else {})}
     slot = b.run(spec.name, factory, [b.take(x, identity(3)) for x in xs], many=True)
-    config = {**_common(spec), "use_scale": use_scale, "score_mode": score_mode, "dropout": rate}
+    config = {**_common(spec), "use_scale": use_scale, "dropout": rate}
+    if score_mode != "dot":  # Keras 3's legacy .h5 reader turns the string "dot" into a function
+        config["score_mode"] = score_mode
     return Info((query.shape[0], query.shape[1], value.shape[2]), identity(3), slot), config
 
 
