@@ -361,3 +361,41 @@ def test_right_padded_masks_run_packed_like_the_step_loop(kind: str, backwards: 
     torch.testing.assert_close(packed, looped, rtol=0, atol=1e-12)
     final = recurrent(replace(cfg, return_sequences=False), x, k, r, b, mask)
     torch.testing.assert_close(final, last, rtol=0, atol=1e-12)
+
+
+def _text_model() -> Any:
+    emb = ("Embedding", {"name": "emb", "input_dim": 9, "output_dim": 4, "mask_zero": True}, ["x"])
+    bi = ("Bidirectional", {"name": "bi", "layer": {"class_name": "LSTM", "config": {
+        "name": "l", "units": 3, "return_sequences": True}}}, ["emb"])
+    gru = ("GRU", {"name": "gru", "units": 2, "go_backwards": True}, ["bi"])
+    return build_from_config(_config(emb, bi, gru, shape=[6])).eval()
+
+
+def test_export_of_a_masked_model_equals_eager() -> None:
+    """Exported, right-padded masks take the step loop (no data-dependent branch); eager takes
+    the packed fused kernels: the two must agree."""
+    model = _text_model()
+    ids = torch.tensor([[1.0, 2, 3, 4, 5, 6], [3, 1, 0, 0, 0, 0], [8, 0, 0, 0, 0, 0]])
+    exported = torch.export.export(model, (ids,))
+    torch.testing.assert_close(exported.module()(ids), model(ids), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_torch_compile_of_a_masked_model_equals_eager() -> None:
+    model = _text_model()
+    ids = torch.tensor([[1.0, 2, 0, 4, 5, 0], [3, 1, 0, 0, 0, 0]])  # holes: the step loop either way
+    with torch.no_grad():
+        compiled = torch.compile(model, backend="aot_eager")
+        torch.testing.assert_close(compiled(ids), model(ids), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("options", "inputs", "message"), [
+    ({"use_causal_mask": True}, 2, "use_causal_mask"),
+    ({"score_mode": "additive"}, 2, "score_mode"),
+    ({}, 1, "\\[query, value\\]"),
+])
+def test_unsupported_attention_calls_are_refused(options: dict[str, Any], inputs: int, message: str) -> None:
+    attention = ("Attention", {"name": "att", **options}, ["x"] * inputs)
+    with pytest.raises(KerasFormatError, match=message):
+        build_from_config(_config(attention, shape=[5, 2]))
