@@ -71,9 +71,10 @@ def _recipes() -> dict[str, dict[str, Any]]:
         "mask_through_layers": ((7,), "holes", [EMB, ["Dropout", {"rate": 0.3}], ["Dense", {"units": 6}],
                                                 ["BatchNormalization", {}], ["Activation", {"activation": "tanh"}],
                                                 ["LSTM", {"units": 3, "dropout": 0.2, "recurrent_dropout": 0.1}]]),
-        "padded_options": ((7,), "right_padded", [EMB, ["GRU", {"units": 4, "return_sequences": True}],
-                                                  ["LSTM", {"units": 3, "go_backwards": True, "return_sequences": True}],
-                                                  ["SimpleRNN", {"units": 2, "zero_output_for_mask": True}]]),
+        "padded_options": ((7,), "right_padded", [
+            EMB, ["GRU", {"units": 4, "return_sequences": True}],
+            ["LSTM", {"units": 3, "go_backwards": True, "return_sequences": True}],
+            ["SimpleRNN", {"units": 2, "zero_output_for_mask": True}]]),
         "attention_dot": (seq, "float", [["Dense", {"units": 6}], ["Attention", {"use_scale": True}],
                                          ["LSTM", {"units": 3}]]),
         "attention_concat": (seq, "float", [["GRU", {"units": 5, "return_sequences": True}],
@@ -269,6 +270,11 @@ def test_mask_reaching_an_unmasked_layer_is_refused() -> None:
     add = ("Add", {"name": "add"}, ["emb", "emb"])
     with pytest.raises(UnsupportedLayerError, match="'add' \\(Add\\)"):
         build_from_config(_config(emb, add, shape=[4]))
+
+
+def test_lstm_without_unit_forget_bias_starts_with_zero_biases() -> None:
+    model = build_from_config(_config(_lstm(unit_forget_bias=False), shape=[5, 2]))
+    np.testing.assert_array_equal(model.layers["rnn"].bias.detach().numpy(), np.zeros(12, dtype=np.float32))
 
 
 def test_built_lstm_has_keras_initial_weights() -> None:

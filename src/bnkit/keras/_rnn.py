@@ -26,8 +26,8 @@ from ._build import Builder, Info, identity
 from ._config import LayerSpec
 from ._entry import LayerEntry, WeightRule, as_is, view_shape
 from ._options import bool_option, choice, float_option, initializer, int_option, known, one_input, training_only
-from ._rnn_layers import (CELL_ACTIVATIONS, GATES, KerasAttention, KerasBidirectional, KerasEmbedding, KerasGRU, KerasLSTM,
-                          KerasMasking, KerasSimpleRNN, RecurrentConfig, SequenceMask)
+from ._rnn_layers import (CELL_ACTIVATIONS, GATES, KerasAttention, KerasBidirectional, KerasEmbedding, KerasGRU,
+                          KerasLSTM, KerasMasking, KerasSimpleRNN, RecurrentConfig, SequenceMask)
 from .errors import UnsupportedLayerError
 
 __all__ = ["ENTRIES", "MASK_PASSING", "v3_groups"]
@@ -71,11 +71,12 @@ def _initializer(b: Builder, cfg: dict[str, Any], key: str) -> dict[str, Any] | 
 
 
 def _factory(b: Builder, make: Callable[[str | None], nn.Module], inits: dict[str, dict[str, Any] | None],
-             trainable: bool, forget_bias: bool) -> Callable[[], nn.Module]:
+             trainable: bool, forget_bias: bool | None = None) -> Callable[[], nn.Module]:
     """A module factory: empty tensors when loading, Keras-initialised ones otherwise.
 
     ``inits`` maps a parameter name to its Keras initializer (None: the module's default,
-    Keras' own defaults); ``forget_bias`` sets the LSTM forget-gate biases to 1.
+    Keras' own defaults); ``forget_bias`` (LSTMs only) is ``unit_forget_bias``: the
+    forget-gate biases start at 1, else where the bias initializer puts them.
     """
     init = b.init
 
@@ -95,9 +96,14 @@ def _factory(b: Builder, make: Callable[[str | None], nn.Module], inits: dict[st
                         nn.init.orthogonal_(tensor, gain=float((raw.get("config") or {}).get("gain", 1.0)))
                     else:
                         tensor.copy_(initializers.get(raw)(tuple(tensor.shape)))
-                    if forget_bias and name.endswith("bias"):
+                for name in ("bias", "forward_bias", "backward_bias"):
+                    tensor = getattr(module, name, None)
+                    if forget_bias is not None and tensor is not None:
                         units = tensor.shape[-1] // 4
-                        tensor[units:2 * units] = 1.0
+                        if forget_bias:
+                            tensor[units:2 * units] = 1.0
+                        elif inits.get(name) is None:  # the module's default opened the gate
+                            tensor[units:2 * units] = 0.0
         for parameter in module.parameters():
             parameter.requires_grad_(trainable)
         return module
@@ -158,7 +164,7 @@ def embedding(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[s
     training_only(b, cfg, _TRAINING_ONLY)
     inits = {"weight": _initializer(b, cfg, "embeddings_initializer")}
     factory = _factory(b, lambda device: KerasEmbedding(input_dim, output_dim, device=device), inits,
-                       _common(spec)["trainable"], False)
+                       _common(spec)["trainable"])
     b.weight_shapes[spec.name] = {"embeddings": (input_dim, output_dim)}
     ids = b.take(x, identity(len(x.shape)))
     slot = b.run(spec.name, factory, [ids])
@@ -286,7 +292,7 @@ def _recurrent(kind: str) -> Handler:
         canonical["name"] = spec.name
         make = _MODULES[kind]
         factory = _factory(b, lambda device: make(features, rc, device=device), _inits(canonical),
-                           canonical["trainable"], kind == "LSTM" and canonical.get("unit_forget_bias", False))
+                           canonical["trainable"], canonical.get("unit_forget_bias") if kind == "LSTM" else None)
         b.weight_shapes[spec.name] = _shapes(rc, features)
         slot = b.run(spec.name, factory, slots, many=len(slots) > 1)
         return _output(b, spec, x, slot, rc.units, rc.return_sequences), canonical
@@ -323,7 +329,7 @@ def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, di
     else:
         backward, backward_canonical = replace(forward, go_backwards=not forward.go_backwards), None
     inits = {**_inits(forward_canonical, "forward_"), **_inits(backward_canonical or forward_canonical, "backward_")}
-    lstm_forget = forward.kind == "LSTM" and forward_canonical.get("unit_forget_bias", False)
+    lstm_forget = forward_canonical.get("unit_forget_bias") if forward.kind == "LSTM" else None
     factory = _factory(b, lambda device: KerasBidirectional(features, forward, backward, merge, device=device),
                        inits, _common(spec)["trainable"], lstm_forget)
     b.weight_shapes[spec.name] = {**_shapes(forward, features, "forward_"), **_shapes(backward, features, "backward_")}
@@ -355,7 +361,7 @@ def attention(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[s
     if any(known(b, x.shape[2], "features") != depth for x in (xs[2:] if len(xs) > 2 else [value])):
         raise b.error("query and key features differ", f"{depth} features", [x.shape for x in xs])
     factory = _factory(b, lambda device: KerasAttention(use_scale, score_mode, rate, device=device),
-                       {}, _common(spec)["trainable"], False)
+                       {}, _common(spec)["trainable"])
     b.weight_shapes[spec.name] = {**({"scale": ()} if use_scale else {}),
                                   **({"concat_score_weight": ()} if score_mode == "concat" else {})}
     slot = b.run(spec.name, factory, [b.take(x, identity(3)) for x in xs], many=True)

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-__all__ = ["GATES", "KerasAttention", "KerasBidirectional", "KerasEmbedding", "KerasGRU", "KerasLSTM", "KerasMasking", "KerasRecurrent",
-           "KerasSimpleRNN", "RecurrentConfig", "SequenceMask", "recurrent"]
+__all__ = ["CELL_ACTIVATIONS", "GATES", "KerasAttention", "KerasBidirectional", "KerasEmbedding", "KerasGRU",
+           "KerasLSTM", "KerasMasking", "KerasRecurrent", "KerasSimpleRNN", "RecurrentConfig", "SequenceMask",
+           "recurrent"]
 
 #: Gates per cell type: the multiple of ``units`` in the kernels' last axis.
 GATES = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}
