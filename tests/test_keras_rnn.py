@@ -88,7 +88,8 @@ def _recipes() -> dict[str, dict[str, Any]]:
 
 RECIPES = _recipes()
 #: Also built as functional models: Keras 3 then records masks as NotEqual layers and call arguments.
-FUNCTIONAL = ("text_lstm_bn", "bi_lstm", "mask_through_layers", "gru_before_holes", "stacked_gru")
+FUNCTIONAL = ("text_lstm_bn", "bi_lstm", "mask_through_layers", "gru_before_holes", "stacked_gru",
+              "lstm_masking_layer")
 ONLY_FUNCTIONAL = ("attention_dot", "attention_concat")  # Attention takes [query, value]: self-attention here
 CASES = sorted([*(name for name in RECIPES if name not in ONLY_FUNCTIONAL),
                 *(f"{name}_fn" for name in FUNCTIONAL + ONLY_FUNCTIONAL)])

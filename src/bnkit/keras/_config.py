@@ -39,8 +39,9 @@ class LayerSpec:
     inbound: tuple[str, ...]
     refusal: str = ""  # why bnkit must refuse the layer whatever the table holds (code, custom object...)
     call: CallArgs | None = None
-    #: Keras 3 calls this layer with the mask ``layer != value`` (see :mod:`bnkit.keras._mask_ops`).
-    mask_of: tuple[str, float] | None = None
+    #: Keras 3 calls this layer with the mask ``layer != value`` (reduced with ``any`` over the
+    #: last axis when the flag is set; see :mod:`bnkit.keras._mask_ops`).
+    mask_of: tuple[str, float, bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def _sequential(name: str, entries: list[Entry], body: dict[str, Any],
 
 
 def _functional(name: str, entries: list[Entry], body: dict[str, Any],
-                source: object, masks: dict[str, tuple[str, float]]) -> ModelSpec:
+                source: object, masks: dict[str, tuple[str, float, bool]]) -> ModelSpec:
     layers = [_op_layer(n, cls, cfg, nodes, source, why) if cls in OP_CLASSES
               else LayerSpec(n, cls, cfg, _inbound(nodes, n, source), why, mask_of=masks.get(n))
               for n, cls, cfg, nodes, why in entries]

@@ -30,21 +30,38 @@ def _tensor(value: Any) -> str | None:
     return None
 
 
-def _not_equal(raw: Any) -> tuple[str, float] | None:
-    """``(layer, value)`` of a ``NotEqual(tensor, number)`` operation layer, else None."""
-    if not (isinstance(raw, dict) and raw.get("class_name") == "NotEqual"
+def _operation(raw: Any, class_name: str) -> list[Any] | None:
+    """The positional arguments of a Keras 3 operation layer ``class_name`` called without
+    keyword arguments, else None."""
+    if not (isinstance(raw, dict) and raw.get("class_name") == class_name
             and str(raw.get("module", "keras.src.ops")).startswith("keras.src.ops")):  # .h5 configs: no module
         return None
     nodes = raw.get("inbound_nodes")
     if not (isinstance(nodes, list) and len(nodes) == 1 and isinstance(nodes[0], dict) and not nodes[0].get("kwargs")):
         return None
     args = nodes[0].get("args")
-    if not (isinstance(args, list) and len(args) == 2):
+    return args if isinstance(args, list) else None
+
+
+def _not_equal(raw: Any) -> tuple[str, float, bool] | None:
+    """``(layer, value, False)`` of a ``NotEqual(tensor, number)`` operation layer, else None."""
+    args = _operation(raw, "NotEqual")
+    if args is None or len(args) != 2:
         return None
     source, value = _tensor(args[0]), args[1]
     if source is None or not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
-    return source, float(value)
+    return source, float(value), False
+
+
+def _any_last(raw: Any) -> str | None:
+    """The operation an ``Any(..., axis=-1)`` layer reduces (a Masking layer's mask), else None."""
+    args = _operation(raw, "Any")
+    config = raw.get("config") if isinstance(raw, dict) else None
+    if args is None or len(args) != 1 or not isinstance(config, dict) or config.get("keepdims", False) \
+            or config.get("axis") not in (-1, [-1]):
+        return None
+    return _tensor(args[0])
 
 
 def _name(raw: Any) -> Any:
@@ -60,15 +77,24 @@ def _references(value: Any) -> list[str]:
     return []
 
 
-def strip_mask_ops(layers: list[Any], outputs: Any) -> tuple[list[Any], dict[str, tuple[str, float]]]:
-    """``layers`` without the ``NotEqual`` layers used only as masks of :data:`MASK_CALLS`
-    calls (their ``mask`` kwargs removed), and ``{consumer: (layer, value)}``."""
+def strip_mask_ops(layers: list[Any], outputs: Any) -> tuple[list[Any], dict[str, tuple[str, float, bool]]]:
+    """``layers`` without the mask operations used only as masks of :data:`MASK_CALLS` calls
+    (their ``mask`` kwargs removed), and ``{consumer: (layer, value, reduced)}``: the mask is
+    ``layer != value``, reduced with ``any`` over the last axis for a Masking layer's."""
     ops = {_name(raw): found for raw in layers if (found := _not_equal(raw)) is not None}
+    inner: dict[str, str] = {}  # Any layer -> the NotEqual it reduces
+    for raw in layers:
+        reduced = _any_last(raw)
+        if reduced in ops and not ops[reduced][2]:
+            inner[_name(raw)] = reduced
+            ops[_name(raw)] = (ops[reduced][0], ops[reduced][1], True)
     if not ops:
         return layers, {}
     kept = set(_references(outputs)) & set(ops)
     for raw in layers:
         nodes = raw.get("inbound_nodes") if isinstance(raw, dict) else None
+        if _name(raw) in inner:
+            continue  # its use of the NotEqual goes with it
         for node in nodes if isinstance(nodes, list) else []:
             if not isinstance(node, dict):
                 kept.update(set(_references(node)) & set(ops))
@@ -79,6 +105,7 @@ def strip_mask_ops(layers: list[Any], outputs: Any) -> tuple[list[Any], dict[str
             mask = _tensor(kwargs.get("mask"))
             if mask in ops and (raw.get("class_name") not in MASK_CALLS or len(nodes) != 1):  # type: ignore[union-attr]
                 kept.add(mask)
+    kept.update(inner[name] for name in list(kept) if name in inner)
     dropped = set(ops) - kept
     result, masks = [], {}
     for raw in layers:

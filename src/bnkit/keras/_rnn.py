@@ -44,8 +44,9 @@ _MASK_DROPPING = frozenset({"Flatten"})
 _TRAINING_ONLY = ("kernel_regularizer", "recurrent_regularizer", "bias_regularizer", "activity_regularizer",
                   "kernel_constraint", "recurrent_constraint", "bias_constraint", "embeddings_regularizer",
                   "embeddings_constraint")
-#: A mask: its slot, and the ``(layer, value)`` it is ``!=`` of (None for a Masking layer's).
-Mask = tuple[int, "tuple[str, float] | None"]
+#: A mask: its slot, and ``(layer, value, reduced)``: it is ``layer != value``, reduced with
+#: ``any`` over the last axis (a Masking layer's) when ``reduced``.
+Mask = tuple[int, "tuple[str, float, bool]"]
 _MASKS: weakref.WeakKeyDictionary[Builder, dict[str, Mask]] = weakref.WeakKeyDictionary()
 
 
@@ -169,7 +170,7 @@ def embedding(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[s
     ids = b.take(x, identity(len(x.shape)))
     slot = b.run(spec.name, factory, [ids])
     if mask_zero:
-        _masks(b)[spec.name] = (b.run(b.aux_name("mask"), SequenceMask, [ids]), (spec.inbound[0], 0.0))
+        _masks(b)[spec.name] = (b.run(b.aux_name("mask"), SequenceMask, [ids]), (spec.inbound[0], 0.0, False))
         _check_mask_reach(b, spec.name)
     config = {**_common(spec), "input_dim": input_dim, "output_dim": output_dim, "mask_zero": mask_zero}
     if inits["weight"] is not None:
@@ -183,7 +184,7 @@ def masking(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str
     slot = b.take(x, identity(3))
     mask = b.run(b.aux_name("mask"), lambda: SequenceMask(value, reduce_last=True), [slot])
     out = b.run(spec.name, KerasMasking, [slot, mask], many=True)
-    _masks(b)[spec.name] = (mask, None)
+    _masks(b)[spec.name] = (mask, (spec.inbound[0], value, True))
     _check_mask_reach(b, spec.name)
     return Info(x.shape, identity(3), out), {**_common(spec), "mask_value": value}
 
@@ -267,8 +268,9 @@ def _sequence_input(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, 
     recorded = getattr(spec, "mask_of", None)
     if recorded is not None and (mask is None or mask[1] != recorded):
         raise UnsupportedLayerError(str(b.error(
-            f"Keras 3 calls this layer with the mask `{recorded[0]} != {recorded[1]:g}`, which bnkit does not "
-            "rebuild here", "the mask of an Embedding(mask_zero=True) on that input, reaching this layer through "
+            f"Keras 3 calls this layer with the mask `{recorded[0]} != {recorded[1]:g}`"
+            f"{' (any over the last axis)' if recorded[2] else ''}, which bnkit does not rebuild here",
+            "the mask of an Embedding(mask_zero=True) or Masking layer on that input, reaching this layer through "
             f"{', '.join(sorted(MASK_PASSING))} or sequence-returning recurrent layers", recorded)))
     _masks(b).pop(spec.name, None)
     if mask is not None:
