@@ -55,6 +55,9 @@ class LayerSpec:
     scope: tuple[str, ...] = ()
     v3_path: str = ""
     call: CallArgs | None = None
+    #: Keras 3 calls this layer with the mask ``layer != value`` (reduced with ``any`` over the
+    #: last axis when the flag is set; see :mod:`bnkit.keras._mask_ops`).
+    mask_of: tuple[str, float, bool] | None = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 from .._repr import short
 from ._call_args import OP_CLASSES, CallArgs, op_call
+from ._mask_ops import strip_mask_ops
 from ._config import (MODEL_CLASSES, LayerSpec, ModelSpec, Ref, TensorId, check_custom, endpoints, layer_entry,
                       node_refs, snake_case)
 from .errors import KerasFormatError, UnsupportedLayerError
@@ -38,11 +39,12 @@ class _Flat:
         self.name, self.cls, self.config, self.refusal = name, cls, config, refusal
         self.keras_name, self.scope, self.v3_path, self.call = keras_name, scope, v3_path, call
         self.calls: list[tuple[TensorId, ...]] = []
+        self.mask_of: tuple[str, float, bool] | None = None
 
     def spec(self) -> LayerSpec:
         inbound = tuple(t[0] for t in self.calls[0]) if self.calls else ()
         return LayerSpec(self.name, self.cls, self.config, inbound, self.refusal, tuple(self.calls),
-                         self.keras_name, self.scope, self.v3_path, self.call)
+                         self.keras_name, self.scope, self.v3_path, self.call, self.mask_of)
 
 
 class _Flattener:
@@ -52,6 +54,7 @@ class _Flattener:
         self.taken: set[str] = set()
         self.order: list[tuple[str, int]] = []
         self.inputs: list[str] = []
+        self.masks: dict[tuple[tuple[str, ...], str], tuple[str, float, bool]] = {}
 
     # ---- one model level ----------------------------------------------------------------
     def model(self, config: dict[str, Any], scope: tuple[str, ...], bound: list[TensorId] | None,
@@ -66,7 +69,11 @@ class _Flattener:
             raise KerasFormatError(f"{source}: models nested more than {MAX_DEPTH} deep; received {'/'.join(scope)}")
         if not scope:
             check_custom(config, "the model", kind, source, allow_registered=("Functional",))
-        entries = [layer_entry(raw, index, source) for index, raw in enumerate(body["layers"])]
+        raw_layers = body["layers"]
+        if kind != "Sequential":  # Keras 3 records sequence masks as NotEqual operations: see _mask_ops
+            raw_layers, masks = strip_mask_ops(raw_layers, body.get("output_layers"))
+            self.masks.update({(scope, consumer): mask for consumer, mask in masks.items()})
+        entries = [layer_entry(raw, index, source) for index, raw in enumerate(raw_layers)]
         frozen = frozen or body.get("trainable", True) is False  # a frozen model freezes every layer
         _check_unique([entry[0] for entry in entries], source)
         counts: Counter[str] = Counter()
@@ -75,7 +82,7 @@ class _Flattener:
             snake = snake_case(cls)
             v3[name] = f"{v3_prefix}layers/{snake}" + (f"_{counts[snake]}" if counts[snake] else "")
             counts[snake] += 1
-        raws = {entry[0]: raw for entry, raw in zip(entries, body["layers"])}
+        raws = {entry[0]: raw for entry, raw in zip(entries, raw_layers)}
         if kind == "Sequential":
             return self._sequential(entries, raws, body, config, scope, bound, frozen, v3)
         return self._functional(entries, raws, body, scope, bound, frozen, v3)
@@ -198,6 +205,7 @@ class _Flattener:
                 flat_name += "_"
             self.taken.add(flat_name)
             flat = self.flat[(scope, name)] = _Flat(flat_name, cls, cfg, refusal, name, scope, v3_path, call)
+            flat.mask_of = self.masks.get((scope, name))
         flat.calls.append(inputs)
         self.order.append((flat.name, len(flat.calls) - 1))
         return (flat.name, len(flat.calls) - 1, 0)

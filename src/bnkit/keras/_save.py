@@ -30,6 +30,7 @@ from ._h5 import h5py_module
 from ._mapping import rules_for, snake_case
 from ._model import KerasModel
 from ._plan import plan_model
+from ._rnn import v3_groups
 from .errors import KerasFormatError
 
 __all__ = ["KERAS_VERSION", "SaveSummary", "save_model"]
@@ -148,10 +149,16 @@ def _write_v3(h5: Any, config: dict[str, Any], weights: LayerWeights) -> None:
         snake = snake_case(cls)
         key = snake if counts[snake] == 0 else f"{snake}_{counts[snake]}"
         counts[snake] += 1
-        group = root.create_group(key).create_group("vars")
-        group.attrs["name"] = name
-        for index, (_, array) in enumerate(arrays):
-            group.create_dataset(str(index), data=array)
+        layer_group = root.create_group(key)
+        groups = v3_groups(cls, len(arrays)) or [("", len(arrays))]
+        start = 0
+        for sub, count in groups:  # RNN weights live under their cell (see _rnn.v3_groups)
+            group = (layer_group.require_group(sub) if sub else layer_group).create_group("vars")
+            if not sub:
+                group.attrs["name"] = name
+            for index, (_, array) in enumerate(arrays[start:start + count]):
+                group.create_dataset(str(index), data=array)
+            start += count
     h5.create_group("vars").attrs["name"] = config["config"]["name"]
 
 

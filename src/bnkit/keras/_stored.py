@@ -7,6 +7,10 @@
   run of path components before its name, ending last, that is a known layer name (``conv1/conv/kernel:0``
   -> ``conv1/conv``; Keras 3's ``model/c1/kernel`` -> ``c1``; ``lstm/lstm_cell/kernel:0`` ->
   ``lstm``), else the component before its name, so they split back per layer.
+* recurrent layers keep their weights in their cell (``lstm/lstm_cell/kernel:0``; ``.keras``:
+  ``layers/lstm/cell/vars/0``), a Bidirectional in its forward and backward layers
+  (``bi/forward_gru/gru_cell/kernel:0``; ``layers/bidirectional/forward_layer/cell/vars``):
+  those weights are the layer's own, in that order.
 * the Keras-1 applications files (``block1_conv1_W_1:0``): the same, byte-string attributes.
 * the v3 layout (``.weights.h5`` and ``model.weights.h5`` in ``.keras``):
   ``layers/<snake_case class>[_k]/vars/<i>``, numbered in the layer's weight order, with a
@@ -17,6 +21,7 @@ straight into the destination tensors.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +97,7 @@ def _legacy(group: Any, prefix: str, label: str, names: Collection[str]) -> list
         sub = group[layer_name]
         weight_names = read_names(sub, "weight_names", f"{label}:{path}") or []
         owners: dict[str, StoredLayer] = {}
+        wrappers = _wrappers(weight_names)
         for weight_name in weight_names:
             if weight_name not in sub:
                 raise KerasFormatError(
@@ -99,6 +105,9 @@ def _legacy(group: Any, prefix: str, label: str, names: Collection[str]) -> list
                     "dataset (missing weights)"
                 )
             owner = _owner(weight_name, layer_name, names)
+            if owner not in names:  # no known layer in the path: an RNN's cell weights are the RNN's
+                parts = _without_cells(weight_name.split("/"), wrappers)
+                owner = parts[-2] if len(parts) >= 2 else layer_name
             stored = owners.setdefault(owner, StoredLayer(owner, path if owner == layer_name else f"{path}/{owner}",
                                                           group=layer_name))
             stored.names.append(weight_name)
@@ -107,10 +116,54 @@ def _legacy(group: Any, prefix: str, label: str, names: Collection[str]) -> list
     return layers
 
 
+_CELL = re.compile(r"(simple_rnn|lstm|gru)_cell(_\d+)?")
+#: Sub-objects whose ``.keras`` weights belong to the layer holding them, in weight order.
+_V3_PARTS = ("cell", "forward_layer", "backward_layer")
+
+
+def _wrappers(weight_names: list[str]) -> set[str]:
+    """The Bidirectional layers among the path components: those holding a ``forward_*``
+    layer with a recurrent cell (``bi/forward_gru/gru_cell/kernel:0`` -> ``bi``)."""
+    found = set()
+    for name in weight_names:
+        parts = name.split("/")
+        for index in range(1, len(parts) - 2):
+            if parts[index].startswith("forward_") and _CELL.fullmatch(parts[index + 1]):
+                found.add(parts[index - 1])
+    return found
+
+
+def _without_cells(parts: list[str], wrappers: set[str]) -> list[str]:
+    """A weight path without recurrent-cell components: ``lstm/lstm_cell/kernel:0`` ->
+    ``lstm/kernel:0``, ``bi/forward_gru/gru_cell/bias:0`` -> ``bi/bias:0`` (the weights of
+    an RNN layer's cell, or of a Bidirectional's inner layers, are the layer's own)."""
+    kept: list[str] = []
+    for index, part in enumerate(parts[:-1]):
+        cell_next = index + 1 < len(parts) - 1 and _CELL.fullmatch(parts[index + 1]) is not None
+        if _CELL.fullmatch(part) or (cell_next and index > 0 and parts[index - 1] in wrappers):
+            continue
+        kept.append(part)
+    return kept + parts[-1:]
+
+
+def _v3_nested(group: Any, prefix: str, label: str, stored: StoredLayer) -> None:
+    """Append the weights a layer keeps in sub-objects (an RNN's ``cell``, a Bidirectional's
+    ``forward_layer``/``backward_layer``), depth first in Keras' order."""
+    for part in _V3_PARTS:
+        if part in group and hasattr(group[part], "keys"):
+            sub, path = group[part], f"{prefix}/{part}"
+            if "vars" in sub:
+                found = _v3_vars(sub["vars"], path, label)
+                stored.names.extend(f"{part}/{name}" for name in found.names)
+                stored.datasets.extend(found.datasets)
+            _v3_nested(sub, path, label, stored)
+
+
 def _v3(group: Any, prefix: str, label: str) -> list[StoredLayer]:
     layers: list[StoredLayer] = []
     if "vars" in group:
         stored = _v3_vars(group["vars"], prefix, label)
+        _v3_nested(group, prefix, label, stored)
         if stored.datasets:
             if not prefix:  # variables the model owns directly
                 stored.name, stored.class_key = "top_level_model_weights", None

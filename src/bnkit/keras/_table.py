@@ -36,13 +36,13 @@ from types import ModuleType
 
 from torch import nn
 
-from . import _activations, _bn, _conv, _core, _ops, _ops_calls, _pooling
+from . import _activations, _bn, _conv, _core, _ops, _ops_calls, _pooling, _rnn
 from ._entry import LayerEntry
 
 __all__ = ["ENTRIES", "SUPPORTED_LAYERS", "TABLE", "entry_for_module"]
 
 #: The family modules, in the order their entries are tried when exporting torch modules.
-_FAMILIES: tuple[ModuleType, ...] = (_core, _bn, _pooling, _activations, _conv, _ops, _ops_calls)
+_FAMILIES: tuple[ModuleType, ...] = (_core, _bn, _pooling, _activations, _conv, _ops, _ops_calls, _rnn)
 
 
 def _build_table(entries: tuple[LayerEntry, ...]) -> dict[str, LayerEntry]:
