@@ -186,9 +186,18 @@ def _legacy_config(config: dict[str, Any]) -> str:
     import json
 
     body = dict(config["config"])
-    body["layers"] = [{k: v for k, v in layer.items() if k not in ("module", "registered_name")}
-                      for layer in body["layers"]]
+    body["layers"] = [_legacy_layer(layer) for layer in body["layers"]]
     return json.dumps({"class_name": "Functional", "config": body})
+
+
+def _legacy_layer(layer: dict[str, Any]) -> dict[str, Any]:
+    """A layer entry as tf_keras writes it in ``.h5`` configs: no module, and a class it
+    registered itself (an application's ``Custom>CustomScaleLayer``) under that name."""
+    out = {k: v for k, v in layer.items() if k not in ("module", "registered_name")}
+    registered = layer.get("registered_name")
+    if isinstance(registered, str) and registered.startswith("Custom>"):
+        out["class_name"] = registered
+    return out
 
 
 def _write_names(obj: Any, key: str, names: list[str]) -> None:
