@@ -1,0 +1,160 @@
+"""Build Keras applications as oracle fixtures (run in its own process, never under pytest).
+
+    python zoo_jobs.py {tf_keras|keras} job.json
+
+``job.json``: ``{"workdir": str, "stage": "build"|"reload", "models": [...]}``.
+
+*build*: each model ``{"app": "MobileNetV2", "size": 32}`` is built with ``weights=None``,
+``classes=10`` and logits out (``classifier_activation=None`` where the application has it),
+its BatchNormalization statistics and scales are randomised (so BN matters), and it is saved
+as ``<app>.h5`` and ``<app>.keras``.  Keras then reloads both files itself (a pair Keras cannot
+reload is recorded and skipped by the tests, as the issue asks).  The inputs, Keras' outputs
+and its parameter counts go to ``<app>_ref.npz`` / the results JSON.
+
+*reload*: each model ``{"app": ..., "files": [paths]}``: Keras loads each file (written by
+bnkit) and predicts on the stored inputs; the outputs go to ``<file>.out.npy``.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+import time
+import traceback
+import zlib
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+FLAVOUR = sys.argv[1]
+if FLAVOUR == "tf_keras":
+    import tf_keras as keras  # noqa: E402
+else:
+    import keras  # noqa: E402
+
+BATCH = 2
+
+
+def build_app(app: str, size: int) -> Any:
+    factory = getattr(keras.applications, app)
+    kwargs: dict[str, Any] = {"weights": None, "input_shape": (size, size, 3), "classes": 10}
+    if "classifier_activation" in inspect.signature(factory).parameters:
+        kwargs["classifier_activation"] = None
+    return factory(**kwargs)
+
+
+def randomize(model: Any, rng: np.random.Generator) -> None:
+    """Non-trivial BN statistics and scales, Normalization statistics; kernels keep Keras' init."""
+    for layer in _all_layers(model):
+        kind = type(layer).__name__
+        if kind == "BatchNormalization":
+            values = []
+            for weight in layer.weights:
+                name = weight.name.split("/")[-1].split(":")[0]
+                shape = tuple(weight.shape)
+                if name == "gamma":
+                    values.append(rng.uniform(0.6, 1.4, shape))
+                elif name == "beta":
+                    values.append(rng.normal(0.0, 0.1, shape))
+                elif name == "moving_mean":
+                    values.append(rng.normal(0.0, 0.2, shape))
+                elif name == "moving_variance":
+                    values.append(rng.uniform(0.5, 1.5, shape))
+                else:
+                    values.append(np.asarray(weight.numpy()))
+            layer.set_weights([v.astype("float32") for v in values])
+        elif kind == "Normalization" and layer.weights:
+            values = []
+            for weight in layer.weights:
+                name = weight.name.split("/")[-1].split(":")[0]
+                shape = tuple(weight.shape)
+                if name == "mean":
+                    values.append(rng.uniform(0.3, 0.6, shape).astype("float32"))
+                elif name == "variance":
+                    values.append(rng.uniform(0.04, 0.09, shape).astype("float32"))
+                else:
+                    values.append(np.asarray(weight.numpy()))
+            layer.set_weights(values)
+
+
+def _all_layers(model: Any) -> list[Any]:
+    layers = []
+    for layer in model.layers:
+        layers.append(layer)
+        if hasattr(layer, "layers"):
+            layers.extend(_all_layers(layer))
+    return layers
+
+
+def _counts(model: Any) -> dict[str, int]:
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    frozen = int(sum(np.prod(w.shape) for w in model.non_trainable_weights))
+    return {"total": trainable + frozen, "trainable": trainable, "non_trainable": frozen}
+
+
+def build(entry: dict[str, Any], work: Path) -> dict[str, Any]:
+    app, size = entry["app"], int(entry["size"])
+    rng = np.random.default_rng(zlib.crc32(app.encode()))
+    start = time.perf_counter()
+    model = build_app(app, size)
+    randomize(model, rng)
+    x = rng.uniform(0.0, 255.0, (BATCH, size, size, 3)).astype("float32")
+    y = np.asarray(model.predict(x, verbose=0))
+    result: dict[str, Any] = {"counts": _counts(model), "layers": len(model.layers),
+                              "classes": sorted({type(layer).__name__ for layer in _all_layers(model)}),
+                              "files": {}}
+    np.savez(work / f"{app}_ref.npz", x=x, y=y)
+    for fmt in entry.get("formats", ("h5", "keras")):
+        path = work / f"{app}.{fmt}"
+        try:
+            model.save(path)
+        except Exception as error:  # noqa: BLE001 - the oracle reports, the test decides
+            result["files"][fmt] = f"Keras cannot save it: {type(error).__name__}: {str(error)[:300]}"
+            continue
+        try:
+            again = keras.models.load_model(path, compile=False)
+            z = np.asarray(again.predict(x, verbose=0))
+            scale = float(np.max(np.abs(y))) or 1.0
+            diff = float(np.max(np.abs(z - y))) / scale
+            result["files"][fmt] = "ok" if diff <= 1e-5 else f"Keras reloads it with outputs off by {diff:.2e}"
+        except Exception as error:  # noqa: BLE001
+            result["files"][fmt] = f"Keras cannot reload it: {type(error).__name__}: {str(error)[:300]}"
+    result["seconds"] = time.perf_counter() - start
+    keras.backend.clear_session()
+    return result
+
+
+def reload(entry: dict[str, Any], work: Path) -> dict[str, Any]:
+    ref = np.load(work / f"{entry['app']}_ref.npz")
+    result: dict[str, Any] = {}
+    for file in entry["files"]:
+        try:
+            model = keras.models.load_model(file, compile=False)
+            np.save(f"{file}.out.npy", np.asarray(model.predict(ref["x"], verbose=0)))
+            result[file] = "ok"
+        except Exception as error:  # noqa: BLE001
+            result[file] = f"{type(error).__name__}: {str(error)[:300]}"
+        keras.backend.clear_session()
+    return result
+
+
+def main() -> int:
+    job = json.loads(Path(sys.argv[2]).read_text(encoding="utf-8"))
+    work = Path(job["workdir"])
+    stage = {"build": build, "reload": reload}[job["stage"]]
+    results: dict[str, Any] = {}
+    for entry in job["models"]:
+        try:
+            results[entry["app"]] = stage(entry, work)
+        except Exception:  # noqa: BLE001
+            results[entry["app"]] = {"error": traceback.format_exc()[-2000:]}
+        (work / f"zoo_{FLAVOUR}_{job['stage']}.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

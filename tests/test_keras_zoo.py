@@ -1,0 +1,200 @@
+"""The Keras applications, loaded without TensorFlow: outputs, summaries, folding, round trips.
+
+tf_keras 2.21 and Keras 3.15.1 build one model of every application family
+(``weights=None``, small inputs, 10 logits) in subprocesses, randomise its BN statistics
+and scales so BN matters, save it as ``.h5`` and ``.keras`` and reload both files
+themselves (a file Keras cannot reload is skipped, with Keras' error as the reason).  This
+process never imports TensorFlow or Keras: bnkit loads each file and must give Keras'
+outputs, Keras' parameter counts, fold its BNs with outputs preserved, and write the model
+back in both formats for Keras to load with equal outputs.
+
+``BNKIT_ZOO=all`` runs every application of both frameworks (111 models, ~1 h) instead of
+one per family.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import bnkit
+import bnkit.keras as bk
+from tests.oracle_client import oracle_env
+
+pytestmark = [pytest.mark.oracle, pytest.mark.slow]
+
+JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "zoo_jobs.py"
+FLAVOURS = ("tf_keras", "keras")
+FORMATS = ("h5", "keras")
+RTOL = 1e-5
+FOLD_RTOL = 1e-4
+
+#: One application per family, at (close to) the smallest input it accepts.
+FAMILIES = {
+    "VGG16": 32, "ResNet50": 32, "ResNet50V2": 32, "InceptionV3": 75, "InceptionResNetV2": 75,
+    "Xception": 71, "MobileNet": 32, "MobileNetV2": 32, "MobileNetV3Small": 32, "MobileNetV3Large": 32,
+    "DenseNet121": 32, "NASNetMobile": 32, "EfficientNetB0": 32, "EfficientNetV2B0": 32,
+    "ConvNeXtTiny": 32, "RegNetX002": 32, "RegNetY002": 32, "ResNetRS50": 32,
+}
+_KERAS3_ONLY_MISSING = ("RegNet", "ResNetRS")  # families Keras 3 does not ship
+_MIN_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71, "NASNetLarge": 331}
+
+
+def _apps(flavour: str) -> dict[str, int]:
+    if os.environ.get("BNKIT_ZOO") == "all":
+        from tests.keras_fixtures.zoo_catalog import ALL_APPS
+
+        names = ALL_APPS[flavour]
+        return {name: _MIN_SIZE.get(name, 32) for name in names}
+    return {name: size for name, size in FAMILIES.items()
+            if flavour == "tf_keras" or not name.startswith(_KERAS3_ONLY_MISSING)}
+
+
+CASES = [(flavour, app) for flavour in FLAVOURS for app in _apps(flavour)]
+
+
+def _run(flavour: str, job: dict[str, Any], work: Path, timeout: int) -> subprocess.Popen[str]:
+    path = work / f"job_{flavour}_{job['stage']}.json"
+    path.write_text(json.dumps(job), encoding="utf-8")
+    return subprocess.Popen([sys.executable, str(JOBS), flavour, str(path)], env=oracle_env(flavour),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(processes: dict[str, subprocess.Popen[str]], dirs: dict[str, Path], stage: str,
+          timeout: int) -> dict[str, dict[str, Any]]:
+    results = {}
+    for flavour, process in processes.items():
+        try:
+            _, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f"Keras zoo ({flavour}, {stage}) timed out after {timeout} s", pytrace=False)
+        out = dirs[flavour] / f"zoo_{flavour}_{stage}.json"
+        if process.returncode != 0 or not out.exists():
+            pytest.fail(f"Keras zoo ({flavour}, {stage}) failed ({process.returncode}):\n{stderr[-4000:]}",
+                        pytrace=False)
+        results[flavour] = json.loads(out.read_text(encoding="utf-8"))
+    return results
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Keras builds, saves and reloads every application (both frameworks at once)."""
+    root = tmp_path_factory.mktemp("zoo")
+    dirs = {flavour: root / flavour for flavour in FLAVOURS}
+    processes = {}
+    for flavour, work in dirs.items():
+        work.mkdir()
+        models = [{"app": app, "size": size} for app, size in _apps(flavour).items()]
+        processes[flavour] = _run(flavour, {"workdir": str(work), "stage": "build", "models": models}, work, 0)
+    return {"dirs": dirs, "results": _wait(processes, dirs, "build", 3600)}
+
+
+def _entry(zoo: dict[str, Any], flavour: str, app: str) -> dict[str, Any]:
+    entry = zoo["results"][flavour].get(app, {"error": "not built"})
+    if "error" in entry:
+        pytest.fail(f"Keras could not build {app} ({flavour}):\n{entry['error']}", pytrace=False)
+    return entry
+
+
+def _file(zoo: dict[str, Any], flavour: str, app: str, fmt: str) -> Path:
+    status = _entry(zoo, flavour, app)["files"][fmt]
+    if status != "ok":
+        pytest.skip(f"{flavour} itself cannot use its own {app}.{fmt}: {status}")
+    return zoo["dirs"][flavour] / f"{app}.{fmt}"
+
+
+def _reference(zoo: dict[str, Any], flavour: str, app: str) -> tuple[np.ndarray, np.ndarray]:
+    ref = np.load(zoo["dirs"][flavour] / f"{app}_ref.npz")
+    return ref["x"], ref["y"]
+
+
+def _relative(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.max(np.abs(actual - expected)) / max(float(np.max(np.abs(expected))), 1e-30))
+
+
+def _predict(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+_LOADED: dict[tuple[str, str, str], Any] = {}
+
+
+def _load(zoo: dict[str, Any], flavour: str, app: str, fmt: str) -> bk.KerasModel:
+    key = (flavour, app, fmt)
+    if key not in _LOADED:
+        _LOADED.clear()  # keep one model alive at a time
+        _LOADED[key] = bk.load_model(_file(zoo, flavour, app, fmt))
+    return _LOADED[key]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(("flavour", "app"), CASES)
+def test_outputs_and_counts_equal_keras(zoo: dict[str, Any], flavour: str, app: str, fmt: str) -> None:
+    model = _load(zoo, flavour, app, fmt)
+    x, y = _reference(zoo, flavour, app)
+    assert _relative(_predict(model, x), y) <= RTOL
+    counts = _entry(zoo, flavour, app)["counts"]
+    table = bnkit.summary(model, input_data=torch.from_numpy(x[:1]))
+    assert (table.total, table.non_trainable) == (counts["total"], counts["non_trainable"])
+    assert not {"tensorflow", "keras", "tf_keras"} & set(sys.modules)
+
+
+@pytest.mark.parametrize(("flavour", "app"), CASES)
+def test_fold_keeps_outputs(zoo: dict[str, Any], flavour: str, app: str) -> None:
+    model = _load(zoo, flavour, app, "keras")
+    x, y = _reference(zoo, flavour, app)
+    folded, report = bnkit.fold_batch_norm(model)
+    bns = sum(isinstance(m, (bnkit.BatchNormalization, torch.nn.modules.batchnorm._BatchNorm))
+              for m in model.modules())
+    left = sum(isinstance(m, (bnkit.BatchNormalization, torch.nn.modules.batchnorm._BatchNorm))
+               for m in folded.modules())
+    if bns:
+        assert left < bns, report
+    assert _relative(_predict(folded, x), y) <= FOLD_RTOL
+
+
+@pytest.fixture(scope="module")
+def round_trip(zoo: dict[str, Any]) -> dict[str, Any]:
+    """bnkit writes every loaded model back in both formats; Keras loads and predicts."""
+    processes, written = {}, {}
+    for flavour in FLAVOURS:
+        work = zoo["dirs"][flavour]
+        models = []
+        for app in _apps(flavour):
+            files = []
+            for fmt in FORMATS:
+                try:
+                    model = _load(zoo, flavour, app, "h5")
+                except BaseException:  # noqa: BLE001 - the load test reports it
+                    continue
+                target = work / f"{app}.bnkit.{fmt}"
+                bk.save_model(model, target)
+                files.append(str(target))
+            if files:
+                models.append({"app": app, "files": files})
+        written[flavour] = {m["app"]: m["files"] for m in models}
+        processes[flavour] = _run(flavour, {"workdir": str(work), "stage": "reload", "models": models}, work, 0)
+    return {"written": written, "results": _wait(processes, zoo["dirs"], "reload", 3600)}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(("flavour", "app"), CASES)
+def test_keras_reloads_what_bnkit_writes(zoo: dict[str, Any], round_trip: dict[str, Any], flavour: str,
+                                         app: str, fmt: str) -> None:
+    _file(zoo, flavour, app, "h5")
+    target = str(zoo["dirs"][flavour] / f"{app}.bnkit.{fmt}")
+    if target not in round_trip["written"][flavour].get(app, []):
+        pytest.fail(f"bnkit could not load or write {app} ({flavour})", pytrace=False)
+    status = round_trip["results"][flavour][app][target]
+    assert status == "ok", f"{flavour} cannot load bnkit's {Path(target).name}: {status}"
+    _, y = _reference(zoo, flavour, app)
+    assert _relative(np.load(target + ".out.npy"), y) <= RTOL
