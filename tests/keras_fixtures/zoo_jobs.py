@@ -5,7 +5,7 @@
 ``job.json``: ``{"workdir": str, "stage": "build"|"reload", "models": [...]}``.
 
 *build*: each model ``{"app": "MobileNetV2", "size": 32}`` is built with ``weights=None``,
-``classes=10`` and logits out (``classifier_activation=None`` where the application has it),
+``classes=10`` (or the entry's ``classes``) and logits out (``classifier_activation=None`` where the application has it),
 its BatchNormalization statistics and scales are randomised (so BN matters), and it is saved
 as ``<app>.h5`` and ``<app>.keras``.  Keras then reloads both files itself (a pair Keras cannot
 reload is recorded and skipped by the tests, as the issue asks).  The inputs, Keras' outputs
@@ -39,9 +39,9 @@ else:
 BATCH = 2
 
 
-def build_app(app: str, size: int) -> Any:
+def build_app(app: str, size: int, classes: int = 10) -> Any:
     factory = getattr(keras.applications, app)
-    kwargs: dict[str, Any] = {"weights": None, "input_shape": (size, size, 3), "classes": 10}
+    kwargs: dict[str, Any] = {"weights": None, "input_shape": (size, size, 3), "classes": classes}
     if "classifier_activation" in inspect.signature(factory).parameters:
         kwargs["classifier_activation"] = None
     return factory(**kwargs)
@@ -100,7 +100,7 @@ def build(entry: dict[str, Any], work: Path) -> dict[str, Any]:
     app, size = entry["app"], int(entry["size"])
     rng = np.random.default_rng(zlib.crc32(app.encode()))
     start = time.perf_counter()
-    model = build_app(app, size)
+    model = build_app(app, size, int(entry.get("classes", 10)))
     randomize(model, rng)
     x = rng.uniform(0.0, 255.0, (BATCH, size, size, 3)).astype("float32")
     y = np.asarray(model.predict(x, verbose=0))

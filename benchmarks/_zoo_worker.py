@@ -1,0 +1,122 @@
+"""One measurement of ``bench_keras_zoo.py`` in a process of its own; prints one JSON line.
+
+    python _zoo_worker.py load bnkit|keras3|tf_keras FILE
+    python _zoo_worker.py infer bnkit|bnkit-fast|torch|keras3-torch|tf_keras FILE APP BATCH SIZE ITERS
+
+* ``load``: seconds of ``bnkit.keras.load_model`` or ``keras.models.load_model(compile=False)``
+  (imports excluded) and the peak resident memory it added, in bytes.
+* ``infer``: median seconds of one inference on a random batch after warm-up: bnkit as loaded
+  (NHWC interface), ``bnkit-fast`` (BNs folded, NCHW interface), ``torch`` (the same
+  architecture written in PyTorch, ``_torch_apps.py``), Keras 3 on its torch backend and
+  tf_keras (a ``tf.function``) running the file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def load(kind: str, file: str) -> dict[str, Any]:
+    if kind == "bnkit":
+        import bnkit.keras as bk
+
+        loader: Callable[[], Any] = lambda: bk.load_model(file)  # noqa: E731
+    elif kind == "keras3":
+        import keras
+
+        loader = lambda: keras.models.load_model(file, compile=False)  # noqa: E731
+    else:
+        import tf_keras
+
+        loader = lambda: tf_keras.models.load_model(file, compile=False)  # noqa: E731
+    before = _rss()
+    start = time.perf_counter()
+    model = loader()
+    seconds = time.perf_counter() - start
+    del model
+    return {"seconds": seconds, "peak_added": max(_peak() - before, 0)}
+
+
+def _time(step: Callable[[], Any], iters: int) -> float:
+    for _ in range(3):
+        step()
+    samples = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def infer(kind: str, file: str, app: str, batch: int, size: int, iters: int) -> dict[str, Any]:
+    import numpy as np
+
+    x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32")
+    if kind == "tf_keras":
+        import tensorflow as tf
+        import tf_keras
+
+        model = tf_keras.models.load_model(file, compile=False)
+        call = tf.function(lambda t: model(t, training=False))
+        tensor = tf.constant(x)
+        return {"seconds": _time(lambda: call(tensor).numpy(), iters)}
+    import torch
+
+    if kind == "keras3-torch":
+        import keras
+
+        model = keras.models.load_model(file, compile=False)
+        tensor = torch.from_numpy(x)
+    elif kind == "torch":
+        sys.path.insert(0, str(HERE))
+        from _torch_apps import APPS
+
+        model = APPS[app](10).eval()
+        tensor = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    else:
+        import bnkit
+        import bnkit.keras as bk
+
+        if kind == "bnkit":
+            model, tensor = bk.load_model(file), torch.from_numpy(x)
+        else:
+            model, _ = bnkit.fold_batch_norm(bk.load_model(file, data_format="channels_first"))
+            tensor = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    with torch.inference_mode():
+        if kind == "keras3-torch":
+            seconds = _time(lambda: model(tensor, training=False), iters)
+        else:
+            seconds = _time(lambda: model(tensor), iters)
+    return {"seconds": seconds, "threads": torch.get_num_threads()}
+
+
+def main() -> int:
+    mode, kind = sys.argv[1], sys.argv[2]
+    if mode == "load":
+        result = load(kind, sys.argv[3])
+    else:
+        file, app, batch, size, iters = sys.argv[3], sys.argv[4], *map(int, sys.argv[5:8])
+        result = infer(kind, file, app, batch, size, iters)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

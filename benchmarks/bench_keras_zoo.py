@@ -1,0 +1,134 @@
+"""Keras applications in bnkit: load time and memory, and inference speed, against Keras.
+
+    python benchmarks/bench_keras_zoo.py [--dir /tmp/bnkit-zoo-bench] [--repeats 5] [--iters 10] [--json out.json]
+
+ResNet50, MobileNetV2 and EfficientNetB0 (224x224, 1000 classes, ``weights=None``, random BN
+statistics) are built and saved once by Keras 3 and by tf_keras (``tests/keras_fixtures/zoo_jobs.py``).
+Every measurement runs in a fresh process (``_zoo_worker.py``), interleaved, files in the page cache:
+
+* load: ``bnkit.keras.load_model`` against ``load_model`` of the Keras that wrote the file (Keras 3
+  on TensorFlow, tf_keras), ``.keras`` and ``.h5``; targets: time ratio <= 0.5, bnkit's added peak
+  memory <= 1.5x the weights' size;
+* inference, batch 1 and 32: bnkit as loaded (NHWC), bnkit folded with the NCHW interface
+  (``bnkit-fast``), the same architecture written in PyTorch (``_torch_apps.py``), Keras 3 on its
+  torch backend (Keras-3 ``.keras`` file) and tf_keras in a ``tf.function`` (tf_keras ``.h5``);
+  targets: bnkit-fast faster than both Keras and within 1.1x of PyTorch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+JOBS = ROOT / "tests" / "keras_fixtures" / "zoo_jobs.py"
+WORKER = HERE / "_zoo_worker.py"
+APPS = ("ResNet50", "MobileNetV2", "EfficientNetB0")
+SIZE, CLASSES = 224, 1000
+WRITERS = {"keras": "keras3", "tf_keras": "tf_keras"}
+
+
+def _env(kind: str) -> dict[str, str]:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    if kind == "keras3-torch":
+        env["KERAS_BACKEND"] = "torch"
+    return env
+
+
+def _make(work: Path) -> dict[str, Any]:
+    counts = {}
+    for flavour in WRITERS:
+        folder = work / flavour
+        done = folder / f"zoo_{flavour}_build.json"
+        if not done.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            job = folder / "job.json"
+            job.write_text(json.dumps({"workdir": str(folder), "stage": "build", "models": [
+                {"app": app, "size": SIZE, "classes": CLASSES} for app in APPS]}), encoding="utf-8")
+            subprocess.run([sys.executable, str(JOBS), flavour, str(job)], env=_env(flavour), check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        counts[flavour] = json.loads(done.read_text(encoding="utf-8"))
+    return counts
+
+
+def _worker(*args: str) -> dict[str, Any]:
+    kind = args[1]
+    out = subprocess.run([sys.executable, str(WORKER), *args], env=_env(kind), check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_load(work: Path, counts: dict[str, Any], repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    for flavour, keras_kind in WRITERS.items():
+        for app in APPS:
+            weights = 4 * counts[flavour][app]["counts"]["total"]
+            for fmt in ("keras", "h5"):
+                file = str(work / flavour / f"{app}.{fmt}")
+                runs: dict[str, list[dict[str, Any]]] = {"bnkit": [], keras_kind: []}
+                for _ in range(repeats):
+                    for kind in runs:
+                        runs[kind].append(_worker("load", kind, file))
+                ours = statistics.median(r["seconds"] for r in runs["bnkit"])
+                theirs = statistics.median(r["seconds"] for r in runs[keras_kind])
+                memory = statistics.median(r["peak_added"] for r in runs["bnkit"]) / weights
+                rows.append({"writer": flavour, "app": app, "format": fmt, "bnkit_s": ours,
+                             f"{keras_kind}_s": theirs, "ratio": ours / theirs, "memory_x_weights": memory})
+                print(f"load {flavour:8s} {app:15s} .{fmt:5s} bnkit {ours:6.2f}s  {keras_kind} {theirs:6.2f}s  "
+                      f"ratio {ours / theirs:5.2f}  peak {memory:4.2f}x weights", flush=True)
+    return rows
+
+
+def bench_infer(work: Path, repeats: int, iters: int) -> list[dict[str, Any]]:
+    rows = []
+    files = {"bnkit": ("keras", "keras"), "bnkit-fast": ("keras", "keras"), "torch": ("keras", "keras"),
+             "keras3-torch": ("keras", "keras"), "tf_keras": ("tf_keras", "h5")}
+    for app in APPS:
+        for batch in (1, 32):
+            times: dict[str, list[float]] = {kind: [] for kind in files}
+            for _ in range(repeats):
+                for kind, (flavour, fmt) in files.items():
+                    file = str(work / flavour / f"{app}.{fmt}")
+                    times[kind].append(_worker("infer", kind, file, app, str(batch), str(SIZE), str(iters))["seconds"])
+            med = {kind: statistics.median(values) for kind, values in times.items()}
+            row = {"app": app, "batch": batch, **{f"{k}_ms": v * 1e3 for k, v in med.items()},
+                   "fast_vs_torch": med["bnkit-fast"] / med["torch"],
+                   "fast_vs_keras3_torch": med["bnkit-fast"] / med["keras3-torch"],
+                   "fast_vs_tf_keras": med["bnkit-fast"] / med["tf_keras"],
+                   "bnkit_vs_keras3_torch": med["bnkit"] / med["keras3-torch"],
+                   "bnkit_vs_tf_keras": med["bnkit"] / med["tf_keras"]}
+            rows.append(row)
+            print(f"infer {app:15s} batch {batch:2d}: " + "  ".join(f"{k} {v * 1e3:7.1f}ms" for k, v in med.items())
+                  + f"  | fast/torch {row['fast_vs_torch']:.2f}  fast/keras3 {row['fast_vs_keras3_torch']:.2f}"
+                  f"  fast/tf_keras {row['fast_vs_tf_keras']:.2f}", flush=True)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/bnkit-zoo-bench"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--skip", choices=("load", "infer"))
+    args = parser.parse_args()
+    counts = _make(args.dir)
+    result: dict[str, Any] = {"size": SIZE, "classes": CLASSES, "repeats": args.repeats, "cpus": os.cpu_count()}
+    if args.skip != "load":
+        result["load"] = bench_load(args.dir, counts, args.repeats)
+    if args.skip != "infer":
+        result["infer"] = bench_infer(args.dir, args.repeats, args.iters)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
