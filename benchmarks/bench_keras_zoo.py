@@ -31,7 +31,7 @@ JOBS = ROOT / "tests" / "keras_fixtures" / "zoo_jobs.py"
 WORKER = HERE / "_zoo_worker.py"
 APPS = ("ResNet50", "MobileNetV2", "EfficientNetB0")
 SIZE, CLASSES = 224, 1000
-WRITERS = {"keras": "keras3", "tf_keras": "tf_keras"}
+WRITERS = {"keras3": "keras3", "tf_keras": "tf_keras"}
 
 
 def _env(kind: str) -> dict[str, str]:
@@ -88,8 +88,8 @@ def bench_load(work: Path, counts: dict[str, Any], repeats: int) -> list[dict[st
 
 def bench_infer(work: Path, repeats: int, iters: int) -> list[dict[str, Any]]:
     rows = []
-    files = {"bnkit": ("keras", "keras"), "bnkit-fast": ("keras", "keras"), "torch": ("keras", "keras"),
-             "keras3-torch": ("keras", "keras"), "tf_keras": ("tf_keras", "h5")}
+    files = {"bnkit": ("keras3", "keras"), "bnkit-fast": ("keras3", "keras"), "torch": ("keras3", "keras"),
+             "keras3-torch": ("keras3", "keras"), "tf_keras": ("tf_keras", "h5")}
     for app in APPS:
         for batch in (1, 32):
             times: dict[str, list[float]] = {kind: [] for kind in files}

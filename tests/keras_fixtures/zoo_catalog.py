@@ -15,4 +15,4 @@ _TF_KERAS_ONLY = tuple(f"RegNet{kind}{size}" for kind in "XY" for size in (
     f"ResNetRS{depth}" for depth in (50, 101, 152, 200, 270, 350, 420))
 
 #: Framework -> every application it ships (71 in tf_keras, 40 in Keras 3).
-ALL_APPS = {"tf_keras": _COMMON + _TF_KERAS_ONLY, "keras": _COMMON}
+ALL_APPS = {"tf_keras": _COMMON + _TF_KERAS_ONLY, "keras3": _COMMON}

@@ -1,6 +1,6 @@
 """Build Keras applications as oracle fixtures (run in its own process, never under pytest).
 
-    python zoo_jobs.py {tf_keras|keras} job.json
+    python zoo_jobs.py {tf_keras|keras3} job.json
 
 ``job.json``: ``{"workdir": str, "stage": "build"|"reload", "models": [...]}``.
 
@@ -79,6 +79,14 @@ def randomize(model: Any, rng: np.random.Generator) -> None:
                 else:
                     values.append(np.asarray(weight.numpy()))
             layer.set_weights(values)
+            if hasattr(layer, "finalize_state"):  # Keras 3 computes from the adapted statistics here
+                layer.finalize_state()
+
+
+def _infer(model: Any, x: np.ndarray) -> np.ndarray:
+    """Inference by an eager call (``predict`` may compile with XLA, whose CPU kernels round
+    differently from one compilation to the next)."""
+    return np.asarray(model(x, training=False))
 
 
 def _all_layers(model: Any) -> list[Any]:
@@ -103,7 +111,7 @@ def build(entry: dict[str, Any], work: Path) -> dict[str, Any]:
     model = build_app(app, size, int(entry.get("classes", 10)))
     randomize(model, rng)
     x = rng.uniform(0.0, 255.0, (BATCH, size, size, 3)).astype("float32")
-    y = np.asarray(model.predict(x, verbose=0))
+    y = _infer(model, x)
     result: dict[str, Any] = {"counts": _counts(model), "layers": len(model.layers),
                               "classes": sorted({type(layer).__name__ for layer in _all_layers(model)}),
                               "files": {}}
@@ -117,7 +125,7 @@ def build(entry: dict[str, Any], work: Path) -> dict[str, Any]:
             continue
         try:
             again = keras.models.load_model(path, compile=False)
-            z = np.asarray(again.predict(x, verbose=0))
+            z = _infer(again, x)
             scale = float(np.max(np.abs(y))) or 1.0
             diff = float(np.max(np.abs(z - y))) / scale
             result["files"][fmt] = "ok" if diff <= 1e-5 else f"Keras reloads it with outputs off by {diff:.2e}"
@@ -134,7 +142,7 @@ def reload(entry: dict[str, Any], work: Path) -> dict[str, Any]:
     for file in entry["files"]:
         try:
             model = keras.models.load_model(file, compile=False)
-            np.save(f"{file}.out.npy", np.asarray(model.predict(ref["x"], verbose=0)))
+            np.save(f"{file}.out.npy", _infer(model, ref["x"]))
             result[file] = "ok"
         except Exception as error:  # noqa: BLE001
             result[file] = f"{type(error).__name__}: {str(error)[:300]}"
