@@ -2,11 +2,12 @@
 
 tf_keras 2.21 and Keras 3.15.1 build one model of every application family
 (``weights=None``, small inputs, 10 logits) in subprocesses, randomise its BN statistics
-and scales so BN matters, save it as ``.h5`` and ``.keras`` and reload both files
-themselves (a file Keras cannot reload is skipped, with Keras' error as the reason).  This
-process never imports TensorFlow or Keras: bnkit loads each file and must give Keras'
-outputs, Keras' parameter counts, fold its BNs with outputs preserved, and write the model
-back in both formats for Keras to load with equal outputs.
+and scales so BN matters, save it as ``.h5`` and ``.keras`` and try to reload both files
+themselves.  This process never imports TensorFlow or Keras: bnkit loads every file Keras
+saved (also those Keras cannot reload) and must give the original model's outputs and
+Keras' parameter counts, fold its BNs with outputs preserved, and write the model back in
+both formats for Keras to load with equal outputs (checked where Keras reloads its own file;
+otherwise skipped with Keras' error as the reason).
 
 ``BNKIT_ZOO=all`` runs every application of both frameworks (111 models, ~1 h) instead of
 one per family.
@@ -108,9 +109,12 @@ def _entry(zoo: dict[str, Any], flavour: str, app: str) -> dict[str, Any]:
     return entry
 
 
-def _file(zoo: dict[str, Any], flavour: str, app: str, fmt: str) -> Path:
+def _file(zoo: dict[str, Any], flavour: str, app: str, fmt: str, keras_reloads: bool = False) -> Path:
+    """The file Keras saved; with ``keras_reloads``, only if Keras itself reloads it exactly
+    (else Keras cannot be expected to reload bnkit's copy either: the test is skipped).  bnkit
+    must load every file Keras saved, including those Keras cannot reload."""
     status = _entry(zoo, flavour, app)["files"][fmt]
-    if status != "ok":
+    if status.startswith("Keras cannot save") or (keras_reloads and status != "ok"):
         pytest.skip(f"{flavour} itself cannot use its own {app}.{fmt}: {status}")
     return zoo["dirs"][flavour] / f"{app}.{fmt}"
 
@@ -194,7 +198,7 @@ def round_trip(zoo: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(("flavour", "app"), CASES)
 def test_keras_reloads_what_bnkit_writes(zoo: dict[str, Any], round_trip: dict[str, Any], flavour: str,
                                          app: str, fmt: str) -> None:
-    _file(zoo, flavour, app, "h5")
+    _file(zoo, flavour, app, fmt, keras_reloads=True)
     target = str(zoo["dirs"][flavour] / f"{app}.bnkit.{fmt}")
     if target not in round_trip["written"][flavour].get(app, []):
         pytest.fail(f"bnkit could not load or write {app} ({flavour})", pytrace=False)
