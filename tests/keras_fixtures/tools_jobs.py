@@ -2,14 +2,17 @@
 
 Runs in its own process (TensorFlow and torch must not share one interpreter)::
 
-    python tests/keras_fixtures/tools_jobs.py WORKDIR FIXTURE.h5 [FIXTURE.h5 ...]
+    python tests/keras_fixtures/tools_jobs.py build WORKDIR [FIXTURE.h5 ...]
+    python tests/keras_fixtures/tools_jobs.py predict X.npz FILE [FILE ...]
 
-Builds the recipe models below with random BN statistics, scales and biases (so every BN
+``build`` builds the recipe models below with random BN statistics, scales and biases (so every BN
 matters and folding is not the identity), saves each as ``<name>.h5`` and ``<name>.keras``
 and writes ``<name>.npz`` (``x``: 3 random inputs, ``y``: Keras' inference outputs).  For
 every recipe and every committed fixture file, ``counts.json`` gets Keras' own numbers:
 ``model.count_params()`` and the trainable / non-trainable weight totals.  ``mobilenet_like``
-is built only where the installed tf_keras has its layers (it always has).
+is a MobileNetV2-like model (DepthwiseConv2D, SeparableConv2D, ReLU6, ZeroPadding2D).
+``predict`` loads each FILE (e.g. one bnkit wrote) with tf_keras and writes its inference
+outputs on ``x`` of X.npz to ``FILE.out.npy``.
 """
 from __future__ import annotations
 
@@ -87,8 +90,14 @@ def counts(model: Any) -> dict[str, int]:
             "non_trainable": int(sum(np.prod(w.shape) for w in model.non_trainable_weights))}
 
 
-def main() -> int:
-    work = Path(sys.argv[1])
+def predict(x_file: str, files: list[str]) -> None:
+    x = np.load(x_file)["x"]
+    for path in files:
+        model = keras.models.load_model(path, compile=False)
+        np.save(f"{path}.out.npy", np.asarray(model(x, training=False)))
+
+
+def build(work: Path, fixtures: list[str]) -> None:
     found: dict[str, dict[str, int]] = {}
     for name, recipe in RECIPES.items():
         keras.utils.set_random_seed(7)
@@ -100,9 +109,16 @@ def main() -> int:
         model.save(str(work / f"{name}.keras"))
         np.savez(work / f"{name}.npz", x=x, y=np.asarray(model(x, training=False)))
         found[name] = counts(model)
-    for path in sys.argv[2:]:
+    for path in fixtures:
         found[Path(path).name] = counts(keras.models.load_model(path, compile=False))
     (work / "counts.json").write_text(json.dumps(found), encoding="utf-8")
+
+
+def main() -> int:
+    if sys.argv[1] == "build":
+        build(Path(sys.argv[2]), sys.argv[3:])
+    else:
+        predict(sys.argv[2], sys.argv[3:])
     return 0
 
 
