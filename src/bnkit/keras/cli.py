@@ -42,6 +42,7 @@ KERAS_BUILDER = "keras"
 _CHECKPOINT = (".pt", ".pth")
 _KERAS = (".keras", ".h5", ".hdf5")
 _DATA_FORMATS = ("channels_last", "channels_first")
+_DEFAULT_RTOL = 1e-5
 
 
 def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -62,7 +63,7 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="fold batch norms into neighbouring conv/dense layers before writing")
     parser.add_argument("--check", action="store_true",
                         help="reload OUTPUT and compare its outputs with the model read on a random input")
-    parser.add_argument("--rtol", type=_tolerance, default=1e-5,
+    parser.add_argument("--rtol", type=_tolerance, default=None,
                         help="--check's limit on max|difference| / max|output| (default 1e-5)")
     if "data_format" in inspect.signature(load_model).parameters:
         parser.add_argument("--data-format", choices=_DATA_FORMATS, default=None,
@@ -123,7 +124,7 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
 def _refuse_combinations(args: argparse.Namespace, source: Path, target: Path, from_checkpoint: bool) -> None:
     if from_checkpoint and getattr(args, "data_format", None) is not None:
         raise ValueError(f"--data-format applies to Keras inputs (.h5/.keras); received the checkpoint {source.name!r}")
-    if args.rtol != 1e-5 and not args.check:
+    if args.rtol is not None and not args.check:
         raise ValueError(f"--rtol is the limit of --check; received --rtol {args.rtol} without --check")
     if target.resolve() == source.resolve():
         raise ValueError(f"OUTPUT must differ from INPUT; received {source} for both")
@@ -170,7 +171,7 @@ def run_convert(args: argparse.Namespace) -> int:
     else:
         print(save_model(model, target, input_shape=tuple(shape) if shape else None, overwrite=args.force))
     if args.check:
-        return _check(original, model, target, shapes, args)
+        return _check(original, model, target, shapes, args, _DEFAULT_RTOL if args.rtol is None else args.rtol)
     return 0
 
 
@@ -197,7 +198,7 @@ def _fold(model: nn.Module) -> nn.Module:
 
 
 def _check(original: nn.Module, written: nn.Module, target: Path, shapes: list[tuple[int, ...]],
-           args: argparse.Namespace) -> int:
+           args: argparse.Namespace, rtol: float) -> int:
     """Reload ``target``; its outputs must equal the model read (and the folded one) within ``--rtol``."""
     if target.suffix.lower() in _CHECKPOINT:
         reloaded, _ = load_checkpoint_model(target)
@@ -210,10 +211,10 @@ def _check(original: nn.Module, written: nn.Module, target: Path, shapes: list[t
     ok = True
     for what, model in compared:
         difference = relative_difference(model, reloaded, inputs, to_keras)
-        ok = ok and difference <= args.rtol
+        ok = ok and difference <= rtol
         print(f"check: {target.name} reloaded vs {what} on random input(s) "
               f"{', '.join(str((2, *s)) for s in shapes)}: max relative difference {difference:.3g} "
-              f"(limit {args.rtol:g}): {'ok' if difference <= args.rtol else 'FAILED'}")
+              f"(limit {rtol:g}): {'ok' if difference <= rtol else 'FAILED'}")
     return 0 if ok else 1
 
 
