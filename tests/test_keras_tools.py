@@ -2,8 +2,10 @@
 torch.fx and fold_batch_norm.
 
 tf_keras 2.21 builds the recipes of ``tests/keras_fixtures/tools_jobs.py`` in a subprocess
-(a residual CNN with BN, Add, Concatenate and pooling; random BN statistics so every BN
-matters), saves them as ``.h5`` and ``.keras`` with its inference outputs, and counts the
+(a residual CNN with BN, Add, Concatenate and pooling; a MobileNetV2-like model with
+depthwise and separable convs, ReLU6 and padding; an EfficientNet-style model with
+Rescaling, Normalization, swish, a squeeze-excite block and tf.math operations; random BN
+statistics so every BN matters), saves them as ``.h5`` and ``.keras`` with its inference outputs, and counts the
 weights of every model (``count_params()``, trainable and non-trainable weights), the
 committed fixture ``small_tf_keras.h5`` included.  This process never imports TensorFlow.
 
@@ -40,13 +42,16 @@ RTOL = 1e-5
 
 #: name -> (file, reference npz): built by the oracle (``None``) or committed.
 MODELS: dict[str, tuple[str, Path | None]] = {
-    "residual.h5": ("residual.h5", None),
-    "residual.keras": ("residual.keras", None),
+    **{f"{recipe}.{fmt}": (f"{recipe}.{fmt}", None) for recipe in ("residual", "mobilenet_like", "se_ops")
+       for fmt in ("h5", "keras")},
     "small_tf_keras.h5": ("small_tf_keras.h5", FIXTURES / "small_tf_keras_ref.npz"),
     "small_keras3.keras": ("small_keras3.keras", FIXTURES / "small_keras3_ref.npz"),
 }
 #: models whose Keras counts the oracle reports -> their key in ``counts.json``.
-COUNTED = {"residual.h5": "residual", "residual.keras": "residual", "small_tf_keras.h5": "small_tf_keras.h5"}
+COUNTED = {"residual.h5": "residual", "residual.keras": "residual", "mobilenet_like.keras": "mobilenet_like",
+           "se_ops.h5": "se_ops", "small_tf_keras.h5": "small_tf_keras.h5"}
+#: BNs fold_batch_norm folds in each model (the residual keeps one after a Concatenate).
+FOLDED = {"residual.h5": 4, "mobilenet_like.h5": 7, "se_ops.keras": 2, "small_tf_keras.h5": 0}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +105,7 @@ def test_summary_counts_equal_keras_in_both_conventions(built: Path, name: str) 
     assert torch_style.non_trainable == 0 and counts["non_trainable"] > 0
 
 
-@pytest.mark.parametrize("name", ["residual.h5", "small_keras3.keras"])
+@pytest.mark.parametrize("name", ["residual.h5", "mobilenet_like.h5", "se_ops.keras", "small_keras3.keras"])
 def test_export_equals_eager_and_survives_save_load(built: Path, name: str) -> None:
     model, x, y = load(built, name)
     program = torch.export.export(model, (x,), dynamic_shapes=(({0: torch.export.Dim("batch")},),))
@@ -114,8 +119,9 @@ def test_export_equals_eager_and_survives_save_load(built: Path, name: str) -> N
     torch.testing.assert_close(again(other), model(other), rtol=0, atol=0)
 
 
-def test_export_in_training_mode_updates_statistics_as_eager(built: Path) -> None:
-    model, x, _ = load(built, "residual.h5")
+@pytest.mark.parametrize("name", ["residual.h5", "mobilenet_like.keras"])
+def test_export_in_training_mode_updates_statistics_as_eager(built: Path, name: str) -> None:
+    model, x, _ = load(built, name)
     eager, exported = copy.deepcopy(model).train(), copy.deepcopy(model).train()
     module = torch.export.export(exported, (x,)).module()
     torch.testing.assert_close(module(x), eager(x))
@@ -126,21 +132,29 @@ def test_export_in_training_mode_updates_statistics_as_eager(built: Path) -> Non
 
 
 @pytest.mark.parametrize("training", [False, True])
-def test_fx_symbolic_trace(built: Path, training: bool) -> None:
-    model, x, _ = load(built, "residual.h5")
+@pytest.mark.parametrize("name", ["residual.h5", "mobilenet_like.h5", "se_ops.h5"])
+def test_fx_symbolic_trace(built: Path, name: str, training: bool) -> None:
+    model, x, _ = load(built, name)
     eager, traced_from = copy.deepcopy(model).train(training), copy.deepcopy(model).train(training)
     traced = torch.fx.symbolic_trace(traced_from)
     assert any(node.op == "call_module" for node in traced.graph.nodes)
     torch.testing.assert_close(traced(x), eager(x), rtol=0, atol=0)
-    for (key, value), (_, want) in zip(traced.named_buffers(), eager.named_buffers()):
-        torch.testing.assert_close(value, want, msg=key)
+    # The graph module keeps the buffers its graph reads (BN statistics among them), plus
+    # constants fx lifted (``_tensor_constant0``).
+    traced_buffers = dict(traced.named_buffers())
+    statistics = {f"{name}.{key}" for name, m in eager.named_modules() if isinstance(m, bnkit.BatchNormalization)
+                  for key, _ in m.named_buffers()}
+    assert statistics and statistics <= set(traced_buffers)
+    for key, want in eager.named_buffers():
+        if key in traced_buffers:
+            torch.testing.assert_close(traced_buffers[key], want, msg=key)
 
 
-@pytest.mark.parametrize("name", ["residual.h5", "small_tf_keras.h5"])
+@pytest.mark.parametrize("name", FOLDED)
 def test_fold_then_export(built: Path, name: str) -> None:
     model, x, y = load(built, name)
     folded, report = bnkit.fold_batch_norm(model)
-    assert len(report.folded) >= (4 if name.startswith("residual") else 0)
+    assert len(report.folded) == FOLDED[name], report
     assert bn_count(folded) == bn_count(model) - len(report.folded)
     assert relative(folded(x), y) <= RTOL
     program = torch.export.export(folded, (x,))
@@ -165,6 +179,19 @@ def test_folded_keras_model_is_a_keras_model_that_exports_and_saves(built: Path,
         torch.testing.assert_close(bk.load_model(tmp_path / f"folded.{suffix}")(x), folded(x), rtol=0, atol=0)
 
 
+def test_folded_depthwise_and_separable_convs_save_as_keras(built: Path, tmp_path: Path) -> None:
+    model, x, y = load(built, "mobilenet_like.h5")
+    folded, report = fold_keras_model(model)
+    into = {item.bn: item.into for item in report.folded}
+    assert into["layers.dw1_bn"] == "layers.dw1" and into["layers.sep_bn"] == "layers.sep.pointwise", report
+    assert bn_count(folded) == 0 and relative(folded(x), y) <= RTOL
+    layers = {layer["name"]: layer for layer in folded.keras_config["config"]["layers"]}
+    assert layers["dw1"]["config"]["use_bias"] is True and layers["sep"]["config"]["use_bias"] is True
+    for suffix in ("keras", "h5"):
+        bk.save_model(folded, tmp_path / f"folded.{suffix}")
+        torch.testing.assert_close(bk.load_model(tmp_path / f"folded.{suffix}")(x), folded(x), rtol=0, atol=0)
+
+
 def test_fold_keras_model_refuses_other_models() -> None:
     with pytest.raises(TypeError, match="KerasModel; received"):
         fold_keras_model(torch.nn.Sequential())  # type: ignore[arg-type]
@@ -178,7 +205,7 @@ def _compile_matches(model: torch.nn.Module, x: torch.Tensor, backend: str) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["residual.h5", "small_keras3.keras"])
+@pytest.mark.parametrize("name", ["residual.h5", "mobilenet_like.keras", "se_ops.h5", "small_keras3.keras"])
 def test_compile_aot_eager_fullgraph_eval(built: Path, name: str) -> None:
     model, x, y = load(built, name)
     _compile_matches(model, x, "aot_eager")
@@ -196,8 +223,9 @@ def test_compile_inductor_eval(built: Path) -> None:
 
 
 @pytest.mark.slow
-def test_compile_in_training_mode_matches_eager_steps(built: Path) -> None:
-    model, x, _ = load(built, "residual.h5")
+@pytest.mark.parametrize("name", ["residual.h5", "mobilenet_like.h5"])
+def test_compile_in_training_mode_matches_eager_steps(built: Path, name: str) -> None:
+    model, x, _ = load(built, name)
     eager, compiled_from = copy.deepcopy(model).train(), copy.deepcopy(model).train()
     torch._dynamo.reset()
     compiled = torch.compile(compiled_from, backend="aot_eager", fullgraph=True)

@@ -70,7 +70,25 @@ def mobilenet_like() -> Any:
     return keras.Model(inp, out, name="mobilenet_like")
 
 
-RECIPES = {"residual": residual, "mobilenet_like": mobilenet_like}
+def se_ops() -> Any:
+    """EfficientNet-style operations: Rescaling, Normalization, swish, a squeeze-excite block
+    (Reshape, Multiply), tf.math operations (TFOpLambda) and LayerNormalization."""
+    inp = keras.Input((12, 12, 3), name="image")
+    x = L.Rescaling(1.0 / 4.0, offset=-0.5, name="rescale")(inp)
+    x = L.Normalization(mean=[0.1, -0.2, 0.3], variance=[0.5, 2.0, 1.5], name="normalize")(x)
+    x = L.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(x)
+    x = L.Activation("swish", name="stem_swish")(L.BatchNormalization(name="stem_bn")(x))
+    s = L.Reshape((1, 1, 8), name="se_reshape")(L.GlobalAveragePooling2D(name="se_squeeze")(x))
+    s = L.Conv2D(2, 1, activation="swish", name="se_reduce")(s)
+    s = L.Conv2D(8, 1, activation="sigmoid", name="se_expand")(s)
+    x = L.Multiply(name="se_excite")([x, s])
+    x = L.BatchNormalization(name="head_bn")(L.Conv2D(8, 1, use_bias=False, name="head")(x))
+    x = keras.activations.relu(x * 0.5 + 1.0)  # tf.math operations: TFOpLambda layers
+    x = L.LayerNormalization(name="norm")(L.GlobalAveragePooling2D(name="gap")(x))
+    return keras.Model(inp, L.Dense(10, name="logits")(x), name="se_ops")
+
+
+RECIPES = {"residual": residual, "mobilenet_like": mobilenet_like, "se_ops": se_ops}
 
 
 def randomize(model: Any, rng: np.random.Generator) -> None:

@@ -278,9 +278,9 @@ class ConstantOp(nn.Module):
 
     def forward(self, inputs: list[Tensor]) -> Tensor:
         a, b = self._operand(0, inputs), self._operand(1, inputs)
-        if not isinstance(a, Tensor):
+        if isinstance(a, float):  # a float constant, not "not a Tensor": torch.fx passes Proxies
             a = torch.full((), a, dtype=b.dtype, device=b.device)  # type: ignore[union-attr]
-        if not isinstance(b, Tensor) and self.op in ("maximum", "minimum"):
+        if isinstance(b, float) and self.op in ("maximum", "minimum"):
             b = torch.full((), b, dtype=a.dtype, device=a.device)
         return _BINARY[self.op](a, b)  # type: ignore[arg-type]
 
