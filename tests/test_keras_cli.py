@@ -227,25 +227,36 @@ def _keras(*argv: str) -> None:
         pytest.fail(f"tf_keras ({argv[0]}) failed ({proc.returncode}):\n{proc.stderr[-6000:]}", pytrace=False)
 
 
+#: tools_jobs recipes -> BNs `--fold` folds (see tests/keras_fixtures/tools_jobs.py).
+RECIPES = {"residual": 4, "mobilenet_like": 7, "se_ops": 2}
+
+
 @pytest.mark.oracle
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["residual"])
-def test_keras_loads_what_convert_folds(tmp_path: Path, capsys: pytest.CaptureFixture[str], recipe: str) -> None:
-    """tf_keras builds the model; `bnkit convert --fold` writes it back; tf_keras loads that, with equal outputs."""
+def test_keras_loads_what_convert_folds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """tf_keras builds the models; `bnkit convert` (--fold or not) writes them back; tf_keras loads
+    those files with Keras' outputs; --summary prints Keras' own counts."""
     _keras("build", str(tmp_path))
-    counts = json.loads((tmp_path / "counts.json").read_text(encoding="utf-8"))[recipe]
-    done = _run(str(tmp_path / f"{recipe}.h5"), str(tmp_path / "folded.keras"), "--summary", "--fold", "--check")
-    assert done.returncode == 0, done.stderr
-    assert _totals(done.stdout, "Keras convention") == (counts["total"], counts["trainable"], counts["non_trainable"])
-    assert _totals(done.stdout, "PyTorch convention") == (counts["trainable"], counts["trainable"], 0)
-    assert re.search(r"folded [1-9]\d* of", done.stdout) and done.stdout.count(": ok") == 2, done.stdout
-    assert _convert(str(tmp_path / f"{recipe}.keras"), str(tmp_path / "folded.h5"), "--fold", "--check") == 0
-    assert _convert(str(tmp_path / f"{recipe}.keras"), str(tmp_path / "plain.h5")) == 0
-    capsys.readouterr()
-    written = [tmp_path / name for name in ("folded.keras", "folded.h5", "plain.h5")]
-    _keras("predict", str(tmp_path / f"{recipe}.npz"), *map(str, written))
-    with np.load(tmp_path / f"{recipe}.npz") as data:
-        y = data["y"]
-    for path in written:
-        got = np.load(f"{path}.out.npy")
-        assert np.abs(got - y).max() / np.abs(y).max() <= 1e-5, path.name
+    counts = json.loads((tmp_path / "counts.json").read_text(encoding="utf-8"))
+    written = []
+    for recipe, folds in RECIPES.items():
+        out = tmp_path / f"{recipe}.folded.keras"
+        done = _run(str(tmp_path / f"{recipe}.h5"), str(out), "--summary", "--fold", "--check")
+        assert done.returncode == 0, done.stderr
+        want = counts[recipe]
+        assert _totals(done.stdout, "Keras convention") == (want["total"], want["trainable"], want["non_trainable"])
+        assert _totals(done.stdout, "PyTorch convention") == (want["trainable"], want["trainable"], 0)
+        assert f"folded {folds} of" in done.stdout and done.stdout.count(": ok") == 2, done.stdout
+        for target, fold in ((f"{recipe}.folded.h5", ("--fold",)), (f"{recipe}.plain.h5", ())):
+            assert _convert(str(tmp_path / f"{recipe}.keras"), str(tmp_path / target), "--check", *fold) == 0
+        capsys.readouterr()
+        written.append([tmp_path / f"{recipe}.{kind}" for kind in ("folded.keras", "folded.h5", "plain.h5")])
+    job = {str(path): str(tmp_path / f"{recipe}.npz") for recipe, files in zip(RECIPES, written) for path in files}
+    (tmp_path / "predict.json").write_text(json.dumps(job), encoding="utf-8")
+    _keras("predict", str(tmp_path / "predict.json"))
+    for recipe, files in zip(RECIPES, written):
+        with np.load(tmp_path / f"{recipe}.npz") as data:
+            y = data["y"]
+        for path in files:
+            got = np.load(f"{path}.out.npy")
+            assert np.abs(got - y).max() / np.abs(y).max() <= 1e-5, path.name

@@ -3,7 +3,7 @@
 Runs in its own process (TensorFlow and torch must not share one interpreter)::
 
     python tests/keras_fixtures/tools_jobs.py build WORKDIR [FIXTURE.h5 ...]
-    python tests/keras_fixtures/tools_jobs.py predict X.npz FILE [FILE ...]
+    python tests/keras_fixtures/tools_jobs.py predict JOB.json
 
 ``build`` builds the recipe models below with random BN statistics, scales and biases (so every BN
 matters and folding is not the identity), saves each as ``<name>.h5`` and ``<name>.keras``
@@ -11,8 +11,8 @@ and writes ``<name>.npz`` (``x``: 3 random inputs, ``y``: Keras' inference outpu
 every recipe and every committed fixture file, ``counts.json`` gets Keras' own numbers:
 ``model.count_params()`` and the trainable / non-trainable weight totals.  ``mobilenet_like``
 is a MobileNetV2-like model (DepthwiseConv2D, SeparableConv2D, ReLU6, ZeroPadding2D).
-``predict`` loads each FILE (e.g. one bnkit wrote) with tf_keras and writes its inference
-outputs on ``x`` of X.npz to ``FILE.out.npy``.
+``predict`` reads ``{FILE: X.npz, ...}`` from JOB.json, loads each FILE (e.g. one bnkit
+wrote) with tf_keras and writes its inference outputs on ``x`` of X.npz to ``FILE.out.npy``.
 """
 from __future__ import annotations
 
@@ -108,11 +108,10 @@ def counts(model: Any) -> dict[str, int]:
             "non_trainable": int(sum(np.prod(w.shape) for w in model.non_trainable_weights))}
 
 
-def predict(x_file: str, files: list[str]) -> None:
-    x = np.load(x_file)["x"]
-    for path in files:
+def predict(job: Path) -> None:
+    for path, x_file in json.loads(job.read_text(encoding="utf-8")).items():
         model = keras.models.load_model(path, compile=False)
-        np.save(f"{path}.out.npy", np.asarray(model(x, training=False)))
+        np.save(f"{path}.out.npy", np.asarray(model(np.load(x_file)["x"], training=False)))
 
 
 def build(work: Path, fixtures: list[str]) -> None:
@@ -136,7 +135,7 @@ def main() -> int:
     if sys.argv[1] == "build":
         build(Path(sys.argv[2]), sys.argv[3:])
     else:
-        predict(sys.argv[2], sys.argv[3:])
+        predict(Path(sys.argv[2]))
     return 0
 
 
