@@ -69,8 +69,7 @@ def _layer(model: KerasModel, layers: dict[str, dict[str, Any]], target: str, wh
     if len(parts) < 2 or parts[0] != "layers" or parts[1] not in model.layers:
         raise _refuse(target, f"{what} is not one of the model's layers")
     key = parts[1]
-    names = getattr(model, "keras_names", {})
-    name = names.get(key, key) if isinstance(names, dict) else key
+    name = model.keras_name(key)
     if name not in layers:
         raise _refuse(target, f"{what} {name!r} is not a top-level layer of the Keras config (a nested model?)")
     return key, layers[name]
