@@ -169,7 +169,7 @@ def test_folded_keras_model_is_a_keras_model_that_exports_and_saves(built: Path,
     assert [item.bn for item in report.not_folded] == ["layers.cat_bn"]
     assert isinstance(folded, bk.KerasModel) and bn_count(folded) == 1
     layers = {layer["name"]: layer for layer in folded.keras_config["config"]["layers"]}
-    assert not {"stem_bn", "res_bn", "pre_bn", "fc_bn"} & set(layers) and "cat_bn" in layers
+    assert not {"stem/bn", "res_bn", "pre_bn", "fc_bn"} & set(layers) and "cat_bn" in layers
     assert layers["stem"]["config"]["use_bias"] is True
     assert model.keras_config["config"]["layers"][1]["config"]["use_bias"] is False  # the original is untouched
     assert relative(folded(x), y) <= RTOL

@@ -35,7 +35,7 @@ def residual() -> Any:
     """BN folding every way: into the previous conv/dense, into the next 1x1 conv, and kept."""
     inp = keras.Input((12, 12, 3), name="image")
     x = L.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(inp)
-    x = L.BatchNormalization(name="stem_bn")(x)
+    x = L.BatchNormalization(name="stem/bn")(x)  # a tf_keras application-style name
     x = L.ReLU(name="stem_relu")(x)
     y = L.Conv2D(8, 3, padding="same", name="res_conv")(x)
     y = L.BatchNormalization(name="res_bn")(y)
