@@ -178,7 +178,8 @@ def run_convert(args: argparse.Namespace) -> int:
 def _print_summary(model: nn.Module, shapes: list[tuple[int, ...]]) -> None:
     from ..summary import summary
 
-    table = summary(model, input_data=random_inputs(model, shapes, batch=1))
+    keras_order = isinstance(model, KerasModel) and _keras_data_format(model) == "channels_last"
+    table = summary(model, input_data=random_inputs(model, shapes, batch=1), channels_last=keras_order)
     print("Keras convention (parameters + BN moving statistics, as Keras' model.summary() counts them):")
     print(table)
     parameters = list(model.parameters())
@@ -186,6 +187,12 @@ def _print_summary(model: nn.Module, shapes: list[tuple[int, ...]]) -> None:
     trainable = sum(p.numel() for p in parameters if p.requires_grad)
     print(f"PyTorch convention (parameters only): Total params: {total:,}, Trainable params: {trainable:,}, "
           f"Non-trainable params: {total - trainable:,}")
+
+
+def _keras_data_format(model: KerasModel) -> str:
+    """The layout of the Keras model's images (its convs' ``data_format``), which its summary shows."""
+    formats = {layer["config"].get("data_format") for layer in model.keras_config["config"]["layers"]}
+    return "channels_first" if "channels_first" in formats and "channels_last" not in formats else "channels_last"
 
 
 def _fold(model: nn.Module) -> nn.Module:
