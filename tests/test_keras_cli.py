@@ -192,6 +192,26 @@ def test_torch_checkpoint_to_keras_with_summary_fold_and_check(tmp_path: Path) -
                                rtol=1e-4, atol=1e-6)
 
 
+def test_channels_first_checkpoint_with_summary_fold_and_check(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    source = _folding_model(tmp_path)
+    assert _convert(str(source), str(tmp_path / "cf.pt"), "--data-format", "channels_first", "--summary", "--fold",
+                    "--check") == 0
+    out = capsys.readouterr().out
+    assert "folded 2 of 2 batch norms" in out and "channels_first interface" in out, out
+    assert out.count("on random input(s) (2, 3, 8, 8)") == 2 and out.count(": ok") == 2, out
+    model, architecture = load_checkpoint_model(tmp_path / "cf.pt")
+    assert architecture["data_format"] == "channels_first" and model.data_format == "channels_first"
+    x = torch.randn(2, 8, 8, 3)
+    torch.testing.assert_close(model(x.permute(0, 3, 1, 2)), bk.load_model(source)(x), rtol=1e-5, atol=1e-6)
+    # Back to Keras: the file is Keras' layout; --check reloads it with the checkpoint's interface.
+    assert _convert(str(tmp_path / "cf.pt"), str(tmp_path / "back.h5"), "--check") == 0
+    assert "(2, 3, 8, 8): max relative difference 0 " in capsys.readouterr().out
+    assert bk.load_model(tmp_path / "back.h5").data_format == "channels_last"
+    with pytest.raises(ValueError, match="--data-format sets the interface of a checkpoint written from a Keras file"):
+        _convert(str(FIXTURES / "small_tf_keras.h5"), str(tmp_path / "x.keras"), "--data-format", "channels_first")
+
+
 @pytest.mark.parametrize(("argv", "error", "message"), [
     (["--rtol", "1e-3"], ValueError, "--rtol is the limit of --check; received --rtol 0.001 without --check"),
     (["--check", "--input-shape", "9,9,3"], ValueError,

@@ -57,7 +57,7 @@ def fold_keras_model(model: KerasModel) -> tuple[KerasModel, FoldReport]:
         _bypass(config["config"], bn)
         removed.append(bn["name"])
     config["config"]["layers"] = [layer for layer in config["config"]["layers"] if layer["name"] not in removed]
-    rebuilt = build_from_config(config)
+    rebuilt = build_from_config(config, data_format=model.data_format)
     _take_weights(rebuilt, model, folded, report)
     rebuilt.keras_notes = list(model.keras_notes)
     return rebuilt.eval(), report

@@ -20,7 +20,6 @@ Existing outputs are never overwritten without ``--force``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 from collections import Counter
 from pathlib import Path
@@ -65,10 +64,9 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="reload OUTPUT and compare its outputs with the model read on a random input")
     parser.add_argument("--rtol", type=_tolerance, default=None,
                         help="--check's limit on max|difference| / max|output| (default 1e-5)")
-    if "data_format" in inspect.signature(load_model).parameters:
-        parser.add_argument("--data-format", choices=_DATA_FORMATS, default=None,
-                            help="layout of a Keras input's loaded model: channels_first runs NCHW with "
-                                 "no transposes inside (inputs and outputs NCHW too)")
+    parser.add_argument("--data-format", choices=_DATA_FORMATS, default=None,
+                        help="layout of the image inputs/outputs of a checkpoint written from a Keras file "
+                             "(default: Keras' own; channels_first: NCHW, convs and BNs run without permutes)")
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     parser.set_defaults(run=run_convert)
     return parser
@@ -116,14 +114,10 @@ def _describe(model: nn.Module) -> str:
     return f"{type(model).__name__} with {values:,} values ({statistics:,} in moving statistics)"
 
 
-def _load_options(args: argparse.Namespace) -> dict[str, Any]:
-    data_format = getattr(args, "data_format", None)
-    return {} if data_format is None else {"data_format": data_format}
-
-
 def _refuse_combinations(args: argparse.Namespace, source: Path, target: Path, from_checkpoint: bool) -> None:
-    if from_checkpoint and getattr(args, "data_format", None) is not None:
-        raise ValueError(f"--data-format applies to Keras inputs (.h5/.keras); received the checkpoint {source.name!r}")
+    if args.data_format is not None and (from_checkpoint or target.suffix.lower() not in _CHECKPOINT):
+        raise ValueError(f"--data-format sets the interface of a checkpoint written from a Keras file; received it "
+                         f"for {source.name} -> {target.name}")
     if args.rtol is not None and not args.check:
         raise ValueError(f"--rtol is the limit of --check; received --rtol {args.rtol} without --check")
     if target.resolve() == source.resolve():
@@ -146,7 +140,7 @@ def run_convert(args: argparse.Namespace) -> int:
         model, architecture = load_checkpoint_model(source)
         origin = f"checkpoint ({architecture.get('builder')})"
     else:
-        model, architecture = load_model(source, **_load_options(args)), {}
+        model, architecture = load_model(source, data_format=args.data_format), {}
         origin = "Keras file"
     model.eval()
     if out_kind in _CHECKPOINT and not isinstance(model, KerasModel):
@@ -163,22 +157,25 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.fold:
         model = _fold(model)
     if out_kind in _CHECKPOINT:
-        checkpoint.save_checkpoint(target, model, {"builder": KERAS_BUILDER, "config": model.keras_config},
-                                   force=args.force)
-        print(f"wrote {target}: bnkit checkpoint, architecture = the Keras config ({len(model.layers)} modules)")
+        architecture = {"builder": KERAS_BUILDER, "config": model.keras_config}
+        if model.data_format != model.keras_data_format:
+            architecture["data_format"] = model.data_format
+        checkpoint.save_checkpoint(target, model, architecture, force=args.force)
+        print(f"wrote {target}: bnkit checkpoint, architecture = the Keras config ({len(model.layers)} modules, "
+              f"{model.data_format} interface)")
         for note in model.keras_notes:
             print(f"  note: {note}")
     else:
         print(save_model(model, target, input_shape=tuple(shape) if shape else None, overwrite=args.force))
     if args.check:
-        return _check(original, model, target, shapes, args, _DEFAULT_RTOL if args.rtol is None else args.rtol)
+        return _check(original, model, target, shapes, _DEFAULT_RTOL if args.rtol is None else args.rtol)
     return 0
 
 
 def _print_summary(model: nn.Module, shapes: list[tuple[int, ...]]) -> None:
     from ..summary import summary
 
-    keras_order = isinstance(model, KerasModel) and _keras_data_format(model) == "channels_last"
+    keras_order = isinstance(model, KerasModel) and model.keras_data_format == "channels_last"
     table = summary(model, input_data=random_inputs(model, shapes, batch=1), channels_last=keras_order)
     print("Keras convention (parameters + BN moving statistics, as Keras' model.summary() counts them):")
     print(table)
@@ -187,12 +184,6 @@ def _print_summary(model: nn.Module, shapes: list[tuple[int, ...]]) -> None:
     trainable = sum(p.numel() for p in parameters if p.requires_grad)
     print(f"PyTorch convention (parameters only): Total params: {total:,}, Trainable params: {trainable:,}, "
           f"Non-trainable params: {total - trainable:,}")
-
-
-def _keras_data_format(model: KerasModel) -> str:
-    """The layout of the Keras model's images (its convs' ``data_format``), which its summary shows."""
-    formats = {layer["config"].get("data_format") for layer in model.keras_config["config"]["layers"]}
-    return "channels_first" if "channels_first" in formats and "channels_last" not in formats else "channels_last"
 
 
 def _fold(model: nn.Module) -> nn.Module:
@@ -205,12 +196,12 @@ def _fold(model: nn.Module) -> nn.Module:
 
 
 def _check(original: nn.Module, written: nn.Module, target: Path, shapes: list[tuple[int, ...]],
-           args: argparse.Namespace, rtol: float) -> int:
+           rtol: float) -> int:
     """Reload ``target``; its outputs must equal the model read (and the folded one) within ``--rtol``."""
     if target.suffix.lower() in _CHECKPOINT:
         reloaded, _ = load_checkpoint_model(target)
     else:
-        reloaded = load_model(target, **_load_options(args))
+        reloaded = load_model(target, data_format=original.data_format if isinstance(original, KerasModel) else None)
     reloaded.eval()
     inputs = random_inputs(original, shapes, batch=2)
     to_keras = not isinstance(original, KerasModel)  # a torch model written as Keras: NCHW -> NHWC
@@ -231,7 +222,7 @@ def input_shapes(model: nn.Module, given: tuple[int, ...] | None, source: Path) 
         if given is None:
             raise ValueError(f"{source}: the torch model's input shape is unknown; expected --input-shape C,H,W")
         return [tuple(given)]
-    declared = [tuple(shape[1:]) for shape in model.keras_input_shapes]
+    declared = [tuple(shape[1:]) for shape in model.input_shapes]
     if given is not None:
         if len(declared) != 1:
             raise ValueError(f"--input-shape gives one input; {source} has {len(declared)} inputs")
