@@ -65,13 +65,13 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
-def load(built: Path, name: str) -> tuple[bk.KerasModel, torch.Tensor, np.ndarray]:
+def load(built: Path, name: str, data_format: str | None = None) -> tuple[bk.KerasModel, torch.Tensor, np.ndarray]:
     """A loaded model in eval mode, its Keras inputs and Keras' inference outputs."""
     file, ref = MODELS[name]
     path = FIXTURES / file if ref is not None else built / file
     with np.load(ref if ref is not None else built / f"{Path(file).stem}.npz") as data:
         x, y = data["x"], data["y"]
-    return bk.load_model(path), torch.from_numpy(x), y
+    return bk.load_model(path, data_format=data_format), torch.from_numpy(x), y
 
 
 def relative(got: torch.Tensor, want: torch.Tensor | np.ndarray) -> float:
@@ -239,6 +239,19 @@ def test_compile_in_training_mode_matches_eager_steps(built: Path, name: str) ->
         torch.testing.assert_close(value.grad, expected.grad, msg=key)
     for (key, value), (_, expected) in zip(compiled_from.named_buffers(), eager.named_buffers()):
         torch.testing.assert_close(value, expected, msg=key)
+
+
+@pytest.mark.slow
+def test_channels_first_folded_model_exports_and_compiles(built: Path) -> None:
+    """The NCHW interface with BNs folded (the layout for fast inference) under export and compile."""
+    model, x, y = load(built, "mobilenet_like.h5", data_format="channels_first")
+    nchw = x.permute(0, 3, 1, 2).contiguous()
+    folded, report = fold_keras_model(model)
+    assert len(report.folded) == 7 and folded.data_format == "channels_first"
+    assert relative(folded(nchw), y) <= RTOL
+    program = torch.export.export(folded, (nchw,))
+    torch.testing.assert_close(program.module()(nchw), folded(nchw), rtol=0, atol=0)
+    _compile_matches(folded, nchw, "aot_eager")
 
 
 def test_no_tensorflow_in_this_process() -> None:
