@@ -250,7 +250,7 @@ def _keras(*argv: str) -> None:
 
 
 #: tools_jobs recipes -> BNs `--fold` folds (see tests/keras_fixtures/tools_jobs.py).
-RECIPES = {"residual": 4, "mobilenet_like": 7, "se_ops": 2}
+RECIPES = {"residual": 4, "mobilenet_like": 7, "se_ops": 2, "text_lstm": 1}
 
 
 @pytest.mark.oracle

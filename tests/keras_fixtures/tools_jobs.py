@@ -88,7 +88,16 @@ def se_ops() -> Any:
     return keras.Model(inp, L.Dense(10, name="logits")(x), name="se_ops")
 
 
-RECIPES = {"residual": residual, "mobilenet_like": mobilenet_like, "se_ops": se_ops}
+def text_lstm() -> Any:
+    """A text classifier: Embedding, LSTM returning sequences, BN, GRU, Dense (token ids as floats)."""
+    inp = keras.Input((10,), name="tokens")
+    x = L.Embedding(40, 8, name="embed")(inp)
+    x = L.BatchNormalization(name="seq_bn")(L.LSTM(6, return_sequences=True, name="lstm")(x))
+    x = L.BatchNormalization(name="gru_bn")(L.GRU(5, name="gru")(x))
+    return keras.Model(inp, L.Dense(3, name="logits")(x), name="text_lstm")
+
+
+RECIPES = {"residual": residual, "mobilenet_like": mobilenet_like, "se_ops": se_ops, "text_lstm": text_lstm}
 
 
 def randomize(model: Any, rng: np.random.Generator) -> None:
@@ -121,7 +130,8 @@ def build(work: Path, fixtures: list[str]) -> None:
         model = recipe()
         rng = np.random.default_rng(11)
         randomize(model, rng)
-        x = rng.normal(0.0, 1.0, (3, *model.input_shape[1:])).astype("float32")
+        shape = (3, *model.input_shape[1:])
+        x = (rng.integers(0, 40, shape) if name == "text_lstm" else rng.normal(0.0, 1.0, shape)).astype("float32")
         model.save(str(work / f"{name}.h5"))
         model.save(str(work / f"{name}.keras"))
         np.savez(work / f"{name}.npz", x=x, y=np.asarray(model(x, training=False)))

@@ -238,12 +238,23 @@ def input_shapes(model: nn.Module, given: tuple[int, ...] | None, source: Path) 
 
 
 def random_inputs(model: nn.Module, shapes: list[tuple[int, ...]], batch: int) -> list[Tensor]:
-    """Standard-normal inputs from a fixed seed (token ids below every embedding's size for integer inputs)."""
+    """Inputs from a fixed seed: standard normal values, or token ids for a model with an embedding.
+
+    Token ids (integers below the smallest embedding's size, in the input's dtype) go to
+    integer inputs and, in a model with an embedding, to every ``(batch, steps)`` input, as
+    Keras' Embedding takes float ids too.
+    """
     generator = torch.Generator().manual_seed(0)
-    dtypes = _input_dtypes(model, len(shapes))
-    vocabulary = min((m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)), default=2)
-    return [torch.randint(0, vocabulary, (batch, *shape), generator=generator) if dtype.startswith(("int", "uint"))
-            else torch.randn((batch, *shape), generator=generator) for shape, dtype in zip(shapes, dtypes)]
+    sizes = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]
+    inputs = []
+    for shape, dtype in zip(shapes, _input_dtypes(model, len(shapes))):
+        integer = dtype.startswith(("int", "uint"))
+        if integer or (sizes and len(shape) == 1):
+            ids = torch.randint(0, min(sizes, default=2), (batch, *shape), generator=generator)
+            inputs.append(ids if integer else ids.to(torch.get_default_dtype()))
+        else:
+            inputs.append(torch.randn((batch, *shape), generator=generator))
+    return inputs
 
 
 def _input_dtypes(model: nn.Module, count: int) -> list[str]:
