@@ -5,8 +5,9 @@ tf_keras 2.21 builds the recipes of ``tests/keras_fixtures/tools_jobs.py`` in a 
 (a residual CNN with BN, Add, Concatenate and pooling; a MobileNetV2-like model with
 depthwise and separable convs, ReLU6 and padding; an EfficientNet-style model with
 Rescaling, Normalization, swish, a squeeze-excite block and tf.math operations; a text
-classifier with Embedding, LSTM, GRU and BN; random BN statistics so every BN matters), saves them as ``.h5`` and ``.keras`` with its inference outputs, and counts the
-weights of every model (``count_params()``, trainable and non-trainable weights), the
+classifier with Embedding, LSTM, GRU and BN; random BN statistics so every BN matters),
+saves them as ``.h5`` and ``.keras`` with its inference outputs, and counts the weights of
+every model (``count_params()``, trainable and non-trainable weights), the
 committed fixture ``small_tf_keras.h5`` included.  This process never imports TensorFlow.
 
 Every transformed model (compiled, exported and re-loaded, traced, folded) is compared with
