@@ -250,14 +250,15 @@ def _keras(*argv: str) -> None:
 
 
 #: tools_jobs recipes -> BNs `--fold` folds (see tests/keras_fixtures/tools_jobs.py).
-RECIPES = {"residual": 4, "mobilenet_like": 7, "se_ops": 2, "text_lstm": 1}
+RECIPES = {"residual": 4, "mobilenet_like": 7, "se_ops": 2, "text_lstm": 1, "mobilenet_v2": 52}
 
 
 @pytest.mark.oracle
 @pytest.mark.slow
 def test_keras_loads_what_convert_folds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """tf_keras builds the models; `bnkit convert` (--fold or not) writes them back; tf_keras loads
-    those files with Keras' outputs; --summary prints Keras' own counts."""
+    """tf_keras builds the models (Keras' MobileNetV2 among them); `bnkit convert` (--fold or not)
+    writes them back; tf_keras loads those files with Keras' outputs; --summary prints Keras'
+    own counts."""
     _keras("build", str(tmp_path))
     counts = json.loads((tmp_path / "counts.json").read_text(encoding="utf-8"))
     written = []
