@@ -261,8 +261,13 @@ def _input_dtypes(model: nn.Module, count: int) -> list[str]:
     if not isinstance(model, KerasModel):
         return ["float32"] * count
     layers = {layer["name"]: layer for layer in model.keras_config["config"]["layers"]}
-    names = [entry[0] for entry in model.keras_config["config"]["input_layers"]]
-    return [str(layers.get(name, {}).get("config", {}).get("dtype") or "float32") for name in names]
+    dtypes = []
+    for entry in model.keras_config["config"]["input_layers"]:
+        dtype = layers.get(entry[0], {}).get("config", {}).get("dtype") or "float32"
+        if isinstance(dtype, dict):  # Keras 3: {"class_name": "DTypePolicy", "config": {"name": "float32"}}
+            dtype = (dtype.get("config") or {}).get("name") or "float32"
+        dtypes.append(str(dtype))
+    return dtypes
 
 
 def relative_difference(reference: nn.Module, other: nn.Module, inputs: list[Tensor], to_keras: bool) -> float:
