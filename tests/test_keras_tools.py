@@ -198,9 +198,19 @@ def test_folded_depthwise_and_separable_convs_save_as_keras(built: Path, tmp_pat
         torch.testing.assert_close(bk.load_model(tmp_path / f"folded.{suffix}")(x), folded(x), rtol=0, atol=0)
 
 
-def test_fold_keras_model_refuses_other_models() -> None:
+def test_fold_keras_model_refuses_what_keras_cannot_say(built: Path) -> None:
     with pytest.raises(TypeError, match="KerasModel; received"):
         fold_keras_model(torch.nn.Sequential())  # type: ignore[arg-type]
+    model, _, _ = load(built, "residual.h5")
+    with pytest.raises(ValueError, match="must be in inference mode"):
+        fold_keras_model(copy.deepcopy(model).train())
+    stem = next(layer for layer in model.keras_config["config"]["layers"] if layer["name"] == "stem")
+    del stem["config"]["use_bias"]  # a config that cannot take the folded shift
+    with pytest.raises(bk.KerasFormatError, match="batch norm fold at 'layers.stem_bn': Conv2D 'stem' has no "
+                                                  "`use_bias` to take the folded shift"):
+        fold_keras_model(model)
+    assert "use_bias" not in stem["config"] and any(layer["name"] == "stem/bn"
+                                                    for layer in model.keras_config["config"]["layers"])
 
 
 def _compile_matches(model: torch.nn.Module, x: torch.Tensor, backend: str) -> None:
