@@ -89,8 +89,8 @@ def se_ops() -> Any:
 
 
 def text_lstm() -> Any:
-    """A text classifier: Embedding, LSTM returning sequences, BN, GRU, Dense (token ids as floats)."""
-    inp = keras.Input((10,), name="tokens")
+    """A text classifier: int32 token ids, Embedding, LSTM returning sequences, BN, GRU, Dense."""
+    inp = keras.Input((10,), name="tokens", dtype="int32")
     x = L.Embedding(40, 8, name="embed")(inp)
     x = L.BatchNormalization(name="seq_bn")(L.LSTM(6, return_sequences=True, name="lstm")(x))
     x = L.BatchNormalization(name="gru_bn")(L.GRU(5, name="gru")(x))
@@ -137,7 +137,8 @@ def build(work: Path, fixtures: list[str]) -> None:
         rng = np.random.default_rng(11)
         randomize(model, rng)
         shape = (3, *model.input_shape[1:])
-        x = (rng.integers(0, 40, shape) if name == "text_lstm" else rng.normal(0.0, 1.0, shape)).astype("float32")
+        x = rng.integers(0, 40, shape).astype("int32") if name == "text_lstm" else \
+            rng.normal(0.0, 1.0, shape).astype("float32")
         model.save(str(work / f"{name}.h5"))
         model.save(str(work / f"{name}.keras"))
         np.savez(work / f"{name}.npz", x=x, y=np.asarray(model(x, training=False)))

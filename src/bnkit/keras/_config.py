@@ -102,7 +102,8 @@ def layer_entry(raw: Any, index: int, source: object) -> Entry:
         refusal = "its Python code is stored in the file and bnkit never executes code from a file"
     custom = "" if cls in OP_CLASSES or app_layer_class(raw) is not None else \
         _custom(raw, cls, ("Functional",) if cls in MODEL_CLASSES else ())
-    refusal = refusal or custom or _dtype(cfg.get("dtype"))
+    integer_input = cls == "InputLayer" and dtype_name(cfg.get("dtype")) in INTEGER_INPUTS
+    refusal = refusal or custom or ("" if integer_input else _dtype(cfg.get("dtype")))
     return name, cls, cfg, raw.get("inbound_nodes", []), refusal
 
 
@@ -124,11 +125,20 @@ def _custom(raw: dict[str, Any], cls: Any, allow_registered: tuple[str, ...] = (
     return ""
 
 
-def _dtype(dtype: Any) -> str:
-    policy = dtype
+#: Input dtypes a model may take besides float32: token ids for an Embedding.
+INTEGER_INPUTS = ("int8", "int16", "int32", "int64", "uint8")
+
+
+def dtype_name(dtype: Any) -> Any:
+    """The dtype a config names: a string, or a Keras 3 dtype policy's ``name``."""
     if isinstance(dtype, dict):
         inner = dtype.get("config")
-        policy = inner.get("name") if isinstance(inner, dict) else None
+        return inner.get("name") if isinstance(inner, dict) else None
+    return dtype
+
+
+def _dtype(dtype: Any) -> str:
+    policy = dtype_name(dtype)
     return "" if policy in _FLOAT32 else f"dtype policy {short(policy)}; expected 'float32'"
 
 

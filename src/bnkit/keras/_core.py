@@ -13,7 +13,7 @@ from torch import nn
 
 from ..layers import Dropout, Flatten
 from ._build import Builder, Info, identity, image, inverse, layout, moved, spatial, weighted
-from ._config import LayerSpec
+from ._config import INTEGER_INPUTS, LayerSpec, dtype_name
 from ._entry import (ExportState, LayerEntry, WeightRule, as_is, conv_kernel, dense_kernel, dense_shape,
                      view_shape)
 from ._layers import SamePad2d, same_padding
@@ -36,8 +36,10 @@ def input_layer(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict
     if not isinstance(shape, list) or not 1 <= len(shape) <= 6 or \
             not all(d is None or (is_int(d) and 0 < d < 2**31) for d in shape):
         raise b.error("invalid input shape", "a list like [null, 224, 224, 3]", shape)
+    dtype = dtype_name(cfg.get("dtype"))  # integer inputs carry token ids (for an Embedding)
     return Info(tuple(shape), identity(len(shape)), b.new_slot()), {
-        "batch_input_shape": list(shape), "dtype": "float32", "sparse": False, "ragged": False, "name": spec.name}
+        "batch_input_shape": list(shape), "dtype": dtype if dtype in INTEGER_INPUTS else "float32", "sparse": False,
+        "ragged": False, "name": spec.name}
 
 
 def _inits(b: Builder, cfg: dict[str, Any], names: tuple[str, ...] = ("kernel", "bias")) -> dict[str, Any]:

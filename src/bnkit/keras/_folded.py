@@ -1,9 +1,10 @@
 """Fold the batch norms of a loaded Keras model and keep it a :class:`KerasModel`.
 
-:func:`bnkit.fold_batch_norm` returns a ``torch.fx.GraphModule`` for a ``KerasModel``:
-exact, but no longer tied to a Keras config, so it cannot be written as ``.keras``/``.h5``
-or as a ``{"builder": "keras"}`` checkpoint.  :func:`fold_keras_model` runs the same
-folding and carries its result back into Keras terms: each folded BatchNormalization
+Folding the traced graph of a ``KerasModel`` (:func:`bnkit.surgery.fold.fold_graph`) gives a
+``torch.fx.GraphModule``: exact, but no longer tied to a Keras config, so it could not be
+written as ``.keras``/``.h5`` or as a ``{"builder": "keras"}`` checkpoint.
+:func:`fold_keras_model` (what :func:`bnkit.fold_batch_norm` does for a ``KerasModel``) runs
+the same folding and carries its result back into Keras terms: each folded BatchNormalization
 leaves the config (its consumers read its input instead) and the layer it folded into gets
 ``use_bias: true``; a model is rebuilt from that config and takes the folded weights.
 Nothing is folded that the torch graph could not fold exactly, and anything the Keras
@@ -18,7 +19,8 @@ from typing import Any
 from torch import nn
 
 from .._repr import short
-from ..surgery import FoldReport, fold_batch_norm
+from ..surgery import FoldReport
+from ..surgery.fold import fold_graph
 from ._load import build_from_config
 from ._model import KerasModel
 from .errors import KerasFormatError
@@ -40,7 +42,10 @@ def fold_keras_model(model: KerasModel) -> tuple[KerasModel, FoldReport]:
     """
     if not isinstance(model, KerasModel):
         raise TypeError(f"`model` must be a bnkit.keras.KerasModel; received: {short(model)}")
-    folded, report = fold_batch_norm(model)
+    if model.training:
+        raise ValueError("`model` must be in inference mode to fold batch norm: call model.eval() first; "
+                         "received a KerasModel with training=True")
+    folded, report = fold_graph(model)
     if not report.folded:
         return copy.deepcopy(model), report
     config = copy.deepcopy(model.keras_config)

@@ -128,9 +128,11 @@ def initializer(b: Builder, cfg: dict[str, Any], key: str) -> dict[str, Any] | N
 
 
 def drop_nones(raw: Any) -> Any:
-    """A serialised Keras object without its null config entries (tf_keras writes ``seed: null``)."""
+    """A serialised Keras object without its null config entries (tf_keras writes ``seed: null``)
+    and without the ``shared_object_id`` tf_keras adds to an object several layers share."""
     if isinstance(raw, dict) and isinstance(raw.get("config"), dict):
-        return {**raw, "config": {k: v for k, v in raw["config"].items() if v is not None}}
+        return {**{k: v for k, v in raw.items() if k != "shared_object_id"},
+                "config": {k: v for k, v in raw["config"].items() if v is not None}}
     return raw
 
 

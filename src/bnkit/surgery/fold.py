@@ -144,8 +144,11 @@ def fold_batch_norm(model: nn.Module) -> tuple[nn.Module, FoldReport]:
     stay and are listed with the reason.  A ``BatchNorm1d`` after a linear layer is assumed
     to see ``(N, features)`` inputs.
 
-    ``nn.Sequential`` models keep their type and names; other models are traced with
-    torch.fx and returned as a ``GraphModule`` (or as a plain copy when nothing folds).
+    ``nn.Sequential`` models keep their type and names; a model from
+    :func:`bnkit.keras.load_model` comes back as a ``KerasModel`` without the folded BNs in
+    its Keras config (so :func:`bnkit.keras.save_model` writes it), unless a fold cannot be
+    written in that config (then, like other models, as a ``GraphModule``); other models are
+    traced with torch.fx and returned as a ``GraphModule`` (or as a plain copy when nothing folds).
 
     Raises:
         ValueError: ``model`` is in training mode (call ``model.eval()`` first), or a batch
@@ -159,6 +162,23 @@ def fold_batch_norm(model: nn.Module) -> tuple[nn.Module, FoldReport]:
         raise ValueError("`model` must be in inference mode to fold batch norm (running statistics "
                          "replace batch statistics only then): call model.eval() first; received a "
                          f"{type(model).__name__} with training=True")
+    if _is_keras_model(model):
+        from ..keras._folded import fold_keras_model
+        from ..keras.errors import KerasFormatError
+
+        try:
+            return fold_keras_model(model)
+        except KerasFormatError:
+            pass  # a fold its Keras config cannot express: fold the traced graph instead
+    return fold_graph(model)
+
+
+def _is_keras_model(model: nn.Module) -> bool:
+    return type(model).__name__ == "KerasModel" and type(model).__module__.startswith("bnkit.keras")
+
+
+def fold_graph(model: nn.Module) -> tuple[nn.Module, FoldReport]:
+    """:func:`fold_batch_norm` on the module graph itself (``model``: a module in eval mode)."""
     _refuse_broken_statistics(model)
     work = copy.deepcopy(model)
     view = open_view(work, BATCH_NORM_TYPES + _LAYERS, BATCH_NORM_TYPES + _LAYERS)
