@@ -167,6 +167,7 @@ def test_fold_keeps_outputs(zoo: dict[str, Any], flavour: str, app: str) -> None
                for m in folded.modules())
     if bns:
         assert left < bns, report
+        assert isinstance(folded, bk.KerasModel), "the folds should be expressible in the Keras config"
     assert _relative(_predict(folded, x), y) <= FOLD_RTOL
 
 
