@@ -147,7 +147,14 @@ def _load(zoo: dict[str, Any], flavour: str, app: str, fmt: str) -> bk.KerasMode
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize(("flavour", "app"), CASES)
 def test_outputs_and_counts_equal_keras(zoo: dict[str, Any], flavour: str, app: str, fmt: str) -> None:
-    model = _load(zoo, flavour, app, fmt)
+    try:
+        model = _load(zoo, flavour, app, fmt)
+    except bk.UnsupportedLayerError as error:
+        status = _entry(zoo, flavour, app)["files"][fmt]
+        if status == "ok":
+            raise
+        # Keras 3 writes operations on constants (x + 3) into .h5 configs it cannot read back.
+        pytest.skip(f"{flavour} cannot reload its own {app}.{fmt} ({status}); bnkit refuses it too: {error}")
     x, y = _reference(zoo, flavour, app)
     assert _relative(_predict(model, x), y) <= RTOL
     counts = _entry(zoo, flavour, app)["counts"]
@@ -181,8 +188,8 @@ def round_trip(zoo: dict[str, Any]) -> dict[str, Any]:
         for app in _apps(flavour):
             files = []
             for fmt in FORMATS:
-                try:
-                    model = _load(zoo, flavour, app, "h5")
+                try:  # from the .keras file (Keras 3 cannot write every .h5 config it reads back)
+                    model = _load(zoo, flavour, app, "keras")
                 except BaseException:  # noqa: BLE001 - the load test reports it
                     continue
                 target = work / f"{app}.bnkit.{fmt}"

@@ -76,8 +76,9 @@ def _is_ref(value: Any) -> bool:
         all(isinstance(v, int) and not isinstance(v, bool) for v in value[1:])
 
 
-def op_call(nodes: Any, name: str, source: object) -> tuple[tuple[str, ...], CallArgs]:
-    """``(inbound layer names, call arguments)`` of an operation layer's single call."""
+def op_call(nodes: Any, name: str, source: object) -> tuple[tuple[tuple[str, int, int], ...], CallArgs]:
+    """``(inbound tensors as (layer, node, tensor) references, call arguments)`` of an
+    operation layer's single call (node > 0: a later call of a shared layer or nested model)."""
     if not isinstance(nodes, list) or len(nodes) != 1:
         raise UnsupportedLayerError(
             f"{source}: operation layer {short(name)} must be called exactly once; received inbound_nodes "
@@ -86,10 +87,7 @@ def op_call(nodes: Any, name: str, source: object) -> tuple[tuple[str, ...], Cal
 
     def tensor(ref: list[Any]) -> TensorArg:
         layer, node_index, index = ref
-        if node_index != 0 or index != 0:
-            raise UnsupportedLayerError(
-                f"{source}: layer {short(name)} consumes {short(ref)}; expected the single output of a single-call layer")
-        refs.append(layer)
+        refs.append((layer, node_index, index))
         return TensorArg(len(refs) - 1)
 
     def keras3(value: Any) -> Any:

@@ -151,7 +151,7 @@ class _Flattener:
         for name, cls, cfg, nodes, refusal in entries:
             if cls in OP_CLASSES:  # an operation layer: tensors and constants in its single call
                 inbound, call = op_call(nodes, name, source)
-                pending.append((name, cls, cfg, refusal, 0, [(ref, 0, 0) for ref in inbound], call))
+                pending.append((name, cls, cfg, refusal, 0, list(inbound), call))
             elif cls != "InputLayer":
                 offset = self._offset(cls, raws[name])
                 pending.extend((name, cls, cfg, refusal, k + offset, refs, None)
