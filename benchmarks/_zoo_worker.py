@@ -6,9 +6,9 @@
 * ``load``: seconds of ``bnkit.keras.load_model`` or ``keras.models.load_model(compile=False)``
   (imports excluded) and the peak resident memory it added, in bytes.
 * ``infer``: median seconds of one inference on a random batch after warm-up: bnkit as loaded
-  (NHWC interface), ``bnkit-fast`` (BNs folded, NCHW interface), ``torch`` (the same
-  architecture written in PyTorch, ``_torch_apps.py``), Keras 3 on its torch backend and
-  tf_keras (a ``tf.function``) running the file.
+  (NHWC interface), ``bnkit-fast`` (BNs folded, NCHW interface, channels_last memory),
+  ``torch`` (the same architecture written in PyTorch, ``_torch_apps.py``, channels_last
+  memory), Keras 3 on its torch backend and tf_keras (a ``tf.function``) running the file.
 """
 from __future__ import annotations
 
@@ -88,8 +88,8 @@ def infer(kind: str, file: str, app: str, batch: int, size: int, iters: int) -> 
         sys.path.insert(0, str(HERE))
         from _torch_apps import APPS
 
-        model = APPS[app](10).eval()
-        tensor = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+        model = APPS[app](1000).eval().to(memory_format=torch.channels_last)
+        tensor = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     else:
         import bnkit
         import bnkit.keras as bk
@@ -98,7 +98,8 @@ def infer(kind: str, file: str, app: str, batch: int, size: int, iters: int) -> 
             model, tensor = bk.load_model(file), torch.from_numpy(x)
         else:
             model, _ = bnkit.fold_batch_norm(bk.load_model(file, data_format="channels_first"))
-            tensor = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+            model = model.to(memory_format=torch.channels_last)
+            tensor = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         if kind == "keras3-torch":
             seconds = _time(lambda: model(tensor, training=False), iters)

@@ -115,6 +115,8 @@ class KerasReLU(nn.Module):
         self.max_value, self.negative_slope, self.threshold = max_value, negative_slope, threshold
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.negative_slope == 0.0 and self.threshold == 0.0:  # ReLU / ReLU6 (MobileNets): one kernel
+            return torch.clamp(x, min=0.0, max=self.max_value)
         y = torch.where(x >= self.threshold, x, self.negative_slope * (x - self.threshold))
         if self.max_value is not None:
             y = torch.clamp(y, max=self.max_value)
