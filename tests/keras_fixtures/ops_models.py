@@ -15,30 +15,22 @@ inputs of the model it came from (``<stem>_ref.npz``, ``stem`` = name up to the 
 from __future__ import annotations
 
 import json
-import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _flavour import failure, import_keras  # noqa: E402
+
 FLAVOUR = sys.argv[1]
-os.environ.update(CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
-if FLAVOUR == "tf_keras":
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
-else:
-    os.environ.pop("TF_USE_LEGACY_KERAS", None)
-    os.environ["KERAS_BACKEND"] = "tensorflow"
-
-import tensorflow as tf  # noqa: E402
+tf, keras = import_keras(FLAVOUR)
 
 if FLAVOUR == "tf_keras":
-    import tf_keras as keras  # noqa: E402
     from tf_keras.src.applications.convnext import LayerScale  # noqa: E402
     from tf_keras.src.applications.inception_resnet_v2 import CustomScaleLayer  # noqa: E402
 else:
-    import keras  # noqa: E402
     from keras.src.applications.convnext import LayerScale  # noqa: E402
     from keras.src.applications.inception_resnet_v2 import CustomScaleLayer  # noqa: E402
 
@@ -211,7 +203,7 @@ def build(work: Path) -> None:
                      **{f"y{i}": np.asarray(y) for i, y in enumerate(ys)})
             status[name] = "ok"
         except Exception as error:  # reported to the test, which fails with it
-            status[name] = f"{type(error).__name__}: {error}\n{traceback.format_exc()[-3000:]}"
+            status[name] = failure(error)
     (work / "built.json").write_text(json.dumps(status), encoding="utf-8")
 
 

@@ -17,16 +17,16 @@ wrote) with tf_keras and writes its inference outputs on ``x`` of X.npz to ``FIL
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-os.environ.update(CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3", TF_USE_LEGACY_KERAS="1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _flavour import import_keras  # noqa: E402
 
-import tf_keras as keras  # noqa: E402
+_, keras = import_keras("tf_keras")
 
 L = keras.layers
 

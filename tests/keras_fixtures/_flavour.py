@@ -1,0 +1,81 @@
+"""What the Keras-side fixture scripts share: importing one Keras flavour, running a job.
+
+The scripts run as ``python tests/keras_fixtures/<script>.py ...`` in their own process
+(TensorFlow and torch must not share one interpreter), so this folder is ``sys.path[0]``
+and they import this module as ``_flavour``.
+
+* :func:`import_keras` sets TensorFlow's environment for a flavour (``tf_keras``: tf_keras
+  2.x through ``TF_USE_LEGACY_KERAS``; ``keras3``: Keras 3 on the TensorFlow backend), then
+  imports TensorFlow first, as Keras expects, and the flavour's Keras.
+* :func:`run_job` reads ``JOB.json`` (``{"workdir": dir, "tasks": [task, ...]}``), runs every
+  task through its ``kind`` and writes ``results_<flavour>_<job stem>.json`` in ``workdir``,
+  mapping task name -> ``"ok"`` or :func:`failure`'s text.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+#: A task: ``(task dict, workdir)``; what it writes goes into ``workdir``.
+Task = Callable[[dict[str, Any], Path], None]
+
+
+def flavour_argument(argv: Sequence[str] = sys.argv) -> str:
+    """The flavour named first on the command line (``tf_keras`` when none is)."""
+    return argv[1] if len(argv) > 1 else "tf_keras"
+
+
+def import_keras(flavour: str, onednn: str | None = None) -> tuple[ModuleType, ModuleType]:
+    """``(tensorflow, keras)`` for ``flavour`` (``tf_keras`` or ``keras3``), on the CPU.
+
+    ``onednn`` (``"0"``/``"1"``), when given, sets ``TF_ENABLE_ONEDNN_OPTS``; otherwise the
+    caller's environment decides.
+    """
+    os.environ.update(CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+    if onednn is not None:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = onednn
+    if flavour == "tf_keras":
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    else:
+        os.environ.pop("TF_USE_LEGACY_KERAS", None)
+        os.environ["KERAS_BACKEND"] = "tensorflow"
+
+    import tensorflow
+
+    if flavour == "tf_keras":
+        import tf_keras as keras
+    else:
+        import keras
+    return tensorflow, keras
+
+
+def failure(error: BaseException) -> str:
+    """A failed task as the tests report it: type, message and the end of the traceback."""
+    return f"{type(error).__name__}: {error}\n{traceback.format_exc()[-3000:]}"
+
+
+def run_job(tasks: Mapping[str, Task], argv: Sequence[str] = sys.argv) -> int:
+    """Run ``JOB.json`` (``argv[2]``) for the flavour ``argv[1]``; the exit status.
+
+    A task that raises is recorded with :func:`failure` and the next one runs: the test
+    that asked for it decides what the error means.
+    """
+    job_file = Path(argv[2])
+    job = json.loads(job_file.read_text(encoding="utf-8"))
+    work = Path(job["workdir"])
+    results: dict[str, str] = {}
+    for task in job["tasks"]:
+        try:
+            tasks[task["kind"]](task, work)
+            results[task["name"]] = "ok"
+        except Exception as error:  # noqa: BLE001 - reported to the test, which decides
+            results[task["name"]] = failure(error)
+    out = work / f"results_{flavour_argument(argv)}_{job_file.stem}.json"
+    out.write_text(json.dumps(results), encoding="utf-8")
+    return 0
