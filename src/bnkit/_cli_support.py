@@ -11,7 +11,6 @@ import argparse
 import errno
 import math
 import os
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -155,27 +154,14 @@ def load_calibration(path: str, input_shape: Sequence[int] | None) -> Any:
     import numpy as np
     import torch
 
-    from .data._members import check_member_size
+    from .data._members import open_npz, read_member
 
-    try:
-        arrays = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--calibration {path}: no such file") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"--calibration {path}: expected an .npz archive with an array 'x'; found an unreadable "
-                         f"file ({type(error).__name__}: {error})") from None
-    if not isinstance(arrays, np.lib.npyio.NpzFile):
-        raise ValueError(f"--calibration {path}: expected an .npz archive with an array 'x' (np.savez(path, x=x)); "
-                         f"found a single .npy array of shape {getattr(arrays, 'shape', '?')}")
-    with arrays:
+    label = f"--calibration {path}"
+    expected = "an .npz archive with an array 'x'"
+    with open_npz(path, label, expected, f"{expected} (np.savez(path, x=x))", missing=True) as arrays:
         if "x" not in arrays.files:
-            raise ValueError(f"--calibration {path}: expected an array named 'x'; found {sorted(arrays.files)[:10]}")
-        check_member_size(Path(path), arrays, "x")
-        try:
-            x = arrays["x"]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(f"--calibration {path}: expected 'x' to be a plain numeric array; found "
-                             f"{type(error).__name__}: {error}") from None
+            raise ValueError(f"{label}: expected an array named 'x'; found {sorted(arrays.files)[:10]}")
+        x = read_member(Path(path), arrays, "x", label, "'x' to be a plain numeric array")
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise ValueError(f"--calibration {path}: expected 'x' to hold real numbers; found dtype {x.dtype}")
     if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):

@@ -15,13 +15,12 @@ Image layout, decided from the shape of each ``x`` array:
 """
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from ._members import check_member_size
+from ._members import open_npz, read_member
 
 __all__ = ["MAX_CLASSES", "NpzData", "read_npz"]
 
@@ -99,14 +98,7 @@ def read_npz(path: Path) -> NpzData:
 
     Images are returned as ``(N, C, H, W)`` arrays of their stored dtype; labels as int64.
     """
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: expected a numpy .npz archive; found an unreadable file "
-                         f"({type(exc).__name__}: {exc})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: expected a numpy .npz archive of named arrays; found a single .npy array "
-                         f"of shape {getattr(archive, 'shape', '?')}")
+    archive = open_npz(path, str(path), "a numpy .npz archive", "a numpy .npz archive of named arrays")
     with archive:
         keys = set(archive.files)
         if set(_SPLIT_KEYS) <= keys:
@@ -120,12 +112,7 @@ def read_npz(path: Path) -> NpzData:
             wanted.append("classes")
         arrays: dict[str, np.ndarray] = {}
         for key in wanted:
-            check_member_size(path, archive, key)
-            try:
-                arrays[key] = archive[key]
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-                raise ValueError(f"{path}: expected '{key}' to be a plain (non-object) numpy array; "
-                                 f"found {type(exc).__name__}: {exc}") from None
+            arrays[key] = read_member(path, archive, key, str(path), f"'{key}' to be a plain (non-object) numpy array")
     split = "x_train" in arrays
     xk, yk = ("x_train", "y_train") if split else ("x", "y")
     x_train = _images(path, xk, arrays[xk])
