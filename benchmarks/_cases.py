@@ -1,4 +1,8 @@
-"""The callables timed by ``bench_batchnorm.py``: bnkit variants and native baselines.
+"""What ``bench_batchnorm.py`` and ``bench_torch_family.py`` share: the callables they time
+(bnkit variants and native baselines), the start of a run and the profiler tables.
+
+Importing this module makes ``bnkit`` importable: when it is not installed, the checkout's
+``src/`` goes on ``sys.path``.
 
 Every callable of a block works on the *same* input tensors, so they differ only in the
 layer.  Training callables do what one training step does to a BN layer: clear the
@@ -8,13 +12,23 @@ input's memory format.  Inference callables run under ``torch.no_grad``.
 """
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
+from _timing import Budget, Quiet, machine_info
 from torch import Tensor, nn
 
-import bnkit
+try:
+    import bnkit
+except ModuleNotFoundError:  # not installed: use the checkout's src/
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+    import bnkit
 
 RENORM_CLIPPING: dict[str, float] = {"rmax": 3.0, "rmin": 1.0 / 3.0, "dmax": 5.0}
 VIRTUAL_BATCH_SIZE = 8
@@ -155,3 +169,39 @@ def noise_shape_block(shape: Sequence[int], backward: bool) -> list[Named]:
                 layer(x, training=True)
 
     return [Named("x * s", multiply), Named("bnkit.Dropout(noise_shape)", drop)]
+
+
+def start_run(args: argparse.Namespace, argv: Sequence[str] | None) -> tuple[dict[str, Any], Budget, Quiet]:
+    """Set torch's threads, print the machine; ``(info, budget, quiet)`` from the parsed arguments.
+
+    ``args`` needs ``threads``, ``quick``, ``seconds``, ``min_rounds``, ``quiet_threshold``,
+    ``quiet_wait`` and ``retries``; ``info`` is the run's record (machine, versions, argv, load).
+    """
+    torch.set_num_threads(args.threads)
+    info: dict[str, Any] = {**machine_info(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                            "argv": sys.argv[1:] if argv is None else list(argv), "loadavg_start": os.getloadavg()[0]}
+    print(f"allocator: {info['allocator']}" + (f" (LD_PRELOAD={info['ld_preload']})" if info["ld_preload"] else ""))
+    print(f"cpu: {info['cpu_model']}, {info['usable_cpus']} usable CPUs; torch {info['torch']}, {info['threads']} threads")
+    budget = Budget(seconds=args.seconds, min_rounds=args.min_rounds, warmup_calls=1 if args.quick else 3)
+    quiet = Quiet(threshold=args.quiet_threshold, max_wait_s=args.quiet_wait, retries=args.retries)
+    info["quiet"] = {"threshold": quiet.threshold, "max_wait_s": quiet.max_wait_s, "retries": quiet.retries}
+    return info, budget, quiet
+
+
+def profile_calls(fns: Sequence[Named], key: str, calls: int, row_limit: int) -> dict[str, str]:
+    """torch.profiler tables (self CPU time) of ``calls`` calls of each callable, after 3 warm-up
+    calls each; printed, and returned as ``{"<key> [<name>]": table}``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for named in fns:
+        for _ in range(3):
+            named.fn()
+    tables: dict[str, str] = {}
+    for named in fns:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                named.fn()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
+        tables[f"{key} [{named.name}]"] = table
+        print(f"\n=== profile, {calls} calls: {key}, {named.name} ===\n{table}", flush=True)
+    return tables

@@ -28,26 +28,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-try:
-    import bnkit  # noqa: F401
-except ModuleNotFoundError:  # not installed: use the checkout's src/
-    sys.path.insert(0, str(HERE.parent / "src"))
 
-import _cases
+import _cases  # first: it makes bnkit importable from the checkout
 import _report
-import torch
-from _timing import (
-    Block,
-    Budget,
-    Quiet,
-    Timing,
-    machine_info,
-    paired_ratios,
-    parse_shape,
-    quantile,
-    shape_name,
-    time_block_quiet,
-)
+from _timing import Block, Budget, Quiet, Timing, paired_ratios, parse_shape, quantile, shape_name, time_block_quiet
 
 DEFAULT_SHAPES = "32x64x112x112,32x128x56x56,32x256x28x28,32x512x14x14,256x4096"
 DEFAULT_KERAS_SHAPES = "32x256x28x28,256x4096"
@@ -214,24 +198,13 @@ def run_keras(args: argparse.Namespace, previous: Row) -> dict[str, Row]:
 
 def profile_misses(rows: Sequence[Row], variants: Sequence[str]) -> dict[str, str]:
     """A torch.profiler table (self CPU time) for each (shape, layout, mode, variant) off target."""
-    from torch.profiler import ProfilerActivity, profile
-
     tables: dict[str, str] = {}
     for r in rows:
         if r["ratio"] <= _report.bn_limit(r["variant"], r["layout"]):
             continue
         block = _cases.bn_block(parse_shape(r["shape"]), r["layout"], r["mode"], [r["variant"]])
-        for named in block:
-            for _ in range(3):
-                named.fn()
         key = f"{r['shape']} {r['layout']} {r['mode']} {r['variant']}"
-        for named in block:
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for _ in range(5):
-                    named.fn()
-            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
-            tables[f"{key} [{named.name}]"] = table
-            print(f"\n=== profile, 5 calls: {key}, {named.name} ===\n{table}", flush=True)
+        tables.update(_cases.profile_calls(block, key, calls=5, row_limit=14))
     return tables
 
 
@@ -240,17 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_choices(_split(args.variants), _cases.VARIANTS, "--variants")
     _check_choices(_split(args.modes), _cases.MODES, "--modes")
     _check_choices(_split(args.layouts), _cases.LAYOUTS, "--layouts")
-    torch.set_num_threads(args.threads)
-    info: Row = {**machine_info(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "argv": sys.argv[1:] if argv is None else list(argv), "loadavg_start": _loadavg()}
-    print(f"allocator: {info['allocator']}" + (f" (LD_PRELOAD={info['ld_preload']})" if info["ld_preload"] else ""))
-    print(f"cpu: {info['cpu_model']}, {info['usable_cpus']} usable CPUs; torch {info['torch']}, {info['threads']} threads")
+    info, budget, quiet = _cases.start_run(args, argv)
     if "glibc" in info["allocator"]:
         print("  note: glibc malloc returns every block over its mmap threshold (at most 32 MiB) to the OS,\n"
               "  so each such tensor is page-faulted in again; LD_PRELOAD a tcmalloc to avoid that.")
-    budget = Budget(seconds=args.seconds, min_rounds=args.min_rounds, warmup_calls=1 if args.quick else 3)
-    quiet = Quiet(threshold=args.quiet_threshold, max_wait_s=args.quiet_wait, retries=args.retries)
-    info["quiet"] = {"threshold": quiet.threshold, "max_wait_s": quiet.max_wait_s, "retries": quiet.retries}
     previous: Row = {}
     if args.redo_contended:
         previous = json.loads(args.redo_contended.read_text())

@@ -50,28 +50,12 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-try:
-    import bnkit
-except ModuleNotFoundError:  # not installed: use the checkout's src/
-    sys.path.insert(0, str(HERE.parent / "src"))
-    import bnkit
 
-import _cases
+import _cases  # first: it makes bnkit importable from the checkout
+import bnkit
 import torch
-from _timing import (
-    Block,
-    Budget,
-    CpuMeter,
-    Quiet,
-    Timing,
-    machine_info,
-    paired_ratios,
-    parse_shape,
-    quantile,
-    shape_name,
-    time_block_quiet,
-    wait_quiet,
-)
+from _timing import (Block, Budget, CpuMeter, Quiet, Timing, paired_ratios, parse_shape, quantile, shape_name,
+                     time_block_quiet, wait_quiet)
 from torch import nn
 
 Row = dict[str, Any]
@@ -281,25 +265,14 @@ def run_overhead(args: argparse.Namespace, budget: Budget, quiet: Quiet, previou
 
 def profile_misses(rows: Sequence[Row]) -> dict[str, str]:
     """torch.profiler tables (self CPU time) of the nn and bnkit steps of each default-layer miss."""
-    from torch.profiler import ProfilerActivity, profile
-
     tables: dict[str, str] = {}
     for r in rows:
         if r["section"] != "layers" or r["variant"] != "bnkit" or r["met"] is not False:
             continue
         shape = parse_shape(r["shape"])
         fns = make_block(shape, r["layout"], r["mode"], r["dtype"], [("bnkit", lambda s=shape: _bnkit_torch(s), False)])
-        for named in fns:
-            for _ in range(3):
-                named.fn()
         key = f"{r['dtype']} {r['shape']} {r['layout']} {r['mode']}"
-        for named in fns:
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for _ in range(10):
-                    named.fn()
-            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
-            tables[f"{key} [{named.name}]"] = table
-            print(f"\n=== profile, 10 calls: {key}, {named.name} ===\n{table}", flush=True)
+        tables.update(_cases.profile_calls(fns, key, calls=10, row_limit=12))
     return tables
 
 
@@ -559,15 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(sections) - {"layers", "extras", "overhead", "convert"}
     if unknown:
         raise SystemExit(f"--sections: unknown {sorted(unknown)}")
-    torch.set_num_threads(args.threads)
-    info: Row = {**machine_info(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "argv": sys.argv[1:] if argv is None else list(argv), "loadavg_start": os.getloadavg()[0]}
-    print(f"allocator: {info['allocator']}" + (f" (LD_PRELOAD={info['ld_preload']})" if info["ld_preload"] else ""))
-    print(f"cpu: {info['cpu_model']}, {info['usable_cpus']} usable CPUs; torch {info['torch']}, {info['threads']} threads")
-    budget = Budget(seconds=args.seconds, min_rounds=args.min_rounds, warmup_calls=1 if args.quick else 3)
-    quiet = Quiet(threshold=args.quiet_threshold, max_wait_s=args.quiet_wait, retries=args.retries)
+    info, budget, quiet = _cases.start_run(args, argv)
     info["budget"] = {"seconds": budget.seconds, "min_rounds": budget.min_rounds, "warmup_calls": budget.warmup_calls}
-    info["quiet"] = {"threshold": quiet.threshold, "max_wait_s": quiet.max_wait_s, "retries": quiet.retries}
     results: Row = {"info": info}
     previous = Previous(None, quiet.threshold)
     if args.redo_contended:
