@@ -240,7 +240,7 @@ def _calibrated_bn(point: _Point, bn_kwargs: dict[str, Any], mean: Tensor, var: 
         bn.running_var.copy_(var)
         bn.weight.copy_(stddev)  # type: ignore[union-attr]  # scale=True is checked up front
         bn.bias.copy_(mean)  # type: ignore[union-attr]  # center=True is checked up front
-        if bn.renorm:  # renorm's stddev statistics include epsilon (functional._update)
+        if bn.renorm:  # renorm's stddev statistics include epsilon (_bn_state.update_statistics)
             bn.running_stddev.copy_(stddev)
             bn.renorm_mean.copy_(mean)
             bn.renorm_stddev.copy_(stddev)
