@@ -37,6 +37,9 @@ of its counted tensors (``param_bytes``) and of its outputs (``output_bytes``); 
 totals them. ``macs=True`` / ``memory=True`` show them as columns and totals, as
 torchinfo's ``Mult-Adds`` and size lines do.
 
+Inputs: :mod:`bnkit._summary_inputs` builds and validates them from ``input_shape`` or
+``input_data``.
+
 Shapes: PyTorch's channels-first order by default; ``channels_last=True`` shows every
 output of three or more dimensions with its channel dimension (1) moved last, as Keras'
 ``model.summary()`` prints the same network in its default ``channels_last`` layout, so the
@@ -62,6 +65,7 @@ from ._repr import short
 
 from . import _summary_table
 from ._summary_costs import call_macs, output_bytes, tensor_bytes
+from ._summary_inputs import model_inputs
 
 __all__ = ["LAYOUTS", "STYLES", "Row", "Summary", "summary"]
 
@@ -183,7 +187,7 @@ def summary(
             raise TypeError(f"`{name}` must be True or False; received: {name}={value!r:.80}")
     if print_fn is not None and not callable(print_fn):
         raise TypeError(f"`print_fn` must be a callable taking one string, or None; received: {short(print_fn)}")
-    args, kwargs, batch = _inputs(model, input_shape, input_data, batch_size, dtypes, device)
+    args, kwargs, batch = model_inputs(model, input_shape, input_data, batch_size, dtypes, device)
 
     model_name = type(model).__name__.lower()
     display = getattr(model, "display_names", None)  # e.g. a loaded Keras model's layer names
@@ -329,85 +333,6 @@ def _counted(module: nn.Module, style: str) -> list[tuple[Tensor, bool]]:
             if name not in transient and (is_lazy(buffer) or buffer.is_floating_point()):
                 tensors.append((buffer, False))
     return tensors
-
-
-# ---- inputs ---------------------------------------------------------------------------
-def _inputs(
-    model: nn.Module, input_shape: Any, input_data: Any, batch_size: Any, dtypes: Any, device: Any
-) -> tuple[tuple[Any, ...], dict[str, Any], int | None]:
-    """Validate the input arguments; return (args, kwargs, batch size shown as None)."""
-    if (input_shape is None) == (input_data is None):
-        raise ValueError(
-            "Exactly one of `input_shape` and `input_data` must be given; received: "
-            f"input_shape={short(input_shape)}, input_data={'a value' if input_data is not None else None}"
-        )
-    if device is not None:
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"`device` must name a torch device such as 'cpu'; received: {short(device)}") from err
-    if input_data is not None:
-        for name, value in (("batch_size", batch_size), ("dtypes", dtypes)):
-            if value is not None:
-                raise ValueError(f"`{name}` only applies to `input_shape`, not `input_data`; received: {name}={short(value)}")
-        return _data_inputs(input_data, device)
-    shapes = _check_shapes(input_shape)
-    batch_size = 1 if batch_size is None else batch_size
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int or None; received: batch_size={short(batch_size)}")
-    tensors = [t for t in (*model.parameters(), *model.buffers()) if not is_lazy(t)]
-    floats = [t.dtype for t in tensors if t.is_floating_point()]
-    default_dtype = floats[0] if floats else torch.get_default_dtype()
-    if device is None:
-        device = tensors[0].device if tensors else torch.device("cpu")
-    if dtypes is None:
-        dtypes = [default_dtype] * len(shapes)
-    elif isinstance(dtypes, torch.dtype):
-        dtypes = [dtypes] * len(shapes)
-    elif not (isinstance(dtypes, Sequence) and len(dtypes) == len(shapes)
-              and all(isinstance(d, torch.dtype) for d in dtypes)):
-        raise ValueError(
-            f"`dtypes` must be a torch.dtype or a sequence of {len(shapes)} torch.dtype (one per input); "
-            f"received: dtypes={short(dtypes)}"
-        )
-    args = tuple(torch.zeros((batch_size, *s), dtype=d, device=device) for s, d in zip(shapes, dtypes))
-    return args, {}, batch_size
-
-
-def _check_shapes(input_shape: Any) -> list[tuple[int, ...]]:
-    def is_dims(value: Any) -> bool:
-        return isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0 and all(
-            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value
-        )
-
-    if is_dims(input_shape):
-        return [tuple(input_shape)]
-    if isinstance(input_shape, Sequence) and not isinstance(input_shape, str) and input_shape \
-            and all(is_dims(s) for s in input_shape):
-        return [tuple(s) for s in input_shape]
-    raise ValueError(
-        "`input_shape` must be one shape of positive ints without the batch dimension, e.g. "
-        f"(3, 224, 224), or a non-empty list of such shapes; received: input_shape={short(input_shape)}"
-    )
-
-
-def _data_inputs(data: Any, device: torch.device | None) -> tuple[tuple[Any, ...], dict[str, Any], int | None]:
-    def move(value: Any) -> Any:
-        return value.to(device) if device is not None and isinstance(value, Tensor) else value
-
-    if isinstance(data, Tensor):
-        args, kwargs = (move(data),), {}
-    elif isinstance(data, Mapping):
-        args, kwargs = (), {str(k): move(v) for k, v in data.items()}
-    elif isinstance(data, (list, tuple)) and data:
-        args, kwargs = tuple(move(v) for v in data), {}
-    else:
-        raise TypeError(
-            "`input_data` must be a tensor, a non-empty tuple/list of inputs or a mapping of keyword "
-            f"inputs; received: {type(data).__name__} {short(data)}"
-        )
-    first = next((t for t in (*args, *kwargs.values()) if isinstance(t, Tensor) and t.dim() > 0), None)
-    return args, kwargs, None if first is None else first.shape[0]
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
