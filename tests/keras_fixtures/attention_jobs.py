@@ -122,6 +122,15 @@ def mask_causal_dropout() -> tuple[Any, list[np.ndarray]]:
     return keras.Model([x, m], att), [_floats(6, 8), mask]
 
 
+def robust_mask() -> tuple[Any, list[np.ndarray]]:
+    """tf_keras only: ``softmax_robust_masking`` keeps mask values above 0.5 (0.7 keeps; without it, 0.7 masks)."""
+    q, v, m = keras.Input((5, 8), name="q"), keras.Input((7, 8), name="v"), keras.Input((5, 7), name="m")
+    att = L.MultiHeadAttention(2, 4, softmax_robust_masking=True, name="mha")(q, v, attention_mask=m)
+    mask = _mask(5, 7)
+    mask[0, :, 1:3] = 0.7
+    return keras.Model([q, v, m], att), [_floats(5, 8), _floats(7, 8), mask]
+
+
 def axes_2d() -> tuple[Any, list[np.ndarray]]:
     x = keras.Input((3, 4, 6), name="x")
     both = L.MultiHeadAttention(2, 3, name="mha")(x, x)  # default: attends over (1, 2)
@@ -143,8 +152,8 @@ def refused_scores() -> tuple[Any, list[np.ndarray]]:
 
 MODELS: dict[str, Callable[[], tuple[Any, list[np.ndarray]]]] = {
     fn.__name__: fn for fn in (self_block, cross_no_key, cross_key_dims, no_bias_dropout, text_classifier, tiny_vit,
-                               causal, attention_mask, mask_causal_dropout, axes_2d, refused_mask_zero,
-                               refused_scores)}
+                               causal, attention_mask, mask_causal_dropout, robust_mask, axes_2d,
+                               refused_mask_zero, refused_scores)}
 
 
 def build(task: dict[str, Any], work: Path) -> None:
