@@ -34,7 +34,7 @@ TOLERANCE = 1e-5
 MODELS = ("self_block", "cross_no_key", "cross_key_dims", "no_bias_dropout", "text_classifier", "tiny_vit", "causal",
           "attention_mask", "mask_causal_dropout", "axes_2d")
 REFUSED = ("refused_mask_zero", "refused_scores")
-ONLY = {"tf_keras": ("robust_mask",), "keras3": ()}  # tf_keras' softmax_robust_masking
+ONLY = {"tf_keras": ("robust_mask",), "keras3": ("sliding_window",)}  # options of one framework
 CASES = [(model, flavour) for flavour in FLAVOURS for model in MODELS + ONLY[flavour]]
 WITH_BN = ("text_classifier", "tiny_vit")
 
@@ -253,7 +253,7 @@ def _keras3_tensor(name: str, shape: list[Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("config", "node", "shape", "message"), [
     ({"use_gate": True}, None, (5, 4), "use_gate"),
-    ({"sliding_window": 2}, None, (5, 4), "sliding_window"),
+    ({"sliding_window": 2, "attention_axes": [2]}, None, (3, 5, 4), "sliding_window"),
     ({"attention_axes": [-1]}, None, (5, 4), "attention_axes"),
     ({"attention_axes": [3]}, None, (3, 5, 4), "attention_axes"),
     ({"attention_axes": [1, 2]}, [[["x0", 0, 0, {"value": ["x0", 0, 0], "use_causal_mask": True}]]], (3, 5, 4),
@@ -308,3 +308,18 @@ def test_built_model_round_trips_in_both_dialects(tmp_path: Path, suffix: str) -
     with torch.no_grad():
         torch.testing.assert_close(again(*x), model(*x), rtol=0, atol=0)
         assert model(*x).shape == (2, 5, 2, 3)
+
+
+def test_shared_attention_layer_is_refused() -> None:
+    node = [["x0", 0, 0, {"value": ["x0", 0, 0]}]]
+    with pytest.raises(UnsupportedLayerError, match="'mha' must be called exactly once"):
+        build_from_config(_mha_config({}, [node, node]))
+
+
+def test_export_of_a_masked_attention_model_equals_eager() -> None:
+    node = [[["x0", 0, 0, {"value": ["x0", 0, 0], "attention_mask": ["x1", 0, 0], "use_causal_mask": True}]]]
+    model = build_from_config(_mha_config({"dropout": 0.1}, node, shape=(5, 5), extra_inputs=1)).eval()
+    x = (torch.randn(2, 5, 5), (torch.rand(2, 5, 5) > 0.3).float())
+    exported = torch.export.export(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(*x), model(*x), rtol=0, atol=1e-6)

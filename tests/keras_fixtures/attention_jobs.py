@@ -131,6 +131,13 @@ def robust_mask() -> tuple[Any, list[np.ndarray]]:
     return keras.Model([q, v, m], att), [_floats(5, 8), _floats(7, 8), mask]
 
 
+def sliding_window() -> tuple[Any, list[np.ndarray]]:
+    """Keras 3 only: keys less than ``sliding_window`` steps away, here with the causal mask."""
+    q, v = keras.Input((9, 8), name="q"), keras.Input((6, 8), name="v")
+    att = L.MultiHeadAttention(2, 4, sliding_window=2, name="mha")(q, v, use_causal_mask=True)
+    return keras.Model([q, v], att), [_floats(9, 8), _floats(6, 8)]
+
+
 def axes_2d() -> tuple[Any, list[np.ndarray]]:
     x = keras.Input((3, 4, 6), name="x")
     both = L.MultiHeadAttention(2, 3, name="mha")(x, x)  # default: attends over (1, 2)
@@ -152,7 +159,7 @@ def refused_scores() -> tuple[Any, list[np.ndarray]]:
 
 MODELS: dict[str, Callable[[], tuple[Any, list[np.ndarray]]]] = {
     fn.__name__: fn for fn in (self_block, cross_no_key, cross_key_dims, no_bias_dropout, text_classifier, tiny_vit,
-                               causal, attention_mask, mask_causal_dropout, robust_mask, axes_2d,
+                               causal, attention_mask, mask_causal_dropout, robust_mask, sliding_window, axes_2d,
                                refused_mask_zero, refused_scores)}
 
 

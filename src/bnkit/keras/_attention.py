@@ -15,9 +15,10 @@ writer makes.  The call (``mha(query, value, key=..., attention_mask=...,
 use_causal_mask=...)``) is recorded with tensors among its keyword arguments and read by
 :func:`bnkit.keras._call_args.op_call`; it is written back in the dialect it was read in.
 
-Masks: an explicit ``attention_mask`` and ``use_causal_mask`` are applied as each Keras
-does (tf_keras adds ``-1e9`` to masked scores; Keras 3 replaces them by ``-1e9`` and, on its
-unfused path taken with dropout, zeroes fully masked rows after the softmax).  Sequence
+Masks: an explicit ``attention_mask``, ``use_causal_mask`` and Keras 3's ``sliding_window``
+(keys less than ``sliding_window`` steps away) are applied as each Keras does (tf_keras adds
+``-1e9`` to masked scores; Keras 3 replaces them by ``-1e9`` and, on its unfused path taken
+with dropout, zeroes fully masked rows after the softmax).  Sequence
 masks handed on by ``Embedding(mask_zero=True)`` are refused where they are made (see
 :mod:`bnkit.keras._rnn`), and Keras 3's ``query_mask``/``value_mask``/``key_mask`` here.
 """
@@ -96,7 +97,8 @@ class KerasMultiHeadAttention(nn.Module):
     """Keras ``MultiHeadAttention``: ``forward([query, value, key?, attention_mask?])``.
 
     ``axes`` are the attention axes of the inputs (Keras' ``attention_axes``, default all
-    but the batch and features); ``causal`` is ``use_causal_mask``; ``mask_mode`` one of
+    but the batch and features); ``causal`` is ``use_causal_mask``, ``window`` Keras 3's
+    ``sliding_window`` (or None); ``mask_mode`` one of
     :data:`MASK_MODES`, ``keras3`` how an explicit mask is read (Keras 3: nonzero keeps;
     tf_keras: its value, as a boolean only when combined with the causal mask).
     """
@@ -104,7 +106,8 @@ class KerasMultiHeadAttention(nn.Module):
     def __init__(self, features: tuple[int, int, int], heads: int, key_dim: int, value_dim: int,
                  output_shape: tuple[int, ...], axes: tuple[int, ...], use_bias: bool = True, dropout: float = 0.0,
                  has_key: bool = False, has_mask: bool = False, causal: bool = False, mask_mode: str = "add",
-                 keras3: bool = False, device: torch.device | str | None = None) -> None:
+                 keras3: bool = False, window: int | None = None,
+                 device: torch.device | str | None = None) -> None:
         super().__init__()
         if mask_mode not in MASK_MODES:
             raise ValueError(f"`mask_mode` must be one of {MASK_MODES}; received: {mask_mode!r}")
@@ -116,7 +119,7 @@ class KerasMultiHeadAttention(nn.Module):
         self.heads, self.key_dim, self.axes = heads, key_dim, tuple(axes)
         self.has_key, self.has_mask, self.causal, self.mask_mode, self.keras3 = has_key, has_mask, causal, \
             mask_mode, keras3
-        self.rate = dropout
+        self.rate, self.window = dropout, window
 
     def forward(self, inputs: list[Tensor]) -> Tensor:
         query, value = inputs[0], inputs[1]
@@ -124,7 +127,8 @@ class KerasMultiHeadAttention(nn.Module):
         mask = inputs[-1] if self.has_mask else None
         q = self.query(query) * (1.0 / math.sqrt(float(self.key_dim)))
         k, v = self.key(key), self.value(value)
-        if mask is None and self.axes == (1,) and query.dim() == 3 and not (self.training and self.rate > 0):
+        if mask is None and self.window is None and self.axes == (1,) and query.dim() == 3 \
+                and not (self.training and self.rate > 0):
             # one attention axis, no explicit mask: torch's fused kernel (tested against the einsum path)
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                  is_causal=self.causal, scale=1.0)
@@ -153,6 +157,10 @@ class KerasMultiHeadAttention(nn.Module):
     def _mask(self, given: Tensor | None, t: int, s: int, device: torch.device) -> Tensor | None:
         """The mask over ``(B, heads, T, S)`` scores, as the Keras that wrote the model builds it."""
         causal = torch.ones(t, s, dtype=torch.bool, device=device).tril() if self.causal else None
+        if self.window is not None:
+            steps = torch.arange(t, device=device)[:, None] - torch.arange(s, device=device)[None, :]
+            band = steps.abs() < self.window
+            causal = band if causal is None else causal & band
         if given is None:
             return causal
         if given.dim() == 3:
@@ -166,7 +174,7 @@ class KerasMultiHeadAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"heads={self.heads}, key_dim={self.key_dim}, axes={self.axes}, dropout={self.rate}, "
-                f"causal={self.causal}, mask={self.has_mask}, mask_mode={self.mask_mode!r}")
+                f"causal={self.causal}, window={self.window}, mask={self.has_mask}, mask_mode={self.mask_mode!r}")
 
 
 # ---- plan -----------------------------------------------------------------------------
@@ -259,15 +267,17 @@ def multi_head_attention(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[I
     robust = bool_option(b, cfg, "softmax_robust_masking", False)
     if cfg.get("use_gate"):
         raise _refuse(b, "`use_gate=True` (Keras 3's gated attention) is not supported", "use_gate=False", True)
-    if cfg.get("sliding_window") is not None:
-        raise _refuse(b, "`sliding_window` is not supported", "sliding_window=None", cfg["sliding_window"])
+    window = cfg.get("sliding_window")
+    if window is not None and not (is_int(window) and 0 < window < 2**31):
+        raise b.error("invalid `sliding_window`", "None or a positive int", window)
     if cfg.get("flash_attention"):
         raise _refuse(b, "`flash_attention=True` is not supported", "flash_attention=None", True)
     features = (_feature(b, query, "query"), _feature(b, key or value, "key"), _feature(b, value, "value"))
     out_shape = _output_shape(b, cfg, features[0])
     axes = _axes(b, cfg, rank)
-    if (mask is not None or causal) and axes != (1,):
-        raise _refuse(b, "`attention_mask` and `use_causal_mask` are supported only with one attention axis",
+    if (mask is not None or causal or window is not None) and axes != (1,):
+        raise _refuse(b, "`attention_mask`, `use_causal_mask` and `sliding_window` are supported only with one "
+                      "attention axis",
                       "(batch, steps, features) inputs with attention_axes None or [1]", axes)
     if mask is not None:
         t, s = query.shape[1], value.shape[1]
@@ -293,7 +303,7 @@ def multi_head_attention(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[I
 
     def make(device: str | None) -> nn.Module:
         return KerasMultiHeadAttention(features, heads, key_dim, value_dim, out_shape, axes, use_bias, rate, has_key,
-                                       has_mask, causal, mode, keras3, device=device)
+                                       has_mask, causal, mode, keras3, window, device=device)
 
     inputs = [query, value] + ([key] if key is not None else []) + ([mask] if mask is not None else [])
     slots = [b.take(x, identity(len(x.shape))) for x in inputs]
@@ -306,7 +316,7 @@ def multi_head_attention(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[I
         if value_ is not None:
             config[name] = value_
     if keras3:
-        config.update(use_gate=False, sliding_window=None, seed=cfg.get("seed") if is_int(cfg.get("seed")) else None)
+        config.update(use_gate=False, sliding_window=window, seed=cfg.get("seed") if is_int(cfg.get("seed")) else None)
     else:
         k = key or value
         config.update(query_shape=list(query.shape), key_shape=list(k.shape), value_shape=list(value.shape),
