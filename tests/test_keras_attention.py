@@ -31,8 +31,8 @@ from tests.oracle_client import oracle_env
 JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "attention_jobs.py"
 FLAVOURS = ("tf_keras", "keras3")
 TOLERANCE = 1e-5
-MODELS = ("self_block", "cross_no_key", "cross_key_dims", "no_bias_dropout", "text_classifier", "tiny_vit", "causal",
-          "attention_mask", "mask_causal_dropout", "axes_2d")
+MODELS = ("self_block", "cross_no_key", "cross_key_dims", "name_clash", "no_bias_dropout", "text_classifier",
+          "tiny_vit", "causal", "attention_mask", "mask_causal_dropout", "axes_2d")
 REFUSED = ("refused_mask_zero", "refused_scores")
 ONLY = {"tf_keras": ("robust_mask",), "keras3": ("sliding_window",)}  # options of one framework
 CASES = [(model, flavour) for flavour in FLAVOURS for model in MODELS + ONLY[flavour]]

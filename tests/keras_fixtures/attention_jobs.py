@@ -74,6 +74,14 @@ def cross_key_dims() -> tuple[Any, list[np.ndarray]]:
     return keras.Model([q, v, k], L.Flatten()(att)), [_floats(5, 8), _floats(7, 6), _floats(7, 4)]
 
 
+def name_clash() -> tuple[Any, list[np.ndarray]]:
+    """Layers named like the attention's projections (``.h5`` names ``mha/value/kernel:0``)."""
+    x = keras.Input((6, 5), name="x")
+    v = L.Dense(5, name="value")(x)
+    att = L.MultiHeadAttention(2, 3, name="mha")(L.Dense(5, name="query")(x), v)
+    return keras.Model(x, L.Dense(2, name="attention_output")(att)), [_floats(6, 5)]
+
+
 def no_bias_dropout() -> tuple[Any, list[np.ndarray]]:
     x = keras.Input((6, 5), name="x")
     att = L.MultiHeadAttention(3, 4, value_dim=2, use_bias=False, dropout=0.3, output_shape=7, name="mha")(x, x)
@@ -158,9 +166,9 @@ def refused_scores() -> tuple[Any, list[np.ndarray]]:
 
 
 MODELS: dict[str, Callable[[], tuple[Any, list[np.ndarray]]]] = {
-    fn.__name__: fn for fn in (self_block, cross_no_key, cross_key_dims, no_bias_dropout, text_classifier, tiny_vit,
-                               causal, attention_mask, mask_causal_dropout, robust_mask, sliding_window, axes_2d,
-                               refused_mask_zero, refused_scores)}
+    fn.__name__: fn for fn in (self_block, cross_no_key, cross_key_dims, name_clash, no_bias_dropout, text_classifier,
+                               tiny_vit, causal, attention_mask, mask_causal_dropout, robust_mask, sliding_window,
+                               axes_2d, refused_mask_zero, refused_scores)}
 
 
 def build(task: dict[str, Any], work: Path) -> None:
