@@ -34,7 +34,7 @@ TOLERANCE = 1e-5
 MODELS = ("self_block", "cross_no_key", "cross_key_dims", "name_clash", "no_bias_dropout", "text_classifier",
           "tiny_vit", "causal", "attention_mask", "mask_causal_dropout", "axes_2d")
 REFUSED = ("refused_mask_zero", "refused_scores")
-ONLY = {"tf_keras": ("robust_mask",), "keras3": ("sliding_window",)}  # options of one framework
+ONLY = {"tf_keras": ("robust_mask",), "keras3": ("sliding_window", "gated")}  # options of one framework
 CASES = [(model, flavour) for flavour in FLAVOURS for model in MODELS + ONLY[flavour]]
 WITH_BN = ("text_classifier", "tiny_vit")
 
@@ -252,7 +252,6 @@ def _keras3_tensor(name: str, shape: list[Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("config", "node", "shape", "message"), [
-    ({"use_gate": True}, None, (5, 4), "use_gate"),
     ({"sliding_window": 2, "attention_axes": [2]}, None, (3, 5, 4), "sliding_window"),
     ({"attention_axes": [-1]}, None, (5, 4), "attention_axes"),
     ({"attention_axes": [3]}, None, (3, 5, 4), "attention_axes"),
@@ -275,6 +274,7 @@ def test_unsupported_options_are_refused_naming_layer_and_option(config: dict[st
 @pytest.mark.parametrize(("config", "node", "message"), [
     ({"num_heads": 0}, None, "num_heads"),
     ({"output_shape": "wide"}, None, "output_shape"),
+    ({"sliding_window": 0}, None, "sliding_window"),
     ({}, [[["x0", 0, 0, {}]]], "`value` must be a tensor"),
     ({}, [[["x0", 0, 0, {"value": ["x0", 0, 0], "attention_mask": ["x1", 0, 0]}]]], "attention_mask"),
 ])

@@ -146,6 +146,14 @@ def sliding_window() -> tuple[Any, list[np.ndarray]]:
     return keras.Model([q, v], att), [_floats(9, 8), _floats(6, 8)]
 
 
+def gated() -> tuple[Any, list[np.ndarray]]:
+    """Keras 3 only: ``use_gate=True``, with a key of its own and without biases."""
+    q, v, k = keras.Input((5, 8), name="q"), keras.Input((7, 6), name="v"), keras.Input((7, 4), name="k")
+    gated_ = L.MultiHeadAttention(2, 3, value_dim=4, use_gate=True, name="mha")(q, v, key=k)
+    plain = L.MultiHeadAttention(2, 3, use_gate=True, use_bias=False, dropout=0.1, name="mha2")(gated_, gated_)
+    return keras.Model([q, v, k], plain), [_floats(5, 8), _floats(7, 6), _floats(7, 4)]
+
+
 def axes_2d() -> tuple[Any, list[np.ndarray]]:
     x = keras.Input((3, 4, 6), name="x")
     both = L.MultiHeadAttention(2, 3, name="mha")(x, x)  # default: attends over (1, 2)
@@ -168,7 +176,7 @@ def refused_scores() -> tuple[Any, list[np.ndarray]]:
 MODELS: dict[str, Callable[[], tuple[Any, list[np.ndarray]]]] = {
     fn.__name__: fn for fn in (self_block, cross_no_key, cross_key_dims, name_clash, no_bias_dropout, text_classifier,
                                tiny_vit, causal, attention_mask, mask_causal_dropout, robust_mask, sliding_window,
-                               axes_2d, refused_mask_zero, refused_scores)}
+                               gated, axes_2d, refused_mask_zero, refused_scores)}
 
 
 def build(task: dict[str, Any], work: Path) -> None:

@@ -6,7 +6,9 @@ Keras projects the query, key and value with ``EinsumDense`` sub-layers (kernels
 scales the projected query by ``1/sqrt(key_dim)``, takes its dot products with the keys over
 the attention axes (``einsum``), a softmax over the key positions, dropout on those weights
 in training, the weighted sum of the values and an output ``EinsumDense`` (kernel
-``(heads, value_dim, *output_shape)``).  The weights stay in Keras' layout here.
+``(heads, value_dim, *output_shape)``); Keras 3's ``use_gate=True`` first multiplies the
+attention output by the sigmoid of a ``gate`` projection of the query (stored between the
+key's and the value's).  The weights stay in Keras' layout here.
 
 Where Keras keeps them: legacy ``.h5`` files name them ``mha/query/kernel:0`` ... (Keras 3:
 without ``:0``), ``.keras`` files under the layer's group in ``_query_dense/vars`` ...
@@ -41,11 +43,12 @@ from .errors import UnsupportedLayerError
 
 __all__ = ["ENTRIES", "EinsumProjection", "KerasMultiHeadAttention", "attention_equations", "v3_groups"]
 
-#: The sub-layers of a MultiHeadAttention, in Keras' weight order.
-PARTS = ("query", "key", "value", "attention_output")
+#: The sub-layers of a MultiHeadAttention, in Keras' weight order (``gate``: Keras 3's
+#: ``use_gate=True`` only).
+PARTS = ("query", "key", "gate", "value", "attention_output")
 #: Their ``.keras`` groups: tf_keras names the attributes, Keras 3 the public properties.
-_V3_NAMES = {False: ("_query_dense", "_key_dense", "_value_dense", "_output_dense"),
-             True: ("query_dense", "key_dense", "value_dense", "output_dense")}
+_V3_NAMES = {False: ("_query_dense", "_key_dense", "_gate_dense", "_value_dense", "_output_dense"),
+             True: ("query_dense", "key_dense", "_gate_dense", "value_dense", "output_dense")}
 #: Call arguments by position: tf_keras 2 and Keras 3 signatures.
 _TF_CALL = ("query", "value", "key", "attention_mask", "return_attention_scores", "training", "use_causal_mask")
 _K3_CALL = ("query", "value", "key", "query_mask", "value_mask", "key_mask", "attention_mask",
@@ -106,7 +109,7 @@ class KerasMultiHeadAttention(nn.Module):
     def __init__(self, features: tuple[int, int, int], heads: int, key_dim: int, value_dim: int,
                  output_shape: tuple[int, ...], axes: tuple[int, ...], use_bias: bool = True, dropout: float = 0.0,
                  has_key: bool = False, has_mask: bool = False, causal: bool = False, mask_mode: str = "add",
-                 keras3: bool = False, window: int | None = None,
+                 keras3: bool = False, window: int | None = None, use_gate: bool = False,
                  device: torch.device | str | None = None) -> None:
         super().__init__()
         if mask_mode not in MASK_MODES:
@@ -114,6 +117,7 @@ class KerasMultiHeadAttention(nn.Module):
         fq, fk, fv = features
         self.query = EinsumProjection((fq, heads, key_dim), 1, use_bias, device)
         self.key = EinsumProjection((fk, heads, key_dim), 1, use_bias, device)
+        self.gate = EinsumProjection((fq, heads, value_dim), 1, use_bias, device) if use_gate else None
         self.value = EinsumProjection((fv, heads, value_dim), 1, use_bias, device)
         self.attention_output = EinsumProjection((heads, value_dim, *output_shape), 2, use_bias, device)
         self.heads, self.key_dim, self.axes = heads, key_dim, tuple(axes)
@@ -131,9 +135,12 @@ class KerasMultiHeadAttention(nn.Module):
                 and not (self.training and self.rate > 0):
             # one attention axis, no explicit mask: torch's fused kernel (tested against the einsum path)
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                 is_causal=self.causal, scale=1.0)
-            return self.attention_output(out.transpose(1, 2))
-        return self.attention_output(self.attend(q, k, v, self._mask(mask, q.shape[1], k.shape[1], q.device)))
+                                                 is_causal=self.causal, scale=1.0).transpose(1, 2)
+        else:
+            out = self.attend(q, k, v, self._mask(mask, q.shape[1], k.shape[1], q.device))
+        if self.gate is not None:  # Keras 3's gated attention: sigmoid(query projection) per head and channel
+            out = out * torch.sigmoid(self.gate(query))
+        return self.attention_output(out)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """Keras' attention on projected, scaled tensors; ``mask`` broadcasts to the scores."""
@@ -265,13 +272,10 @@ def multi_head_attention(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[I
     rate = float_option(b, cfg, "dropout", 0.0, 0.0, 1.0)
     use_bias = bool_option(b, cfg, "use_bias", True)
     robust = bool_option(b, cfg, "softmax_robust_masking", False)
-    if cfg.get("use_gate"):
-        raise _refuse(b, "`use_gate=True` (Keras 3's gated attention) is not supported", "use_gate=False", True)
+    use_gate = bool_option(b, cfg, "use_gate", False)
     window = cfg.get("sliding_window")
     if window is not None and not (is_int(window) and 0 < window < 2**31):
         raise b.error("invalid `sliding_window`", "None or a positive int", window)
-    if cfg.get("flash_attention"):
-        raise _refuse(b, "`flash_attention=True` is not supported", "flash_attention=None", True)
     features = (_feature(b, query, "query"), _feature(b, key or value, "key"), _feature(b, value, "value"))
     out_shape = _output_shape(b, cfg, features[0])
     axes = _axes(b, cfg, rank)
@@ -289,11 +293,12 @@ def multi_head_attention(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[I
     kernel_init, bias_init = initializer(b, cfg, "kernel_initializer"), initializer(b, cfg, "bias_initializer")
     shapes = {"query": ((features[0], heads, key_dim), (heads, key_dim)),
               "key": ((features[1], heads, key_dim), (heads, key_dim)),
+              "gate": ((features[0], heads, value_dim), (heads, value_dim)),
               "value": ((features[2], heads, value_dim), (heads, value_dim)),
               "attention_output": ((heads, value_dim, *out_shape), out_shape)}
     weight_shapes: dict[str, tuple[int, ...]] = {}
     inits: dict[str, Any] = {}
-    for part in PARTS:
+    for part in (p for p in PARTS if p != "gate" or use_gate):
         weight_shapes[f"{part}/kernel"], inits[f"{part}/kernel"] = shapes[part][0], kernel_init
         if use_bias:
             weight_shapes[f"{part}/bias"], inits[f"{part}/bias"] = shapes[part][1], bias_init
@@ -303,7 +308,7 @@ def multi_head_attention(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[I
 
     def make(device: str | None) -> nn.Module:
         return KerasMultiHeadAttention(features, heads, key_dim, value_dim, out_shape, axes, use_bias, rate, has_key,
-                                       has_mask, causal, mode, keras3, window, device=device)
+                                       has_mask, causal, mode, keras3, window, use_gate, device=device)
 
     inputs = [query, value] + ([key] if key is not None else []) + ([mask] if mask is not None else [])
     slots = [b.take(x, identity(len(x.shape))) for x in inputs]
@@ -316,7 +321,7 @@ def multi_head_attention(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[I
         if value_ is not None:
             config[name] = value_
     if keras3:
-        config.update(use_gate=False, sliding_window=window, seed=cfg.get("seed") if is_int(cfg.get("seed")) else None)
+        config.update(use_gate=use_gate, sliding_window=window, seed=cfg.get("seed") if is_int(cfg.get("seed")) else None)
     else:
         k = key or value
         config.update(query_shape=list(query.shape), key_shape=list(k.shape), value_shape=list(value.shape),
@@ -356,8 +361,9 @@ def v3_groups(class_name: str, weights: int, config: dict[str, Any]) -> list[tup
     that wrote ``config`` names them, plus the empty softmax and dropout groups; else None."""
     if class_name != "MultiHeadAttention":
         return None
-    per = weights // len(PARTS)
-    names = _V3_NAMES[keras3_dialect(config)]
+    gated = config.get("use_gate") is True
+    per = weights // (len(PARTS) - (not gated))
+    names = [name for part, name in zip(PARTS, _V3_NAMES[keras3_dialect(config)]) if part != "gate" or gated]
     return [("", 0), *((name, per) for name in names), ("_softmax", 0), ("_dropout_layer", 0)]
 
 

@@ -124,7 +124,7 @@ _CELL = re.compile(r"(simple_rnn|lstm|gru)_cell(_\d+)?")
 #: Sub-objects whose ``.keras`` weights belong to the layer holding them, in weight order
 #: (a MultiHeadAttention's projections: tf_keras names them ``_query_dense``, Keras 3 ``query_dense``).
 _V3_PARTS = ("cell", "forward_layer", "backward_layer", "_query_dense", "query_dense", "_key_dense", "key_dense",
-             "_value_dense", "value_dense", "_output_dense", "output_dense")
+             "_gate_dense", "_value_dense", "value_dense", "_output_dense", "output_dense")
 
 
 def _wrappers(weight_names: list[str]) -> set[str]:
