@@ -321,7 +321,8 @@ def multi_head_attention(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[I
         if value_ is not None:
             config[name] = value_
     if keras3:
-        config.update(use_gate=use_gate, sliding_window=window, seed=cfg.get("seed") if is_int(cfg.get("seed")) else None)
+        seed = cfg.get("seed") if is_int(cfg.get("seed")) else None
+        config.update(use_gate=use_gate, sliding_window=window, seed=seed)
     else:
         k = key or value
         config.update(query_shape=list(query.shape), key_shape=list(k.shape), value_shape=list(value.shape),
