@@ -110,8 +110,11 @@ def _example_config(entry: LayerEntry) -> dict[str, Any]:
     assert entry.example is not None
     shape, config = entry.example
     inputs = 2 if entry.keras_class == "Attention" else 1  # [query, value]: self-attention
+    node = [["input", 0, 0, {}]] * inputs
+    if entry.keras_class == "MultiHeadAttention":  # mha(x, value=x): the value is a keyword tensor
+        node = [["input", 0, 0, {"value": ["input", 0, 0]}]]
     layer = {"class_name": entry.keras_class, "name": "layer", "config": {"name": "layer", **config},
-             "inbound_nodes": [[["input", 0, 0, {}]] * inputs]}
+             "inbound_nodes": [node]}
     source = {"class_name": "InputLayer", "name": "input", "inbound_nodes": [],
               "config": {"batch_input_shape": list(shape), "name": "input"}}
     return {"class_name": "Functional", "config": {"name": "example", "layers": [source, layer],

@@ -20,10 +20,15 @@ from typing import Any
 from .._repr import short
 from .errors import KerasFormatError, UnsupportedLayerError
 
-__all__ = ["APP_LAYERS", "OP_CLASSES", "CallArgs", "TensorArg", "app_layer_class", "op_call", "op_class"]
+__all__ = ["APP_LAYERS", "KWARG_CLASSES", "OP_CLASSES", "CallArgs", "TensorArg", "app_layer_class", "check_outputs",
+           "op_call", "op_class"]
 
 #: Layer classes whose call arguments travel with the layer.
 OP_CLASSES = ("TFOpLambda", "SlicingOpLambda", "KerasOperation")
+#: Layer classes whose call takes tensors as keyword arguments (``mha(q, value=v)``): their
+#: single call is read like an operation layer's.  Each names its call flags that would give
+#: it a second output, which bnkit does not rebuild (refused when the graph is read).
+KWARG_CLASSES: dict[str, tuple[str, ...]] = {"MultiHeadAttention": ("return_attention_scores",)}
 
 #: Registered (custom) layers of keras/tf_keras applications bnkit rebuilds from their config.
 APP_LAYERS: dict[str, tuple[str, ...]] = {
@@ -127,3 +132,12 @@ def op_call(nodes: Any, name: str, source: object) -> tuple[tuple[tuple[str, int
     else:
         raise KerasFormatError(f"{source}: layer {short(name)}: malformed inbound node {short(node)}")
     return tuple(refs), call
+
+
+def check_outputs(cls: str, name: str, call: CallArgs, source: object) -> None:
+    """Refuse a call of a :data:`KWARG_CLASSES` layer with a flag that gives it two outputs."""
+    for flag in KWARG_CLASSES.get(cls, ()):
+        if call.kwargs.get(flag) is True:
+            raise UnsupportedLayerError(
+                f"{source}: layer {short(name)} ({cls}) is called with `{flag}=True`, which gives it a second "
+                f"output that bnkit does not rebuild; expected {flag}=False")

@@ -19,7 +19,7 @@ from collections import Counter
 from typing import Any
 
 from .._repr import short
-from ._call_args import OP_CLASSES, CallArgs, op_call
+from ._call_args import KWARG_CLASSES, OP_CLASSES, CallArgs, check_outputs, op_call
 from ._mask_ops import strip_mask_ops
 from ._config import (MODEL_CLASSES, LayerSpec, ModelSpec, Ref, TensorId, check_custom, endpoints, layer_entry,
                       node_refs, snake_case)
@@ -149,8 +149,9 @@ class _Flattener:
                 resolved[(name, 0, 0)] = bound[position]
         pending = []
         for name, cls, cfg, nodes, refusal in entries:
-            if cls in OP_CLASSES:  # an operation layer: tensors and constants in its single call
+            if cls in OP_CLASSES or cls in KWARG_CLASSES:  # tensors and constants in its single call
                 inbound, call = op_call(nodes, name, source)
+                check_outputs(cls, name, call, source)
                 pending.append((name, cls, cfg, refusal, 0, list(inbound), call))
             elif cls != "InputLayer":
                 offset = self._offset(cls, raws[name])

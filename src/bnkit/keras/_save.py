@@ -23,6 +23,7 @@ from torch import nn
 
 from .._files import write_atomically
 from ._archive import write_archive
+from ._attention import v3_groups as attention_groups
 from ._graph import parse_model_config
 from ._entry import present_rules, resolve_tensor
 from ._export import export_sequential
@@ -145,14 +146,16 @@ def _collect_weights(config: dict[str, Any], modules: dict[str, tuple[nn.Module,
 def _write_v3(h5: Any, config: dict[str, Any], weights: LayerWeights) -> None:
     counts: Counter[str] = Counter()
     root = h5.create_group("layers")
+    configs = {layer["name"]: layer.get("config") or {} for layer in config["config"]["layers"]}
     for name, cls, arrays in weights:
         snake = snake_case(cls)
         key = snake if counts[snake] == 0 else f"{snake}_{counts[snake]}"
         counts[snake] += 1
         layer_group = root.create_group(key)
-        groups = v3_groups(cls, len(arrays)) or [("", len(arrays))]
+        groups = v3_groups(cls, len(arrays)) or attention_groups(cls, len(arrays), configs.get(name, {})) \
+            or [("", len(arrays))]
         start = 0
-        for sub, count in groups:  # RNN weights live under their cell (see _rnn.v3_groups)
+        for sub, count in groups:  # RNN weights live under their cell (see _rnn.v3_groups), MHA's under its projections
             group = (layer_group.require_group(sub) if sub else layer_group).create_group("vars")
             if not sub:
                 group.attrs["name"] = name

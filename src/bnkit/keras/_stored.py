@@ -2,7 +2,9 @@
 
 * legacy HDF5 (``save_weights("w.h5")``: at the root; ``model.save("m.h5")``: under
   ``model_weights``): ``layer_names``, then per layer group ``weight_names`` (the
-  authoritative order), datasets at ``group[weight_name]``.  Nested models list all their
+  authoritative order), datasets at ``group[weight_name]``.  A group named after a layer with
+  weights holds that layer's weights only (a MultiHeadAttention's ``mha/query/kernel:0``).
+  Nested models list all their
   trainable weights before the non-trainable ones; the owner of a weight is the longest
   run of path components before its name, ending last, that is a known layer name (``conv1/conv/kernel:0``
   -> ``conv1/conv``; Keras 3's ``model/c1/kernel`` -> ``c1``; ``lstm/lstm_cell/kernel:0`` ->
@@ -104,7 +106,9 @@ def _legacy(group: Any, prefix: str, label: str, names: Collection[str]) -> list
                     f"{label}: layer {layer_name!r} lists weight {weight_name!r} but the file has no such "
                     "dataset (missing weights)"
                 )
-            owner = _owner(weight_name, layer_name, names)
+            # a weighted layer's own group holds only its weights (MultiHeadAttention's ``mha/value/kernel:0``
+            # belongs to ``mha`` even when a layer is named ``value``)
+            owner = layer_name if layer_name in names else _owner(weight_name, layer_name, names)
             if owner not in names:  # no known layer in the path: an RNN's cell weights are the RNN's
                 parts = _without_cells(weight_name.split("/"), wrappers)
                 owner = parts[-2] if len(parts) >= 2 else layer_name
@@ -117,8 +121,10 @@ def _legacy(group: Any, prefix: str, label: str, names: Collection[str]) -> list
 
 
 _CELL = re.compile(r"(simple_rnn|lstm|gru)_cell(_\d+)?")
-#: Sub-objects whose ``.keras`` weights belong to the layer holding them, in weight order.
-_V3_PARTS = ("cell", "forward_layer", "backward_layer")
+#: Sub-objects whose ``.keras`` weights belong to the layer holding them, in weight order
+#: (a MultiHeadAttention's projections: tf_keras names them ``_query_dense``, Keras 3 ``query_dense``).
+_V3_PARTS = ("cell", "forward_layer", "backward_layer", "_query_dense", "query_dense", "_key_dense", "key_dense",
+             "_gate_dense", "_value_dense", "value_dense", "_output_dense", "output_dense")
 
 
 def _wrappers(weight_names: list[str]) -> set[str]:

@@ -36,13 +36,14 @@ from types import ModuleType
 
 from torch import nn
 
-from . import _activations, _bn, _conv, _core, _ops, _ops_calls, _pooling, _rnn
+from . import _activations, _attention, _bn, _conv, _core, _ops, _ops_calls, _pooling, _rnn
 from ._entry import LayerEntry
 
 __all__ = ["ENTRIES", "SUPPORTED_LAYERS", "TABLE", "entry_for_module"]
 
 #: The family modules, in the order their entries are tried when exporting torch modules.
-_FAMILIES: tuple[ModuleType, ...] = (_core, _bn, _pooling, _activations, _conv, _ops, _ops_calls, _rnn)
+_FAMILIES: tuple[ModuleType, ...] = (_core, _bn, _pooling, _activations, _conv, _ops, _ops_calls, _rnn,
+                                     _attention)
 
 
 def _build_table(entries: tuple[LayerEntry, ...]) -> dict[str, LayerEntry]:
