@@ -152,6 +152,11 @@ def node_refs(nodes: Any, name: str, source: object) -> list[list[Ref]]:
         if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
             _keras3_tensors(node.get("args", []), refs, name, source)
             kwargs = node.get("kwargs") or {}
+            if isinstance(kwargs, dict):  # keyword tensors follow the positional ones, as tf_keras records them
+                for key in TENSOR_KWARGS:
+                    if kwargs.get(key) is not None:
+                        _keras3_tensors(kwargs[key], refs, name, source)
+                kwargs = {k: v for k, v in kwargs.items() if k not in TENSOR_KWARGS}
             if not isinstance(kwargs, dict) or not _ignorable(kwargs):
                 raise UnsupportedLayerError(
                     f"{source}: layer {name!r} is called with arguments {short(kwargs)}; expected none")
@@ -167,6 +172,11 @@ def node_refs(nodes: Any, name: str, source: object) -> list[list[Ref]]:
             raise KerasFormatError(f"{source}: layer {name!r}: malformed inbound node {short(node)}")
         calls.append(refs)
     return calls
+
+
+#: Call keywords whose tensors are inputs of the call: Keras 3 records them as keyword
+#: arguments, tf_keras as further inbound tensors after the positional ones.
+TENSOR_KWARGS = ("initial_state",)
 
 
 def _ignorable(kwargs: dict[str, Any]) -> bool:

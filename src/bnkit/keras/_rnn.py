@@ -114,7 +114,11 @@ def _factory(b: Builder, make: Callable[[str | None], nn.Module], inits: dict[st
 
 # ---- masks ---------------------------------------------------------------------------
 def _consumers(b: Builder, name: str) -> list[LayerSpec]:
-    return [layer for layer in b.spec.layers if name in layer.inbound]
+    """The layers fed by ``name``'s first output (the one a mask goes with; a recurrent layer's
+    states carry none)."""
+    return [layer for layer in b.spec.layers
+            if any(t[0] == name and t[2] == 0 for call in (layer.calls or ((),)) for t in call)
+            or not layer.calls and name in layer.inbound]
 
 
 def _check_mask_reach(b: Builder, source: str) -> None:
@@ -140,6 +144,8 @@ def _check_mask_reach(b: Builder, source: str) -> None:
 def _incoming_mask(b: Builder, spec: LayerSpec) -> Mask | None:
     """The mask Keras would hand this layer (None: no mask)."""
     masks, name = _masks(b), spec.inbound[0] if spec.inbound else None
+    if spec.calls and len(spec.calls) > b.call and spec.calls[b.call] and spec.calls[b.call][0][2] != 0:
+        return None  # a layer's later output (a recurrent layer's state) carries no mask
     while name is not None:
         if name in masks:
             return masks[name]
@@ -206,7 +212,6 @@ def _recurrent_config(b: Builder, kind: str, cfg: dict[str, Any], keras3: bool,
                       in_bidirectional: bool = False) -> tuple[RecurrentConfig, dict[str, Any]]:
     """The computation of one recurrent layer config, and the config bnkit writes back."""
     for key, what in (("stateful", "stateful RNNs keep states across batches"),
-                      ("return_state", "returning the states gives several outputs"),
                       ("time_major", "time-major inputs")):
         if bool_option(b, cfg, key, False):
             raise UnsupportedLayerError(str(b.error(f"`{key}=True` is not supported ({what})", f"{key}=False",
@@ -219,13 +224,13 @@ def _recurrent_config(b: Builder, kind: str, cfg: dict[str, Any], keras3: bool,
         bool_option(b, cfg, "use_bias", True),
         bool_option(b, cfg, "reset_after", True) if kind == "GRU" else True,
         bool_option(b, cfg, "return_sequences", False), bool_option(b, cfg, "go_backwards", False),
-        bool_option(b, cfg, "zero_output_for_mask", False),
+        bool_option(b, cfg, "zero_output_for_mask", False), bool_option(b, cfg, "return_state", False),
         float_option(b, cfg, "dropout", 0.0, 0.0, 1.0), float_option(b, cfg, "recurrent_dropout", 0.0, 0.0, 1.0))
     bool_option(b, cfg, "unroll", False)  # checked; unrolling changes nothing in the math
     training_only(b, cfg, _TRAINING_ONLY)
     canonical = {**_common(LayerSpec(cfg.get("name", kind.lower()), kind, cfg, ()), cfg), "units": units,
                  "activation": rc.activation.replace("_keras3", ""), "use_bias": rc.use_bias,
-                 "return_sequences": rc.return_sequences, "return_state": False,
+                 "return_sequences": rc.return_sequences, "return_state": rc.return_state,
                  "go_backwards": rc.go_backwards, "stateful": False, "unroll": bool(cfg.get("unroll", False)),
                  "dropout": rc.dropout, "recurrent_dropout": rc.recurrent_dropout}
     if kind != "SimpleRNN":
@@ -261,7 +266,7 @@ def _shapes(rc: RecurrentConfig, features: int, prefix: str = "") -> dict[str, t
 
 
 def _sequence_input(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, int, list[int]]:
-    x = one_input(b, xs, 3)
+    x = one_input(b, xs[:1], 3)
     features = known(b, x.shape[2], "input features (last axis)")
     slots = [b.take(x, identity(3))]
     mask = _incoming_mask(b, spec)
@@ -287,28 +292,55 @@ def _output(b: Builder, spec: LayerSpec, x: Info, slot: int, width: int, sequenc
     return Info(shape, identity(len(shape)), slot)
 
 
+def _state_count(rc: RecurrentConfig) -> int:
+    return 2 if rc.kind == "LSTM" else 1
+
+
+def _initial_states(b: Builder, spec: LayerSpec, states: list[Info], configs: list[RecurrentConfig]) -> list[int]:
+    """The slots of a call's initial states (``initial_state=``: after the input; a
+    Bidirectional's forward states, then its backward ones), checked against the layers."""
+    if not states:
+        return []
+    units = [rc.units for rc in configs for _ in range(_state_count(rc))]
+    if len(states) != len(units) or any(len(state.shape) != 2 or state.shape[1] not in (None, width)
+                                        for state, width in zip(states, units)):
+        raise b.error("wrong `initial_state`", f"{len(units)} state tensor(s) of shapes "
+                      f"{[(None, width) for width in units]}", [state.shape for state in states])
+    b.call_kwargs[(spec.name, b.call)] = {"initial_state": len(states)}
+    return [b.take(state, identity(2)) for state in states]
+
+
+def _with_states(b: Builder, out: Info, slot: int, configs: list[RecurrentConfig],
+                 extra: list[Info] = ()) -> Info | list[Info]:  # type: ignore[assignment]
+    """The layer's outputs: ``out`` alone, or (``return_state``; ``extra``: a Bidirectional's
+    unmerged backward output) the outputs the module returns as a tuple, each in its slot."""
+    if not configs[0].return_state and not extra:
+        return out
+    infos = [out, *extra] + [Info((out.shape[0], rc.units), identity(2), 0)
+                             for rc in (configs if configs[0].return_state else []) for _ in range(_state_count(rc))]
+    return [info._replace(slot=b.item(slot, index)) for index, info in enumerate(infos)]
+
+
 def _recurrent(kind: str) -> Handler:
-    def plan(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
+    def plan(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info | list[Info], dict[str, Any]]:
         x, features, slots = _sequence_input(b, spec, xs)
         rc, canonical = _recurrent_config(b, kind, spec.config, False)
         canonical["name"] = spec.name
+        slots += _initial_states(b, spec, xs[1:], [rc])
         make = _MODULES[kind]
         factory = _factory(b, lambda device: make(features, rc, device=device), _inits(canonical),
                            canonical["trainable"], canonical.get("unit_forget_bias") if kind == "LSTM" else None)
         b.weight_shapes[spec.name] = _shapes(rc, features)
         slot = b.run(spec.name, factory, slots, many=len(slots) > 1)
-        return _output(b, spec, x, slot, rc.units, rc.return_sequences), canonical
+        return _with_states(b, _output(b, spec, x, slot, rc.units, rc.return_sequences), slot, [rc]), canonical
     return plan
 
 
-def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
+def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info | list[Info], dict[str, Any]]:
     x, features, slots = _sequence_input(b, spec, xs)
     cfg = spec.config
-    merge = cfg.get("merge_mode", "concat")
-    if merge is None:
-        raise UnsupportedLayerError(str(b.error("`merge_mode=None` returns two outputs", "concat, sum, mul or ave",
-                                                None)))
-    merge = choice(b, cfg, "merge_mode", ("concat", "sum", "mul", "ave"), "concat")
+    merge = None if "merge_mode" in cfg and cfg["merge_mode"] is None else \
+        choice(b, cfg, "merge_mode", ("concat", "sum", "mul", "ave"), "concat")
     layers = []
     for key in ("layer", "backward_layer"):
         raw = cfg.get(key)
@@ -325,9 +357,12 @@ def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, di
             raise UnsupportedLayerError(str(b.error("forward and backward layers of different classes",
                                                     layers[0][0], layers[1][0])))
         backward, backward_canonical = _recurrent_config(b, *layers[1], keras3, in_bidirectional=True)
-        if backward.go_backwards == forward.go_backwards or backward.return_sequences != forward.return_sequences:
-            raise b.error("`backward_layer` must run the other way with the same return_sequences",
-                          f"go_backwards={not forward.go_backwards}", backward.go_backwards)
+        if backward.go_backwards == forward.go_backwards or backward.return_sequences != forward.return_sequences \
+                or backward.return_state != forward.return_state:
+            raise b.error("`backward_layer` must run the other way with the same return_sequences and return_state",
+                          f"go_backwards={not forward.go_backwards}, return_sequences={forward.return_sequences}, "
+                          f"return_state={forward.return_state}",
+                          [backward.go_backwards, backward.return_sequences, backward.return_state])
     else:
         backward, backward_canonical = replace(forward, go_backwards=not forward.go_backwards), None
     inits = {**_inits(forward_canonical, "forward_"), **_inits(backward_canonical or forward_canonical, "backward_")}
@@ -335,9 +370,14 @@ def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, di
     factory = _factory(b, lambda device: KerasBidirectional(features, forward, backward, merge, device=device),
                        inits, _common(spec)["trainable"], lstm_forget)
     b.weight_shapes[spec.name] = {**_shapes(forward, features, "forward_"), **_shapes(backward, features, "backward_")}
+    slots += _initial_states(b, spec, xs[1:], [forward, backward])
+    if merge is None and forward.return_sequences and len(slots) > 1 and slots[1] in _mask_slots(b, spec):
+        raise UnsupportedLayerError(str(b.error(
+            "`merge_mode=None` with a sequence mask: both unmerged outputs would carry it", "a merge_mode or no mask",
+            None)))
     slot = b.run(spec.name, factory, slots, many=len(slots) > 1)
     width = forward.units + backward.units if merge == "concat" else forward.units
-    if merge != "concat" and forward.units != backward.units:
+    if merge not in ("concat", None) and forward.units != backward.units:
         raise b.error("forward and backward units differ", f"{forward.units}", backward.units)
     config = {**_common(spec), "merge_mode": merge,
               "layer": {"module": "keras.layers", "class_name": forward.kind, "config": forward_canonical,
@@ -345,7 +385,16 @@ def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, di
     if backward_canonical is not None:
         config["backward_layer"] = {"module": "keras.layers", "class_name": backward.kind,
                                     "config": backward_canonical, "registered_name": None}
-    return _output(b, spec, x, slot, width, forward.return_sequences), config
+    out = _output(b, spec, x, slot, width, forward.return_sequences)
+    if merge is None:  # two outputs: the forward one, then the backward one (in input order)
+        backward_out = out._replace(shape=out.shape[:-1] + (backward.units,))
+        return _with_states(b, out, slot, [forward, backward], [backward_out]), config
+    return _with_states(b, out, slot, [forward, backward]), config
+
+
+def _mask_slots(b: Builder, spec: LayerSpec) -> set[int]:
+    mask = _masks(b).get(f"{spec.name}/input")
+    return {mask[0]} if mask is not None else set()
 
 
 def attention(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:

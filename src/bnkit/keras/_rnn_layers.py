@@ -71,6 +71,7 @@ class RecurrentConfig:
     return_sequences: bool = False
     go_backwards: bool = False
     zero_output_for_mask: bool = False
+    return_state: bool = False
     dropout: float = 0.0
     recurrent_dropout: float = 0.0
 
@@ -89,11 +90,12 @@ def _gru_to_torch(t: Tensor) -> Tensor:
 
 
 def _fused(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor | None,
-           batch_sizes: Tensor | None = None) -> Tensor:
-    """All outputs from torch's fused kernel: ``x`` ``(N, T, F)`` in processing order gives
-    ``(N, T, units)``; packed data with ``batch_sizes`` gives packed outputs."""
+           batch_sizes: Tensor | None = None, initial: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
+    """``(all outputs, final states)`` from torch's fused kernel: ``x`` ``(N, T, F)`` in
+    processing order gives ``(N, T, units)``; packed data with ``batch_sizes`` gives packed
+    outputs.  ``initial``: the states ``(N, units)`` to start from (zeros when None), in the
+    row order of ``x`` (of the packed batch when packed)."""
     batch = x.shape[0] if batch_sizes is None else int(batch_sizes[0])
-    h0 = x.new_zeros(1, batch, cfg.units)
     if cfg.kind == "GRU":
         w_ih, w_hh = _gru_to_torch(kernel).t(), _gru_to_torch(recurrent_kernel).t()
         biases = [] if bias is None else [_gru_to_torch(bias[0]), _gru_to_torch(bias[1])]
@@ -101,15 +103,22 @@ def _fused(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Te
         w_ih, w_hh = kernel.t(), recurrent_kernel.t()
         biases = [] if bias is None else [bias, torch.zeros_like(bias)]
     params, has_bias = [w_ih, w_hh, *biases], bias is not None
-    hx: Tensor | tuple[Tensor, Tensor] = (h0, h0) if cfg.kind == "LSTM" else h0
+    if initial is None:
+        h0 = x.new_zeros(1, batch, cfg.units)
+        starts = [h0, h0] if cfg.kind == "LSTM" else [h0]
+    else:
+        starts = [state.unsqueeze(0).contiguous() for state in initial]
+    hx: Tensor | tuple[Tensor, Tensor] = (starts[0], starts[1]) if cfg.kind == "LSTM" else starts[0]
     run = {"LSTM": torch._VF.lstm, "GRU": torch._VF.gru}.get(
         cfg.kind, torch._VF.rnn_tanh if cfg.activation == "tanh" else torch._VF.rnn_relu)
     with warnings.catch_warnings():
         if x.is_cuda:  # cuDNN copies weights that are not one flat buffer (ours are Keras-layout views)
             warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
         if batch_sizes is None:
-            return run(x, hx, params, has_bias, 1, 0.0, False, False, True)[0]
-        return run(x, batch_sizes, hx, params, has_bias, 1, 0.0, False, False)[0]
+            result = run(x, hx, params, has_bias, 1, 0.0, False, False, True)
+        else:
+            result = run(x, batch_sizes, hx, params, has_bias, 1, 0.0, False, False)
+    return result[0], [state.squeeze(0) for state in result[1:]]
 
 
 def _right_padded(mask: Tensor) -> Tensor | None:
@@ -124,9 +133,10 @@ def _right_padded(mask: Tensor) -> Tensor | None:
 
 
 def _packed(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor | None,
-            lengths: Tensor) -> tuple[Tensor, Tensor]:
-    """``(all outputs in Keras' processing order, last output)`` of right-padded ``x`` (input
-    order) from the fused kernel on packed sequences: what the step loop computes with the mask."""
+            lengths: Tensor, initial: list[Tensor] | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """``(all outputs in Keras' processing order, last output, final states)`` of right-padded
+    ``x`` (input order) from the fused kernel on packed sequences: what the step loop computes
+    with the mask (a sequence's final states are those of its last real step)."""
     n, t = x.shape[:2]
     steps = torch.arange(t, device=x.device)
     valid = steps < lengths[:, None]
@@ -134,7 +144,11 @@ def _packed(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: T
         order = torch.where(valid, lengths[:, None] - 1 - steps, steps)
         x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[2]))
     packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    data = _fused(cfg, packed.data, kernel, recurrent_kernel, bias, packed.batch_sizes)
+    if initial is not None and packed.sorted_indices is not None:
+        initial = [state.index_select(0, packed.sorted_indices) for state in initial]
+    data, states = _fused(cfg, packed.data, kernel, recurrent_kernel, bias, packed.batch_sizes, initial)
+    if packed.unsorted_indices is not None:
+        states = [state.index_select(0, packed.unsorted_indices) for state in states]
     out, _ = pad_packed_sequence(packed._replace(data=data), batch_first=True, total_length=t)
     last = out.gather(1, (lengths - 1).view(n, 1, 1).expand(-1, 1, out.shape[2])).squeeze(1)
     if cfg.go_backwards:  # outputs end the processing order; the padding steps before them output zeros
@@ -145,12 +159,13 @@ def _packed(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: T
         out = torch.where(valid.unsqueeze(-1), out, last.unsqueeze(1))
     else:  # Keras' last output is the last step's, zeroed when that step is padding
         last = torch.where((lengths == t)[:, None], last, torch.zeros_like(last))
-    return out, last
+    return out, last, states
 
 
 def _loop(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor | None,
-          mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``(all outputs (N, T, units), last output)`` from Keras' cell equations, step by step."""
+          mask: Tensor | None, initial: list[Tensor] | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """``(all outputs (N, T, units), last output, final states)`` from Keras' cell equations,
+    step by step, starting from the states ``initial`` (zeros when None)."""
     act, rec = CELL_ACTIVATIONS[cfg.activation], CELL_ACTIVATIONS[cfg.recurrent_activation]
     units = cfg.units
     in_bias = rec_bias = None
@@ -159,9 +174,9 @@ def _loop(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Ten
     projected = torch.matmul(x, kernel)
     if in_bias is not None:
         projected = projected + in_bias
-    h = x.new_zeros(x.shape[0], units)
-    c = h
-    output = h
+    h = x.new_zeros(x.shape[0], units) if initial is None else initial[0]
+    c = initial[1] if initial is not None and cfg.kind == "LSTM" else h
+    output = x.new_zeros(x.shape[0], units)
     outputs = []
     for t in range(x.shape[1]):
         xt = projected[:, t]
@@ -197,44 +212,68 @@ def _loop(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Ten
     if not outputs:
         raise ValueError(f"A {cfg.kind} layer needs at least one timestep; received an input of shape "
                          f"{tuple(x.shape)}")
-    return torch.stack(outputs, dim=1), output
+    return torch.stack(outputs, dim=1), output, [h, c] if cfg.kind == "LSTM" else [h]
 
 
 def recurrent(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor | None,
-              mask: Tensor | None = None, training: bool = False) -> Tensor:
-    """Keras' recurrent layer ``cfg`` on ``x`` ``(N, T, F)``: ``(N, T, units)`` or ``(N, units)``."""
+              mask: Tensor | None = None, training: bool = False,
+              initial_state: list[Tensor] | None = None) -> Tensor | tuple[Tensor, ...]:
+    """Keras' recurrent layer ``cfg`` on ``x`` ``(N, T, F)``: ``(N, T, units)`` or ``(N, units)``;
+    with ``cfg.return_state`` a tuple of that and the final states (``h``, LSTM: ``h, c``),
+    each ``(N, units)``.  ``initial_state``: the states to start from (Keras' zeros when None)."""
     if training and cfg.recurrent_dropout > 0:
         raise ValueError(
             f"{cfg.kind} with `recurrent_dropout`={cfg.recurrent_dropout} cannot train in bnkit (Keras drops the "
             "recurrent state per step with a fixed mask); expected recurrent_dropout=0 or eval() mode")
+    if initial_state is not None:
+        initial_state = _check_states(cfg, x, initial_state)
     if training and cfg.dropout > 0:  # Keras: one input mask per sequence, shared by all steps and gates
         x = x * F.dropout(x.new_ones(x.shape[0], 1, x.shape[2]), cfg.dropout, training=True)
+    outputs, last, states = _run(cfg, x, kernel, recurrent_kernel, bias, mask, initial_state)
+    result = outputs if cfg.return_sequences else last
+    return (result, *states) if cfg.return_state else result
+
+
+def _run(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor | None,
+         mask: Tensor | None, initial: list[Tensor] | None) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """``(all outputs, last output, final states)``, by the fastest exact kernel."""
     if mask is not None:
         mask = mask.to(torch.bool)
         lengths = _right_padded(mask) if cfg.fused() else None
         if lengths is not None:
-            outputs, last = _packed(cfg, x, kernel, recurrent_kernel, bias, lengths)
-            return outputs if cfg.return_sequences else last
+            return _packed(cfg, x, kernel, recurrent_kernel, bias, lengths, initial)
     if cfg.go_backwards:
         x = x.flip(1)
         mask = None if mask is None else mask.flip(1)
     if mask is None and cfg.fused():
-        outputs = _fused(cfg, x, kernel, recurrent_kernel, bias)
-        return outputs if cfg.return_sequences else outputs[:, -1]
-    outputs, last = _loop(cfg, x, kernel, recurrent_kernel, bias, mask)
-    return outputs if cfg.return_sequences else last
+        outputs, states = _fused(cfg, x, kernel, recurrent_kernel, bias, initial=initial)
+        return outputs, outputs[:, -1], states
+    return _loop(cfg, x, kernel, recurrent_kernel, bias, mask, initial)
 
 
-def _split_inputs(layer: str, inputs: Tensor | list[Tensor]) -> tuple[Tensor, Tensor | None]:
-    """``x`` or ``[x, mask]`` -> ``(x, mask)``, checked."""
-    x, mask = (inputs, None) if isinstance(inputs, Tensor) else (inputs[0], inputs[1] if len(inputs) > 1 else None)
+def _check_states(cfg: RecurrentConfig, x: Tensor, states: list[Tensor]) -> list[Tensor]:
+    """The initial states of one recurrent run, checked: one ``(N, units)`` tensor per state."""
+    count = 2 if cfg.kind == "LSTM" else 1
+    expected = (x.shape[0], cfg.units)
+    if len(states) != count or any(tuple(state.shape) != expected for state in states):
+        raise ValueError(f"{cfg.kind}: expected {count} initial state(s) of shape {expected}; received shapes "
+                         f"{[tuple(state.shape) for state in states]}")
+    return [state.to(x.dtype) for state in states]
+
+
+def _split_inputs(layer: str, inputs: Tensor | list[Tensor]) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+    """``x``, ``[x, mask]``, ``[x, *states]`` or ``[x, mask, *states]`` -> ``(x, mask, states)``,
+    checked; the mask is the boolean tensor, the states are floating."""
+    items = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    x, rest = items[0], items[1:]
+    mask = rest.pop(0) if rest and rest[0].dtype == torch.bool else None
     if x.dim() != 3:
         raise ValueError(f"{layer} expects inputs of shape (batch, timesteps, features); received shape "
                          f"{tuple(x.shape)}")
     if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
         raise ValueError(f"{layer}: the mask must have shape (batch, timesteps) = {tuple(x.shape[:2])}; received "
                          f"{tuple(mask.shape)}")
-    return x, mask
+    return x, mask, rest
 
 
 class KerasRecurrent(nn.Module):
@@ -273,9 +312,10 @@ class KerasRecurrent(nn.Module):
                 if self.kind == "LSTM":
                     self.bias[self.cfg.units:2 * self.cfg.units] = 1.0
 
-    def forward(self, inputs: Tensor | list[Tensor]) -> Tensor:
-        x, mask = _split_inputs(self.kind, inputs)
-        return recurrent(self.cfg, x, self.kernel, self.recurrent_kernel, self.bias, mask, self.training)
+    def forward(self, inputs: Tensor | list[Tensor]) -> Tensor | tuple[Tensor, ...]:
+        x, mask, states = _split_inputs(self.kind, inputs)
+        return recurrent(self.cfg, x, self.kernel, self.recurrent_kernel, self.bias, mask, self.training,
+                         states or None)
 
     def extra_repr(self) -> str:
         c = self.cfg
@@ -297,7 +337,7 @@ class KerasGRU(KerasRecurrent):
 
 
 _RECURRENT = {cls.kind: cls for cls in (KerasSimpleRNN, KerasLSTM, KerasGRU)}
-_MERGES = ("concat", "sum", "mul", "ave")
+_MERGES = ("concat", "sum", "mul", "ave", None)
 
 
 class KerasBidirectional(nn.Module):
@@ -309,7 +349,7 @@ class KerasBidirectional(nn.Module):
     """
 
     def __init__(self, input_size: int, forward_cfg: RecurrentConfig, backward_cfg: RecurrentConfig,
-                 merge_mode: str, device: torch.device | str | None = None) -> None:
+                 merge_mode: str | None, device: torch.device | str | None = None) -> None:
         super().__init__()
         if merge_mode not in _MERGES:
             raise ValueError(f"`merge_mode` must be one of {_MERGES}; received {merge_mode!r}")
@@ -323,19 +363,31 @@ class KerasBidirectional(nn.Module):
             for name in ("kernel", "recurrent_kernel", "bias"):
                 self.register_parameter(f"{direction}_{name}", getattr(probe, name))
 
-    def forward(self, inputs: Tensor | list[Tensor]) -> Tensor:
-        x, mask = _split_inputs("Bidirectional", inputs)
-        fw, bw = (recurrent(self.configs[d], x, getattr(self, f"{d}_kernel"), getattr(self, f"{d}_recurrent_kernel"),
-                            getattr(self, f"{d}_bias"), mask, self.training) for d in ("forward", "backward"))
+    def forward(self, inputs: Tensor | list[Tensor]) -> Tensor | tuple[Tensor, ...]:
+        """``x``, ``[x, mask]``, plus optional initial states (the forward layer's, then the
+        backward layer's).  Returns the merged output (``merge_mode=None``: a tuple of the
+        forward and backward outputs); with ``return_state`` a tuple of the output(s), the
+        forward layer's final states and the backward layer's (not merged, as Keras)."""
+        x, mask, states = _split_inputs("Bidirectional", inputs)
+        half = len(states) // 2
+        starts = {"forward": states[:half] or None, "backward": states[half:] or None}
+        runs = [recurrent(self.configs[d], x, getattr(self, f"{d}_kernel"), getattr(self, f"{d}_recurrent_kernel"),
+                          getattr(self, f"{d}_bias"), mask, self.training, starts[d])
+                for d in ("forward", "backward")]
+        (fw, *fw_states), (bw, *bw_states) = ((run,) if isinstance(run, Tensor) else run for run in runs)
         if self.configs["backward"].return_sequences:
             bw = bw.flip(1)
+        if self.merge_mode is None:  # Keras' two outputs, then the states
+            return (fw, bw, *fw_states, *bw_states)
         if self.merge_mode == "concat":
-            return torch.cat((fw, bw), dim=-1)
-        if self.merge_mode == "sum":
-            return fw + bw
-        if self.merge_mode == "mul":
-            return fw * bw
-        return (fw + bw) / 2.0
+            merged = torch.cat((fw, bw), dim=-1)
+        elif self.merge_mode == "sum":
+            merged = fw + bw
+        elif self.merge_mode == "mul":
+            merged = fw * bw
+        else:
+            merged = (fw + bw) / 2.0
+        return (merged, *fw_states, *bw_states) if fw_states else merged
 
     def extra_repr(self) -> str:
         f = self.configs["forward"]
