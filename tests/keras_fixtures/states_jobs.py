@@ -128,7 +128,8 @@ def bi_lstm_states() -> Built:
 
 def masked_encoder() -> Built:
     """Masked encoders with states: Embedding(mask_zero) on right padding (fused, packed) and
-    with holes (step loop); Masking before a backwards GRU; a masked decoder from the states."""
+    with holes (step loop); Masking before a backwards GRU; masked decoders from the states
+    (Keras 3 runs a call with initial_state unmasked, tf_keras masked: both are checked)."""
     pad_in, hole_in = keras.Input((6,), dtype="int32", name="padded"), keras.Input((6,), dtype="int32", name="holes")
     floats = keras.Input((6, 3), name="floats")
     embed = L.Embedding(10, 4, mask_zero=True, name="embed")
@@ -140,7 +141,8 @@ def masked_encoder() -> Built:
     seq, g = L.GRU(4, return_sequences=True, return_state=True, go_backwards=True, name="gru")(
         L.Masking(name="masking")(floats))
     state_head = L.Dense(2, name="state_head")(h)
-    return keras.Model([pad_in, hole_in, floats], [state_head, c, dec, packed[0], packed[1], seq, g],
+    after = L.GRU(3, name="after_dec")(dec)  # the decoder's output mask reaches it (Keras 3 too)
+    return keras.Model([pad_in, hole_in, floats], [state_head, c, dec, packed[0], packed[1], seq, g, after],
                        name="masked_encoder"), [PADDED, HOLES, _masked_float()]
 
 

@@ -63,7 +63,8 @@ class LayerSpec:
 @dataclass(frozen=True)
 class ModelSpec:
     """A Keras model as a flat layer graph: layers in the order of their first call, the
-    calls in a topological order, the input layers and the output tensors."""
+    calls in a topological order, the input layers and the output tensors, and whether the
+    config is in Keras 3's dialect."""
 
     name: str
     kind: str
@@ -71,6 +72,9 @@ class ModelSpec:
     inputs: tuple[str, ...]
     outputs: tuple[TensorId, ...]
     order: tuple[tuple[str, int], ...] = ()
+    #: The call nodes are Keras 3's (``{"args", "kwargs"}``): a call then gets only the mask
+    #: its node records when it has several tensor arguments (``initial_state``).
+    keras3: bool = False
 
     def layer(self, name: str) -> LayerSpec:
         return next(spec for spec in self.layers if spec.name == name)

@@ -263,4 +263,4 @@ def parse_model_config(config: Any, source: object = "config") -> ModelSpec:
     first = dict.fromkeys(flat_name for flat_name, _ in flattener.order)  # first-call order
     layers = tuple(by_name[flat_name].spec() for flat_name in first)
     return ModelSpec(name, str(config.get("class_name")), layers, tuple(flattener.inputs), tuple(outputs),
-                     tuple(flattener.order))
+                     tuple(flattener.order), flattener.keras3)

@@ -266,6 +266,8 @@ def _shapes(rc: RecurrentConfig, features: int, prefix: str = "") -> dict[str, t
 
 
 def _sequence_input(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, int, list[int]]:
+    """The sequence input of a recurrent call (``xs``: it, then any initial states): its Info,
+    its features and the module's input slots (the sequence, then the mask it applies)."""
     x = one_input(b, xs[:1], 3)
     features = known(b, x.shape[2], "input features (last axis)")
     slots = [b.take(x, identity(3))]
@@ -280,6 +282,11 @@ def _sequence_input(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, 
     _masks(b).pop(spec.name, None)
     if mask is not None:
         _masks(b)[f"{spec.name}/input"] = mask
+        if b.spec.keras3 and len(xs) > 1 and recorded is None:
+            # Keras 3 fills in a call's mask only when the call has one tensor argument: with
+            # initial_state the layer runs unmasked, and its output still carries the mask
+            b.note("Keras 3 runs this call (with initial_state) without the mask its input carries; so does bnkit")
+            return x, features, slots
     return x, features, slots + ([mask[0]] if mask is not None else [])
 
 
@@ -371,7 +378,7 @@ def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info | l
                        inits, _common(spec)["trainable"], lstm_forget)
     b.weight_shapes[spec.name] = {**_shapes(forward, features, "forward_"), **_shapes(backward, features, "backward_")}
     slots += _initial_states(b, spec, xs[1:], [forward, backward])
-    if merge is None and forward.return_sequences and len(slots) > 1 and slots[1] in _mask_slots(b, spec):
+    if merge is None and forward.return_sequences and _mask_slots(b, spec):
         raise UnsupportedLayerError(str(b.error(
             "`merge_mode=None` with a sequence mask: both unmerged outputs would carry it", "a merge_mode or no mask",
             None)))
