@@ -352,7 +352,7 @@ def test_embedding_ids_out_of_range_are_a_clear_error() -> None:
 def test_right_padded_masks_run_packed_like_the_step_loop(kind: str, backwards: bool, zero_output: bool) -> None:
     """Right padding takes torch's fused kernel on packed sequences; the step loop (checked
     against Keras above) is the reference, here forced by a mask that is not padding."""
-    import bnkit.keras._rnn_layers as rl
+    import bnkit.keras._rnn_kernels as rl
 
     rng = np.random.default_rng(11)
     units, gates = 3, rl.GATES[kind]

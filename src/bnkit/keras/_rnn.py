@@ -10,10 +10,18 @@ Masks (``Embedding(mask_zero=True)``, ``Masking``) are tracked as Keras propagat
 unchanged through the layers in :data:`MASK_PASSING`, applied by the recurrent layers
 (which pass it on when they return sequences) and dropped by ``Flatten``.  A mask that
 would reach any other layer is refused, since bnkit would silently compute it unmasked.
+
+States: with ``return_state`` a layer gives several outputs (the output, then the final
+states: ``h``, LSTM ``h, c``; Bidirectional the forward layer's, then the backward layer's,
+unmerged), and a call may start from ``initial_state`` tensors, which come after the
+sequence among the call's inputs (tf_keras records them so; Keras 3 as keyword tensors, see
+:mod:`bnkit.keras._graph`).  The writer records them back in the dialect that was read.
+Keras 3 gives a layer its input's mask only when the call has one tensor argument, so a
+Keras 3 call with ``initial_state`` runs unmasked (its output still carries the mask);
+tf_keras applies it.  bnkit does what the framework that wrote the config does.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import replace
 from collections.abc import Callable
 from typing import Any
@@ -26,35 +34,19 @@ from ._build import Builder, Info, identity
 from ._config import LayerSpec
 from ._entry import LayerEntry, WeightRule, as_is, view_shape
 from ._options import bool_option, choice, float_option, initializer, int_option, known, one_input, training_only
+from ._rnn_masks import MASK_PASSING, RECURRENT, check_mask_reach, incoming_mask, masks
 from ._rnn_layers import (CELL_ACTIVATIONS, GATES, KerasAttention, KerasBidirectional, KerasEmbedding, KerasGRU,
                           KerasLSTM, KerasMasking, KerasSimpleRNN, RecurrentConfig, SequenceMask)
 from .errors import UnsupportedLayerError
 
 __all__ = ["ENTRIES", "MASK_PASSING", "v3_groups"]
 
-Handler = Callable[[Builder, LayerSpec, list[Info]], tuple[Info, dict[str, Any]]]
-RECURRENT = ("SimpleRNN", "LSTM", "GRU")
+Handler = Callable[[Builder, LayerSpec, list[Info]], tuple[Info | list[Info], dict[str, Any]]]
 _MODULES = {"SimpleRNN": KerasSimpleRNN, "LSTM": KerasLSTM, "GRU": KerasGRU}
 _CELLS = {"SimpleRNN": "simple_rnn_cell", "LSTM": "lstm_cell", "GRU": "gru_cell"}
-#: Layers that hand a Keras mask on unchanged (tf_keras ``supports_masking``; Keras 3 alike).
-MASK_PASSING = frozenset({"Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "BatchNormalization",
-                          "LayerNormalization", "Activation", "ReLU", "Dense"})
-#: Layers whose output carries no mask and whose values do not depend on it.
-_MASK_DROPPING = frozenset({"Flatten"})
 _TRAINING_ONLY = ("kernel_regularizer", "recurrent_regularizer", "bias_regularizer", "activity_regularizer",
                   "kernel_constraint", "recurrent_constraint", "bias_constraint", "embeddings_regularizer",
                   "embeddings_constraint")
-#: A mask: its slot, and ``(layer, value, reduced)``: it is ``layer != value``, reduced with
-#: ``any`` over the last axis (a Masking layer's) when ``reduced``.
-Mask = tuple[int, "tuple[str, float, bool]"]
-_MASKS: weakref.WeakKeyDictionary[Builder, dict[str, Mask]] = weakref.WeakKeyDictionary()
-
-
-def _masks(b: Builder) -> dict[str, Mask]:
-    """Layer name -> the boolean mask its output carries (this build only)."""
-    return _MASKS.setdefault(b, {})
-
-
 def _common(spec: LayerSpec, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = spec.config if cfg is None else cfg
     return {"name": cfg.get("name", spec.name), "trainable": cfg.get("trainable", True) is not False,
@@ -112,50 +104,6 @@ def _factory(b: Builder, make: Callable[[str | None], nn.Module], inits: dict[st
     return factory
 
 
-# ---- masks ---------------------------------------------------------------------------
-def _consumers(b: Builder, name: str) -> list[LayerSpec]:
-    """The layers fed by ``name``'s first output (the one a mask goes with; a recurrent layer's
-    states carry none)."""
-    return [layer for layer in b.spec.layers
-            if any(t[0] == name and t[2] == 0 for call in (layer.calls or ((),)) for t in call)
-            or not layer.calls and name in layer.inbound]
-
-
-def _check_mask_reach(b: Builder, source: str) -> None:
-    """Refuse when the mask made at ``source`` reaches a layer bnkit does not mask."""
-    pending, seen = [source], {source}
-    while pending:
-        for layer in _consumers(b, pending.pop()):
-            if layer.class_name in MASK_PASSING:
-                if layer.class_name == "BatchNormalization" and layer.name not in seen:
-                    b.note(f"the mask reaches BatchNormalization {layer.name!r}: Keras 3 leaves masked steps out of "
-                           "its training statistics, bnkit does not (inference is the same)")
-                if layer.name not in seen:
-                    seen.add(layer.name)
-                    pending.append(layer.name)
-            elif layer.class_name not in (*RECURRENT, "Bidirectional", *_MASK_DROPPING):
-                raise UnsupportedLayerError(str(b.error(
-                    f"the sequence mask made here reaches layer {layer.name!r} ({layer.class_name}), whose masked "
-                    "computation bnkit does not implement",
-                    f"the mask to reach only {', '.join((*RECURRENT, 'Bidirectional'))}, through "
-                    f"{', '.join(sorted(MASK_PASSING))}", layer.name)))
-
-
-def _incoming_mask(b: Builder, spec: LayerSpec) -> Mask | None:
-    """The mask Keras would hand this layer (None: no mask)."""
-    masks, name = _masks(b), spec.inbound[0] if spec.inbound else None
-    if spec.calls and len(spec.calls) > b.call and spec.calls[b.call] and spec.calls[b.call][0][2] != 0:
-        return None  # a layer's later output (a recurrent layer's state) carries no mask
-    while name is not None:
-        if name in masks:
-            return masks[name]
-        layer = b.spec.layer(name)
-        if layer.class_name not in MASK_PASSING:
-            return None
-        name = layer.inbound[0] if len(layer.inbound) == 1 else None
-    return None
-
-
 # ---- handlers ------------------------------------------------------------------------
 def embedding(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
     x, cfg = one_input(b, xs), spec.config
@@ -176,8 +124,8 @@ def embedding(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[s
     ids = b.take(x, identity(len(x.shape)))
     slot = b.run(spec.name, factory, [ids])
     if mask_zero:
-        _masks(b)[spec.name] = (b.run(b.aux_name("mask"), SequenceMask, [ids]), (spec.inbound[0], 0.0, False))
-        _check_mask_reach(b, spec.name)
+        masks(b)[spec.name] = (b.run(b.aux_name("mask"), SequenceMask, [ids]), (spec.inbound[0], 0.0, False))
+        check_mask_reach(b, spec.name)
     config = {**_common(spec), "input_dim": input_dim, "output_dim": output_dim, "mask_zero": mask_zero}
     if inits["weight"] is not None:
         config["embeddings_initializer"] = inits["weight"]
@@ -190,8 +138,8 @@ def masking(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str
     slot = b.take(x, identity(3))
     mask = b.run(b.aux_name("mask"), lambda: SequenceMask(value, reduce_last=True), [slot])
     out = b.run(spec.name, KerasMasking, [slot, mask], many=True)
-    _masks(b)[spec.name] = (mask, (spec.inbound[0], value, True))
-    _check_mask_reach(b, spec.name)
+    masks(b)[spec.name] = (mask, (spec.inbound[0], value, True))
+    check_mask_reach(b, spec.name)
     return Info(x.shape, identity(3), out), {**_common(spec), "mask_value": value}
 
 
@@ -271,7 +219,7 @@ def _sequence_input(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, 
     x = one_input(b, xs[:1], 3)
     features = known(b, x.shape[2], "input features (last axis)")
     slots = [b.take(x, identity(3))]
-    mask = _incoming_mask(b, spec)
+    mask = incoming_mask(b, spec)
     recorded = getattr(spec, "mask_of", None)
     if recorded is not None and (mask is None or mask[1] != recorded):
         raise UnsupportedLayerError(str(b.error(
@@ -279,9 +227,9 @@ def _sequence_input(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, 
             f"{' (any over the last axis)' if recorded[2] else ''}, which bnkit does not rebuild here",
             "the mask of an Embedding(mask_zero=True) or Masking layer on that input, reaching this layer through "
             f"{', '.join(sorted(MASK_PASSING))} or sequence-returning recurrent layers", recorded)))
-    _masks(b).pop(spec.name, None)
+    masks(b).pop(spec.name, None)
     if mask is not None:
-        _masks(b)[f"{spec.name}/input"] = mask
+        masks(b)[f"{spec.name}/input"] = mask
         if b.spec.keras3 and len(xs) > 1 and recorded is None:
             # Keras 3 fills in a call's mask only when the call has one tensor argument: with
             # initial_state the layer runs unmasked, and its output still carries the mask
@@ -291,10 +239,10 @@ def _sequence_input(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, 
 
 
 def _output(b: Builder, spec: LayerSpec, x: Info, slot: int, width: int, sequences: bool) -> Info:
-    mask = _masks(b).pop(f"{spec.name}/input", None)
+    mask = masks(b).pop(f"{spec.name}/input", None)
     if sequences and mask is not None:
-        _masks(b)[spec.name] = mask
-        _check_mask_reach(b, spec.name)
+        masks(b)[spec.name] = mask
+        check_mask_reach(b, spec.name)
     shape = (x.shape[0], x.shape[1], width) if sequences else (x.shape[0], width)
     return Info(shape, identity(len(shape)), slot)
 
@@ -400,7 +348,7 @@ def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info | l
 
 
 def _mask_slots(b: Builder, spec: LayerSpec) -> set[int]:
-    mask = _masks(b).get(f"{spec.name}/input")
+    mask = masks(b).get(f"{spec.name}/input")
     return {mask[0]} if mask is not None else set()
 
 
