@@ -242,10 +242,10 @@ def _check_states(cfg: RecurrentConfig, x: Tensor, states: list[Tensor]) -> list
 
 def split_inputs(layer: str, inputs: Tensor | list[Tensor]) -> tuple[Tensor, Tensor | None, list[Tensor]]:
     """``x``, ``[x, mask]``, ``[x, *states]`` or ``[x, mask, *states]`` -> ``(x, mask, states)``,
-    checked; the mask is the boolean tensor, the states are floating."""
+    checked; the mask is a boolean (or integer) tensor, the states are floating."""
     items = [inputs] if isinstance(inputs, Tensor) else list(inputs)
     x, rest = items[0], items[1:]
-    mask = rest.pop(0) if rest and rest[0].dtype == torch.bool else None
+    mask = rest.pop(0) if rest and not rest[0].is_floating_point() else None
     if x.dim() != 3:
         raise ValueError(f"{layer} expects inputs of shape (batch, timesteps, features); received shape "
                          f"{tuple(x.shape)}")
