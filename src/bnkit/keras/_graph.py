@@ -6,10 +6,12 @@ References in a config are ``[layer, node, tensor]``: the ``tensor``-th output o
 with ``return_state``: the output, then the states); the parser does not know how many, so
 any index names a tensor ``(flat layer, call, index)`` and the planner refuses an index the
 layer does not give.  Keyword tensors of a call (``initial_state=``, Keras 3) join its inputs
-after the positional ones, as tf_keras records them.  Calls are numbered from 0, except that a nested model built
-on its own ``Input`` has that graph as its node 0, so its calls count from 1: in tf_keras
-everywhere (any functional model, a Sequential whose first layer is an InputLayer), in
-Keras 3 only in a model's ``output_layers`` and only for functional models.
+after the positional ones, as tf_keras records them.
+
+Calls are numbered from 0, except that a nested model built on its own ``Input`` has that
+graph as its node 0, so its calls count from 1: in tf_keras everywhere (any functional
+model, a Sequential whose first layer is an InputLayer), in Keras 3 only in a model's
+``output_layers`` and only for functional models.
 
 Flat names: a layer keeps its Keras name unless an earlier layer of the flat graph took
 it (the same name inside another nested model); then it is qualified by its nested

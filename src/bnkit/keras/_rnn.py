@@ -228,6 +228,11 @@ def _sequence_input(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, 
             "the mask of an Embedding(mask_zero=True) or Masking layer on that input, reaching this layer through "
             f"{', '.join(sorted(MASK_PASSING))} or sequence-returning recurrent layers", recorded)))
     masks(b).pop(spec.name, None)
+    if b.spec.keras3 and len(xs) > 1 and recorded is not None:
+        raise UnsupportedLayerError(str(b.error(
+            "Keras 3 calls this layer with `initial_state` and an explicit `mask`, which bnkit cannot write back "
+            "(Keras 3 fills in no mask for such a call)", "initial_state without mask=, or mask= without "
+            "initial_state", recorded)))
     if mask is not None:
         masks(b)[f"{spec.name}/input"] = mask
         if b.spec.keras3 and len(xs) > 1 and recorded is None:
