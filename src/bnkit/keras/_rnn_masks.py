@@ -63,15 +63,22 @@ def check_mask_reach(b: Builder, source: str) -> None:
 
 
 def incoming_mask(b: Builder, spec: LayerSpec) -> Mask | None:
-    """The mask Keras would hand this layer (None: no mask)."""
-    known, name = masks(b), spec.inbound[0] if spec.inbound else None
-    if spec.calls and len(spec.calls) > b.call and spec.calls[b.call] and spec.calls[b.call][0][2] != 0:
-        return None  # a layer's later output (a recurrent layer's state) carries no mask
-    while name is not None:
-        if name in known:
-            return known[name]
-        layer = b.spec.layer(name)
-        if layer.class_name not in MASK_PASSING:
+    """The mask Keras would hand this layer (None: no mask): the one its first input carries.
+    Only a layer's first output carries a mask (a recurrent layer's states carry none)."""
+    known = masks(b)
+    tensor = _first_input(spec, b.call)
+    while tensor is not None and tensor[2] == 0:
+        if tensor[0] in known:
+            return known[tensor[0]]
+        layer = b.spec.layer(tensor[0])
+        if layer.class_name not in MASK_PASSING or len(layer.inbound) != 1:
             return None
-        name = layer.inbound[0] if len(layer.inbound) == 1 else None
+        tensor = _first_input(layer, 0)
     return None
+
+
+def _first_input(spec: LayerSpec, call: int) -> tuple[str, int, int] | None:
+    if spec.calls:
+        inputs = spec.calls[call] if call < len(spec.calls) else ()
+        return inputs[0] if inputs else None
+    return (spec.inbound[0], 0, 0) if spec.inbound else None
