@@ -247,7 +247,6 @@ def _lstm(**options: Any) -> tuple[str, dict[str, Any], list[str]]:
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"stateful": True}, "stateful"),
-    ({"return_state": True}, "return_state"),
     ({"time_major": True}, "time_major"),
     ({"activation": "hard_silu"}, "hard_silu"),
     ({"recurrent_activation": "mish"}, "mish"),
@@ -259,11 +258,15 @@ def test_unsupported_recurrent_options_are_refused(options: dict[str, Any], mess
     assert "'rnn'" in str(error.value)
 
 
-def test_bidirectional_without_merge_is_refused() -> None:
+def test_bidirectional_without_merge_gives_both_directions() -> None:
     bi = ("Bidirectional", {"name": "bi", "merge_mode": None,
                             "layer": {"class_name": "GRU", "config": {"name": "g", "units": 2}}}, ["x"])
-    with pytest.raises(UnsupportedLayerError, match="merge_mode"):
-        build_from_config(_config(bi, shape=[5, 2]))
+    model = build_from_config(_config(bi, shape=[5, 2])).eval()  # the first output: the forward layer's
+    layer = model.layers["bi"]
+    x = torch.randn(3, 5, 2)
+    forward = recurrent(layer.configs["forward"], x, layer.forward_kernel, layer.forward_recurrent_kernel,
+                        layer.forward_bias)
+    torch.testing.assert_close(model(x), forward, rtol=0, atol=0)
 
 
 def test_mask_reaching_an_unmasked_layer_is_refused() -> None:
@@ -349,7 +352,7 @@ def test_embedding_ids_out_of_range_are_a_clear_error() -> None:
 def test_right_padded_masks_run_packed_like_the_step_loop(kind: str, backwards: bool, zero_output: bool) -> None:
     """Right padding takes torch's fused kernel on packed sequences; the step loop (checked
     against Keras above) is the reference, here forced by a mask that is not padding."""
-    import bnkit.keras._rnn_layers as rl
+    import bnkit.keras._rnn_kernels as rl
 
     rng = np.random.default_rng(11)
     units, gates = 3, rl.GATES[kind]
@@ -364,7 +367,7 @@ def test_right_padded_masks_run_packed_like_the_step_loop(kind: str, backwards: 
     assert rl._right_padded(mask) is not None and rl._right_padded(mask.flip(1)) is None
     packed = recurrent(cfg, x, k, r, b, mask)
     flipped = x.flip(1) if backwards else x
-    looped, last = rl._loop(cfg, flipped, k, r, b, mask.flip(1) if backwards else mask)
+    looped, last, _ = rl._loop(cfg, flipped, k, r, b, mask.flip(1) if backwards else mask)
     torch.testing.assert_close(packed, looped, rtol=0, atol=1e-12)
     final = recurrent(replace(cfg, return_sequences=False), x, k, r, b, mask)
     torch.testing.assert_close(final, last, rtol=0, atol=1e-12)

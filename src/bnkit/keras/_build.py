@@ -115,6 +115,10 @@ class Builder:
         #: layer name -> fields of its written config entry that differ from a plain
         #: ``keras.layers`` layer (an operation layer's class, module and inbound node)
         self.written: dict[str, dict[str, Any]] = {}
+        #: (layer name, call) -> {keyword: n}: the call's last n input tensors were passed as
+        #: that keyword argument (``initial_state=``), so the writer can record them so
+        #: (Keras 3 takes them as keyword tensors; tf_keras as extra inbound tensors)
+        self.call_kwargs: dict[tuple[str, int], dict[str, int]] = {}
 
     # ---- errors and notes ------------------------------------------------------------
     def error(self, problem: str, expected: str, received: object) -> KerasFormatError:
@@ -142,6 +146,12 @@ class Builder:
             self.steps.append(Step("permute", "", (x.slot,), slot, tuple(inv[p] for p in perm)))
             self.cache[key] = slot
         return self.cache[key]
+
+    def item(self, slot: int, index: int) -> int:
+        """The slot of output ``index`` of a module that returned a tuple into ``slot``."""
+        out = self.new_slot()
+        self.steps.append(Step("item", "", (slot,), out, index=index))
+        return out
 
     def aux_name(self, suffix: str) -> str:
         """A fresh module key for a helper of the current layer (``conv_pad``, ``conv_relu``)."""

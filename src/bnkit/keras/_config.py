@@ -63,7 +63,8 @@ class LayerSpec:
 @dataclass(frozen=True)
 class ModelSpec:
     """A Keras model as a flat layer graph: layers in the order of their first call, the
-    calls in a topological order, the input layers and the output tensors."""
+    calls in a topological order, the input layers and the output tensors, and whether the
+    config is in Keras 3's dialect."""
 
     name: str
     kind: str
@@ -71,6 +72,9 @@ class ModelSpec:
     inputs: tuple[str, ...]
     outputs: tuple[TensorId, ...]
     order: tuple[tuple[str, int], ...] = ()
+    #: The call nodes are Keras 3's (``{"args", "kwargs"}``): a call then gets only the mask
+    #: its node records when it has several tensor arguments (``initial_state``).
+    keras3: bool = False
 
     def layer(self, name: str) -> LayerSpec:
         return next(spec for spec in self.layers if spec.name == name)
@@ -152,6 +156,11 @@ def node_refs(nodes: Any, name: str, source: object) -> list[list[Ref]]:
         if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
             _keras3_tensors(node.get("args", []), refs, name, source)
             kwargs = node.get("kwargs") or {}
+            if isinstance(kwargs, dict):  # keyword tensors follow the positional ones, as tf_keras records them
+                for key in TENSOR_KWARGS:
+                    if kwargs.get(key) is not None:
+                        _keras3_tensors(kwargs[key], refs, name, source)
+                kwargs = {k: v for k, v in kwargs.items() if k not in TENSOR_KWARGS}
             if not isinstance(kwargs, dict) or not _ignorable(kwargs):
                 raise UnsupportedLayerError(
                     f"{source}: layer {name!r} is called with arguments {short(kwargs)}; expected none")
@@ -167,6 +176,11 @@ def node_refs(nodes: Any, name: str, source: object) -> list[list[Ref]]:
             raise KerasFormatError(f"{source}: layer {name!r}: malformed inbound node {short(node)}")
         calls.append(refs)
     return calls
+
+
+#: Call keywords whose tensors are inputs of the call: Keras 3 records them as keyword
+#: arguments, tf_keras as further inbound tensors after the positional ones.
+TENSOR_KWARGS = ("initial_state",)
 
 
 def _ignorable(kwargs: dict[str, Any]) -> bool:

@@ -28,7 +28,9 @@ __all__ = ["ExportState", "Exporter", "Handler", "LayerEntry", "View", "WeightRu
 #: torch-order flatten feeding a Dense, else None).  Loading copies into it; saving reads it.
 View = Callable[[Tensor, "int | None"], Tensor]
 #: ``plan(builder, layer, inputs) -> (output Info, canonical config)``; see :mod:`bnkit.keras._build`.
-Handler = Callable[["Builder", "LayerSpec", "list[Info]"], "tuple[Info, dict[str, Any]]"]
+#: A layer with several outputs (a recurrent layer with ``return_state``) returns a list of
+#: Infos: config references ``[layer, node, k]`` name the k-th.
+Handler = Callable[["Builder", "LayerSpec", "list[Info]"], "tuple[Info | list[Info], dict[str, Any]]"]
 
 
 def as_is(tensor: Tensor, channels: int | None) -> Tensor:

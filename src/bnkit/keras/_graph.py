@@ -2,10 +2,16 @@
 expanded in place (once per call) and shared layers keep one entry with several calls.
 
 References in a config are ``[layer, node, tensor]``: the ``tensor``-th output of the
-``node``-th call of ``layer``.  Calls are numbered from 0, except that a nested model built
-on its own ``Input`` has that graph as its node 0, so its calls count from 1: in tf_keras
-everywhere (any functional model, a Sequential whose first layer is an InputLayer), in
-Keras 3 only in a model's ``output_layers`` and only for functional models.
+``node``-th call of ``layer``.  A plain layer may give several outputs (a recurrent layer
+with ``return_state``: the output, then the states); the parser does not know how many, so
+any index names a tensor ``(flat layer, call, index)`` and the planner refuses an index the
+layer does not give.  Keyword tensors of a call (``initial_state=``, Keras 3) join its inputs
+after the positional ones, as tf_keras records them.
+
+Calls are numbered from 0, except that a nested model built on its own ``Input`` has that
+graph as its node 0, so its calls count from 1: in tf_keras everywhere (any functional
+model, a Sequential whose first layer is an InputLayer), in Keras 3 only in a model's
+``output_layers`` and only for functional models.
 
 Flat names: a layer keeps its Keras name unless an earlier layer of the flat graph took
 it (the same name inside another nested model); then it is qualified by its nested
@@ -25,7 +31,7 @@ from ._config import (MODEL_CLASSES, LayerSpec, ModelSpec, Ref, TensorId, check_
                       node_refs, snake_case)
 from .errors import KerasFormatError, UnsupportedLayerError
 
-__all__ = ["parse_model_config"]
+__all__ = ["keras3_nodes", "parse_model_config"]
 
 #: Nested models deeper than this are refused (a guard against absurd or hostile configs).
 MAX_DEPTH = 32
@@ -157,26 +163,37 @@ class _Flattener:
                 offset = self._offset(cls, raws[name])
                 pending.extend((name, cls, cfg, refusal, k + offset, refs, None)
                                for k, refs in enumerate(node_refs(nodes, name, source)))
+        plain: dict[tuple[str, int], TensorId] = {}  # (layer, node) -> its first output, for a plain layer
+
+        def lookup(ref: Ref) -> TensorId | None:
+            if ref in resolved:
+                return resolved[ref]
+            first = plain.get(ref[:2])
+            return None if first is None else (first[0], first[1], ref[2])
+
         while pending:
-            index = next((i for i, call in enumerate(pending) if all(ref in resolved for ref in call[5])), None)
+            index = next((i for i, call in enumerate(pending) if all(lookup(ref) for ref in call[5])), None)
             if index is None:
-                missing = sorted({ref for call in pending for ref in call[5] if ref not in resolved
+                missing = sorted({ref for call in pending for ref in call[5] if lookup(ref) is None
                                   and ref[0] not in {c[0] for c in pending}})
                 raise KerasFormatError(
                     f"{source}: the layer graph cannot be ordered: unknown tensors {missing[:5]} or a cycle through "
                     f"{[c[0] for c in pending][:5]}; expected a DAG of [layer, node, tensor] references")
             name, cls, cfg, refusal, node, refs, call = pending.pop(index)
-            outs = self._layer(scope, name, cls, cfg, refusal, raws[name], v3[name], [resolved[r] for r in refs],
-                               frozen, call)
+            outs = self._layer(scope, name, cls, cfg, refusal, raws[name], v3[name],
+                               [lookup(r) for r in refs], frozen, call)  # type: ignore[misc]
             for tensor, out in enumerate(outs):
                 resolved[(name, node, tensor)] = out
+            if cls not in MODEL_CLASSES or refusal:
+                plain[(name, node)] = outs[0]
         results = []
         for ref in outputs:
             if self.keras3 and by_name[ref[0]][1] == "Functional" and ref[1] > 0:
                 ref = (ref[0], ref[1] - 1, ref[2])  # Keras 3 counts a functional model's own node in endpoints
-            if ref not in resolved:
+            found = lookup(ref)
+            if found is None:
                 raise KerasFormatError(f"{source}: model output {list(ref)} is not a tensor of the model")
-            results.append(resolved[ref])
+            results.append(found)
         return results
 
     def _offset(self, cls: str, raw: Any) -> int:
@@ -220,7 +237,7 @@ def _check_unique(names: list[str], source: object) -> None:
         seen.add(name)
 
 
-def _keras3_dialect(value: Any, depth: int = 0) -> bool:
+def keras3_nodes(value: Any, depth: int = 0) -> bool:
     """True when call nodes are Keras 3 dicts (``{"args": ..., "kwargs": ...}``)."""
     if depth > MAX_DEPTH + 2 or not isinstance(value, dict):
         return False
@@ -230,7 +247,7 @@ def _keras3_dialect(value: Any, depth: int = 0) -> bool:
             nodes = layer.get("inbound_nodes")
             if isinstance(nodes, list) and any(isinstance(node, dict) for node in nodes):
                 return True
-            if layer.get("class_name") in MODEL_CLASSES and _keras3_dialect(layer, depth + 1):
+            if layer.get("class_name") in MODEL_CLASSES and keras3_nodes(layer, depth + 1):
                 return True
     return False
 
@@ -241,7 +258,7 @@ def parse_model_config(config: Any, source: object = "config") -> ModelSpec:
         raise KerasFormatError(
             f"{source}: expected a model config {{'class_name': ..., 'config': {{...}}}}; "
             f"received {type(config).__name__} {short(config)}")
-    flattener = _Flattener(source, _keras3_dialect(config))
+    flattener = _Flattener(source, keras3_nodes(config))
     outputs = flattener.model(config, (), None, False, "")
     body = config["config"]
     name = body.get("name") if isinstance(body.get("name"), str) else "model"
@@ -249,4 +266,4 @@ def parse_model_config(config: Any, source: object = "config") -> ModelSpec:
     first = dict.fromkeys(flat_name for flat_name, _ in flattener.order)  # first-call order
     layers = tuple(by_name[flat_name].spec() for flat_name in first)
     return ModelSpec(name, str(config.get("class_name")), layers, tuple(flattener.inputs), tuple(outputs),
-                     tuple(flattener.order))
+                     tuple(flattener.order), flattener.keras3)

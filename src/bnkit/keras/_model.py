@@ -17,7 +17,8 @@ __all__ = ["KerasModel", "Step"]
 
 
 class Step(NamedTuple):
-    """One graph step: run ``target`` (a module name) or permute, from slots to a slot."""
+    """One graph step: run ``target`` (a module name), permute, or take output ``index`` of a
+    module that returned several (op ``"item"``), from slots to a slot."""
 
     op: str
     target: str
@@ -26,6 +27,7 @@ class Step(NamedTuple):
     perm: tuple[int, ...] = ()
     many: bool = False
     release: tuple[int, ...] = ()
+    index: int = 0
 
 
 class KerasModel(nn.Module):
@@ -95,6 +97,8 @@ class KerasModel(nn.Module):
         for step in self.steps:
             if step.op == "permute":
                 out = values[step.inputs[0]].permute(step.perm)  # type: ignore[union-attr]
+            elif step.op == "item":
+                out = values[step.inputs[0]][step.index]  # type: ignore[index]
             elif step.many:
                 out = self.layers[step.target]([values[i] for i in step.inputs])
             else:

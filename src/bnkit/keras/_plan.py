@@ -6,7 +6,8 @@ from typing import Any
 
 from .._repr import short
 from ._build import MAX_BUILD_ELEMENTS, Builder, Info, Perm, Plan, identity, inverse, moved
-from ._config import ModelSpec, TensorId
+from ._config import LayerSpec, ModelSpec, TensorId
+from ._graph import keras3_nodes
 from ._table import SUPPORTED_LAYERS, TABLE
 from .errors import KerasFormatError, UnsupportedLayerError
 
@@ -84,24 +85,30 @@ def plan_model(spec: ModelSpec, config: dict[str, Any], init: bool, source: obje
         layer = layers[name]
         builder.layer, builder.call = layer, call
         entry = TABLE[layer.class_name]
-        arguments = [infos[tensor] for tensor in layer.calls[call]]
-        info, layer_config = entry.plan(builder, layer, arguments)
+        arguments = [_tensor(infos, layers, tensor, source) for tensor in layer.calls[call]]
+        planned, layer_config = entry.plan(builder, layer, arguments)
+        outs = planned if isinstance(planned, list) else [planned]  # a layer with several outputs gives a list
         if layer.class_name == "InputLayer":  # the input arrives in the interface layout
-            info = info._replace(perm=_interface(len(info.shape), own, wanted))
-        infos[(name, call, 0)] = info
+            outs = [outs[0]._replace(perm=_interface(len(outs[0].shape), own, wanted))]
+        for index, info in enumerate(outs):
+            infos[(name, call, index)] = info
         if call:
             continue
         if entry.weights:
             classes[name] = entry.keras_class
-        nodes = [[[ref, node, tensor, {}] for ref, node, tensor in inputs] for inputs in layer.calls if inputs]
         canonical[name] = {"module": "keras.layers", "class_name": entry.keras_class, "config": layer_config,
-                           "registered_name": None, "name": name, "inbound_nodes": nodes,
+                           "registered_name": None, "name": name, "inbound_nodes": [],
                            **builder.written.get(name, {})}
     builder.layer = None
+    keras3 = keras3_nodes(config)
+    for layer in spec.layers:
+        if "inbound_nodes" not in builder.written.get(layer.name, {}):
+            canonical[layer.name]["inbound_nodes"] = [_node(layer, call, builder.call_kwargs, infos, keras3)
+                                                      for call in range(len(layer.calls)) if layer.calls[call]]
     inputs = [infos[(name, 0, 0)].slot for name in spec.inputs]
     ranks = [len(infos[(name, 0, 0)].shape) for name in spec.inputs]
-    outputs = [builder.take(infos[tensor], _interface(len(infos[tensor].shape), own, wanted))
-               for tensor in spec.outputs]
+    outputs = [builder.take(info, _interface(len(info.shape), own, wanted))
+               for info in (_tensor(infos, layers, tensor, source) for tensor in spec.outputs)]
     _add_releases(builder, set(inputs) | set(outputs))
     model_config = {
         "module": "keras", "class_name": "Model", "registered_name": None,
@@ -121,6 +128,43 @@ def plan_model(spec: ModelSpec, config: dict[str, Any], init: bool, source: obje
             f"{MAX_BUILD_ELEMENTS:,} (an absurd or corrupted config)"
         )
     return plan
+
+
+def _tensor(infos: dict[TensorId, Info], layers: dict[str, LayerSpec], tensor: TensorId, source: object) -> Info:
+    """The planned tensor ``tensor``; a clear error when the config names an output its layer lacks."""
+    if tensor in infos:
+        return infos[tensor]
+    name, call, index = tensor
+    count = sum(1 for key in infos if key[:2] == (name, call))
+    layer = layers.get(name)
+    raise KerasFormatError(
+        f"{source}: the config uses output {index} of layer {name!r}"
+        f"{f' ({layer.class_name})' if layer else ''} (call {call}); expected an output index below {count}, the "
+        "outputs that layer gives with its config (e.g. a recurrent layer's states need return_state=True)")
+
+
+def _node(layer: LayerSpec, call: int, call_kwargs: dict[tuple[str, int], dict[str, int]],
+          infos: dict[TensorId, Info], keras3: bool) -> Any:
+    """The inbound node written for one call: tf_keras' list of ``[layer, node, tensor, {}]``,
+    or, for a call with keyword tensors (``initial_state``) read from Keras 3, Keras 3's
+    ``{"args", "kwargs"}`` (Keras 3 passes a list node's tensors as one positional argument;
+    tf_keras records keyword tensors as extra inbound tensors, which is the list node)."""
+    tensors = layer.calls[call]
+    keywords = call_kwargs.get((layer.name, call), {})
+    if not keras3 or not keywords:
+        return [[ref, node, tensor, {}] for ref, node, tensor in tensors]
+
+    def keras_tensor(tensor: TensorId) -> dict[str, Any]:
+        return {"class_name": "__keras_tensor__",
+                "config": {"shape": list(infos[tensor].shape), "dtype": "float32", "keras_history": list(tensor)}}
+
+    positional = len(tensors) - sum(keywords.values())
+    args = [keras_tensor(tensor) for tensor in tensors[:positional]]
+    kwargs, start = {}, positional
+    for keyword, count in keywords.items():
+        kwargs[keyword] = [keras_tensor(tensor) for tensor in tensors[start:start + count]]
+        start += count
+    return {"args": args, "kwargs": kwargs}
 
 
 def _add_releases(builder: Builder, keep: set[int]) -> None:

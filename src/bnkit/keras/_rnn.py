@@ -10,10 +10,18 @@ Masks (``Embedding(mask_zero=True)``, ``Masking``) are tracked as Keras propagat
 unchanged through the layers in :data:`MASK_PASSING`, applied by the recurrent layers
 (which pass it on when they return sequences) and dropped by ``Flatten``.  A mask that
 would reach any other layer is refused, since bnkit would silently compute it unmasked.
+
+States: with ``return_state`` a layer gives several outputs (the output, then the final
+states: ``h``, LSTM ``h, c``; Bidirectional the forward layer's, then the backward layer's,
+unmerged), and a call may start from ``initial_state`` tensors, which come after the
+sequence among the call's inputs (tf_keras records them so; Keras 3 as keyword tensors, see
+:mod:`bnkit.keras._graph`).  The writer records them back in the dialect that was read.
+Keras 3 gives a layer its input's mask only when the call has one tensor argument, so a
+Keras 3 call with ``initial_state`` runs unmasked (its output still carries the mask);
+tf_keras applies it.  bnkit does what the framework that wrote the config does.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import replace
 from collections.abc import Callable
 from typing import Any
@@ -26,35 +34,19 @@ from ._build import Builder, Info, identity
 from ._config import LayerSpec
 from ._entry import LayerEntry, WeightRule, as_is, view_shape
 from ._options import bool_option, choice, float_option, initializer, int_option, known, one_input, training_only
+from ._rnn_masks import MASK_PASSING, RECURRENT, check_mask_reach, incoming_mask, masks
 from ._rnn_layers import (CELL_ACTIVATIONS, GATES, KerasAttention, KerasBidirectional, KerasEmbedding, KerasGRU,
                           KerasLSTM, KerasMasking, KerasSimpleRNN, RecurrentConfig, SequenceMask)
 from .errors import UnsupportedLayerError
 
 __all__ = ["ENTRIES", "MASK_PASSING", "v3_groups"]
 
-Handler = Callable[[Builder, LayerSpec, list[Info]], tuple[Info, dict[str, Any]]]
-RECURRENT = ("SimpleRNN", "LSTM", "GRU")
+Handler = Callable[[Builder, LayerSpec, list[Info]], tuple[Info | list[Info], dict[str, Any]]]
 _MODULES = {"SimpleRNN": KerasSimpleRNN, "LSTM": KerasLSTM, "GRU": KerasGRU}
 _CELLS = {"SimpleRNN": "simple_rnn_cell", "LSTM": "lstm_cell", "GRU": "gru_cell"}
-#: Layers that hand a Keras mask on unchanged (tf_keras ``supports_masking``; Keras 3 alike).
-MASK_PASSING = frozenset({"Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "BatchNormalization",
-                          "LayerNormalization", "Activation", "ReLU", "Dense"})
-#: Layers whose output carries no mask and whose values do not depend on it.
-_MASK_DROPPING = frozenset({"Flatten"})
 _TRAINING_ONLY = ("kernel_regularizer", "recurrent_regularizer", "bias_regularizer", "activity_regularizer",
                   "kernel_constraint", "recurrent_constraint", "bias_constraint", "embeddings_regularizer",
                   "embeddings_constraint")
-#: A mask: its slot, and ``(layer, value, reduced)``: it is ``layer != value``, reduced with
-#: ``any`` over the last axis (a Masking layer's) when ``reduced``.
-Mask = tuple[int, "tuple[str, float, bool]"]
-_MASKS: weakref.WeakKeyDictionary[Builder, dict[str, Mask]] = weakref.WeakKeyDictionary()
-
-
-def _masks(b: Builder) -> dict[str, Mask]:
-    """Layer name -> the boolean mask its output carries (this build only)."""
-    return _MASKS.setdefault(b, {})
-
-
 def _common(spec: LayerSpec, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = spec.config if cfg is None else cfg
     return {"name": cfg.get("name", spec.name), "trainable": cfg.get("trainable", True) is not False,
@@ -112,44 +104,6 @@ def _factory(b: Builder, make: Callable[[str | None], nn.Module], inits: dict[st
     return factory
 
 
-# ---- masks ---------------------------------------------------------------------------
-def _consumers(b: Builder, name: str) -> list[LayerSpec]:
-    return [layer for layer in b.spec.layers if name in layer.inbound]
-
-
-def _check_mask_reach(b: Builder, source: str) -> None:
-    """Refuse when the mask made at ``source`` reaches a layer bnkit does not mask."""
-    pending, seen = [source], {source}
-    while pending:
-        for layer in _consumers(b, pending.pop()):
-            if layer.class_name in MASK_PASSING:
-                if layer.class_name == "BatchNormalization" and layer.name not in seen:
-                    b.note(f"the mask reaches BatchNormalization {layer.name!r}: Keras 3 leaves masked steps out of "
-                           "its training statistics, bnkit does not (inference is the same)")
-                if layer.name not in seen:
-                    seen.add(layer.name)
-                    pending.append(layer.name)
-            elif layer.class_name not in (*RECURRENT, "Bidirectional", *_MASK_DROPPING):
-                raise UnsupportedLayerError(str(b.error(
-                    f"the sequence mask made here reaches layer {layer.name!r} ({layer.class_name}), whose masked "
-                    "computation bnkit does not implement",
-                    f"the mask to reach only {', '.join((*RECURRENT, 'Bidirectional'))}, through "
-                    f"{', '.join(sorted(MASK_PASSING))}", layer.name)))
-
-
-def _incoming_mask(b: Builder, spec: LayerSpec) -> Mask | None:
-    """The mask Keras would hand this layer (None: no mask)."""
-    masks, name = _masks(b), spec.inbound[0] if spec.inbound else None
-    while name is not None:
-        if name in masks:
-            return masks[name]
-        layer = b.spec.layer(name)
-        if layer.class_name not in MASK_PASSING:
-            return None
-        name = layer.inbound[0] if len(layer.inbound) == 1 else None
-    return None
-
-
 # ---- handlers ------------------------------------------------------------------------
 def embedding(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
     x, cfg = one_input(b, xs), spec.config
@@ -170,8 +124,8 @@ def embedding(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[s
     ids = b.take(x, identity(len(x.shape)))
     slot = b.run(spec.name, factory, [ids])
     if mask_zero:
-        _masks(b)[spec.name] = (b.run(b.aux_name("mask"), SequenceMask, [ids]), (spec.inbound[0], 0.0, False))
-        _check_mask_reach(b, spec.name)
+        masks(b)[spec.name] = (b.run(b.aux_name("mask"), SequenceMask, [ids]), (spec.inbound[0], 0.0, False))
+        check_mask_reach(b, spec.name)
     config = {**_common(spec), "input_dim": input_dim, "output_dim": output_dim, "mask_zero": mask_zero}
     if inits["weight"] is not None:
         config["embeddings_initializer"] = inits["weight"]
@@ -184,8 +138,8 @@ def masking(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str
     slot = b.take(x, identity(3))
     mask = b.run(b.aux_name("mask"), lambda: SequenceMask(value, reduce_last=True), [slot])
     out = b.run(spec.name, KerasMasking, [slot, mask], many=True)
-    _masks(b)[spec.name] = (mask, (spec.inbound[0], value, True))
-    _check_mask_reach(b, spec.name)
+    masks(b)[spec.name] = (mask, (spec.inbound[0], value, True))
+    check_mask_reach(b, spec.name)
     return Info(x.shape, identity(3), out), {**_common(spec), "mask_value": value}
 
 
@@ -206,7 +160,6 @@ def _recurrent_config(b: Builder, kind: str, cfg: dict[str, Any], keras3: bool,
                       in_bidirectional: bool = False) -> tuple[RecurrentConfig, dict[str, Any]]:
     """The computation of one recurrent layer config, and the config bnkit writes back."""
     for key, what in (("stateful", "stateful RNNs keep states across batches"),
-                      ("return_state", "returning the states gives several outputs"),
                       ("time_major", "time-major inputs")):
         if bool_option(b, cfg, key, False):
             raise UnsupportedLayerError(str(b.error(f"`{key}=True` is not supported ({what})", f"{key}=False",
@@ -219,13 +172,13 @@ def _recurrent_config(b: Builder, kind: str, cfg: dict[str, Any], keras3: bool,
         bool_option(b, cfg, "use_bias", True),
         bool_option(b, cfg, "reset_after", True) if kind == "GRU" else True,
         bool_option(b, cfg, "return_sequences", False), bool_option(b, cfg, "go_backwards", False),
-        bool_option(b, cfg, "zero_output_for_mask", False),
+        bool_option(b, cfg, "zero_output_for_mask", False), bool_option(b, cfg, "return_state", False),
         float_option(b, cfg, "dropout", 0.0, 0.0, 1.0), float_option(b, cfg, "recurrent_dropout", 0.0, 0.0, 1.0))
     bool_option(b, cfg, "unroll", False)  # checked; unrolling changes nothing in the math
     training_only(b, cfg, _TRAINING_ONLY)
     canonical = {**_common(LayerSpec(cfg.get("name", kind.lower()), kind, cfg, ()), cfg), "units": units,
                  "activation": rc.activation.replace("_keras3", ""), "use_bias": rc.use_bias,
-                 "return_sequences": rc.return_sequences, "return_state": False,
+                 "return_sequences": rc.return_sequences, "return_state": rc.return_state,
                  "go_backwards": rc.go_backwards, "stateful": False, "unroll": bool(cfg.get("unroll", False)),
                  "dropout": rc.dropout, "recurrent_dropout": rc.recurrent_dropout}
     if kind != "SimpleRNN":
@@ -261,10 +214,12 @@ def _shapes(rc: RecurrentConfig, features: int, prefix: str = "") -> dict[str, t
 
 
 def _sequence_input(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, int, list[int]]:
-    x = one_input(b, xs, 3)
+    """The sequence input of a recurrent call (``xs``: it, then any initial states): its Info,
+    its features and the module's input slots (the sequence, then the mask it applies)."""
+    x = one_input(b, xs[:1], 3)
     features = known(b, x.shape[2], "input features (last axis)")
     slots = [b.take(x, identity(3))]
-    mask = _incoming_mask(b, spec)
+    mask = incoming_mask(b, spec)
     recorded = getattr(spec, "mask_of", None)
     if recorded is not None and (mask is None or mask[1] != recorded):
         raise UnsupportedLayerError(str(b.error(
@@ -272,43 +227,80 @@ def _sequence_input(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, 
             f"{' (any over the last axis)' if recorded[2] else ''}, which bnkit does not rebuild here",
             "the mask of an Embedding(mask_zero=True) or Masking layer on that input, reaching this layer through "
             f"{', '.join(sorted(MASK_PASSING))} or sequence-returning recurrent layers", recorded)))
-    _masks(b).pop(spec.name, None)
+    masks(b).pop(spec.name, None)
+    if b.spec.keras3 and len(xs) > 1 and recorded is not None:
+        raise UnsupportedLayerError(str(b.error(
+            "Keras 3 calls this layer with `initial_state` and an explicit `mask`, which bnkit cannot write back "
+            "(Keras 3 fills in no mask for such a call)", "initial_state without mask=, or mask= without "
+            "initial_state", recorded)))
     if mask is not None:
-        _masks(b)[f"{spec.name}/input"] = mask
+        masks(b)[f"{spec.name}/input"] = mask
+        if b.spec.keras3 and len(xs) > 1 and recorded is None:
+            # Keras 3 fills in a call's mask only when the call has one tensor argument: with
+            # initial_state the layer runs unmasked, and its output still carries the mask
+            b.note("Keras 3 runs this call (with initial_state) without the mask its input carries; so does bnkit")
+            return x, features, slots
     return x, features, slots + ([mask[0]] if mask is not None else [])
 
 
 def _output(b: Builder, spec: LayerSpec, x: Info, slot: int, width: int, sequences: bool) -> Info:
-    mask = _masks(b).pop(f"{spec.name}/input", None)
+    mask = masks(b).pop(f"{spec.name}/input", None)
     if sequences and mask is not None:
-        _masks(b)[spec.name] = mask
-        _check_mask_reach(b, spec.name)
+        masks(b)[spec.name] = mask
+        check_mask_reach(b, spec.name)
     shape = (x.shape[0], x.shape[1], width) if sequences else (x.shape[0], width)
     return Info(shape, identity(len(shape)), slot)
 
 
+def _state_count(rc: RecurrentConfig) -> int:
+    return 2 if rc.kind == "LSTM" else 1
+
+
+def _initial_states(b: Builder, spec: LayerSpec, states: list[Info], configs: list[RecurrentConfig]) -> list[int]:
+    """The slots of a call's initial states (``initial_state=``: after the input; a
+    Bidirectional's forward states, then its backward ones), checked against the layers."""
+    if not states:
+        return []
+    units = [rc.units for rc in configs for _ in range(_state_count(rc))]
+    if len(states) != len(units) or any(len(state.shape) != 2 or state.shape[1] not in (None, width)
+                                        for state, width in zip(states, units)):
+        raise b.error("wrong `initial_state`", f"{len(units)} state tensor(s) of shapes "
+                      f"{[(None, width) for width in units]}", [state.shape for state in states])
+    b.call_kwargs[(spec.name, b.call)] = {"initial_state": len(states)}
+    return [b.take(state, identity(2)) for state in states]
+
+
+def _with_states(b: Builder, out: Info, slot: int, configs: list[RecurrentConfig],
+                 extra: list[Info] = ()) -> Info | list[Info]:  # type: ignore[assignment]
+    """The layer's outputs: ``out`` alone, or (``return_state``; ``extra``: a Bidirectional's
+    unmerged backward output) the outputs the module returns as a tuple, each in its slot."""
+    if not configs[0].return_state and not extra:
+        return out
+    infos = [out, *extra] + [Info((out.shape[0], rc.units), identity(2), 0)
+                             for rc in (configs if configs[0].return_state else []) for _ in range(_state_count(rc))]
+    return [info._replace(slot=b.item(slot, index)) for index, info in enumerate(infos)]
+
+
 def _recurrent(kind: str) -> Handler:
-    def plan(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
+    def plan(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info | list[Info], dict[str, Any]]:
         x, features, slots = _sequence_input(b, spec, xs)
         rc, canonical = _recurrent_config(b, kind, spec.config, False)
         canonical["name"] = spec.name
+        slots += _initial_states(b, spec, xs[1:], [rc])
         make = _MODULES[kind]
         factory = _factory(b, lambda device: make(features, rc, device=device), _inits(canonical),
                            canonical["trainable"], canonical.get("unit_forget_bias") if kind == "LSTM" else None)
         b.weight_shapes[spec.name] = _shapes(rc, features)
         slot = b.run(spec.name, factory, slots, many=len(slots) > 1)
-        return _output(b, spec, x, slot, rc.units, rc.return_sequences), canonical
+        return _with_states(b, _output(b, spec, x, slot, rc.units, rc.return_sequences), slot, [rc]), canonical
     return plan
 
 
-def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
+def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info | list[Info], dict[str, Any]]:
     x, features, slots = _sequence_input(b, spec, xs)
     cfg = spec.config
-    merge = cfg.get("merge_mode", "concat")
-    if merge is None:
-        raise UnsupportedLayerError(str(b.error("`merge_mode=None` returns two outputs", "concat, sum, mul or ave",
-                                                None)))
-    merge = choice(b, cfg, "merge_mode", ("concat", "sum", "mul", "ave"), "concat")
+    merge = None if "merge_mode" in cfg and cfg["merge_mode"] is None else \
+        choice(b, cfg, "merge_mode", ("concat", "sum", "mul", "ave"), "concat")
     layers = []
     for key in ("layer", "backward_layer"):
         raw = cfg.get(key)
@@ -325,9 +317,12 @@ def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, di
             raise UnsupportedLayerError(str(b.error("forward and backward layers of different classes",
                                                     layers[0][0], layers[1][0])))
         backward, backward_canonical = _recurrent_config(b, *layers[1], keras3, in_bidirectional=True)
-        if backward.go_backwards == forward.go_backwards or backward.return_sequences != forward.return_sequences:
-            raise b.error("`backward_layer` must run the other way with the same return_sequences",
-                          f"go_backwards={not forward.go_backwards}", backward.go_backwards)
+        if backward.go_backwards == forward.go_backwards or backward.return_sequences != forward.return_sequences \
+                or backward.return_state != forward.return_state:
+            raise b.error("`backward_layer` must run the other way with the same return_sequences and return_state",
+                          f"go_backwards={not forward.go_backwards}, return_sequences={forward.return_sequences}, "
+                          f"return_state={forward.return_state}",
+                          [backward.go_backwards, backward.return_sequences, backward.return_state])
     else:
         backward, backward_canonical = replace(forward, go_backwards=not forward.go_backwards), None
     inits = {**_inits(forward_canonical, "forward_"), **_inits(backward_canonical or forward_canonical, "backward_")}
@@ -335,9 +330,14 @@ def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, di
     factory = _factory(b, lambda device: KerasBidirectional(features, forward, backward, merge, device=device),
                        inits, _common(spec)["trainable"], lstm_forget)
     b.weight_shapes[spec.name] = {**_shapes(forward, features, "forward_"), **_shapes(backward, features, "backward_")}
+    slots += _initial_states(b, spec, xs[1:], [forward, backward])
+    if merge is None and forward.return_sequences and _mask_slots(b, spec):
+        raise UnsupportedLayerError(str(b.error(
+            "`merge_mode=None` with a sequence mask: both unmerged outputs would carry it", "a merge_mode or no mask",
+            None)))
     slot = b.run(spec.name, factory, slots, many=len(slots) > 1)
     width = forward.units + backward.units if merge == "concat" else forward.units
-    if merge != "concat" and forward.units != backward.units:
+    if merge not in ("concat", None) and forward.units != backward.units:
         raise b.error("forward and backward units differ", f"{forward.units}", backward.units)
     config = {**_common(spec), "merge_mode": merge,
               "layer": {"module": "keras.layers", "class_name": forward.kind, "config": forward_canonical,
@@ -345,7 +345,16 @@ def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, di
     if backward_canonical is not None:
         config["backward_layer"] = {"module": "keras.layers", "class_name": backward.kind,
                                     "config": backward_canonical, "registered_name": None}
-    return _output(b, spec, x, slot, width, forward.return_sequences), config
+    out = _output(b, spec, x, slot, width, forward.return_sequences)
+    if merge is None:  # two outputs: the forward one, then the backward one (in input order)
+        backward_out = out._replace(shape=out.shape[:-1] + (backward.units,))
+        return _with_states(b, out, slot, [forward, backward], [backward_out]), config
+    return _with_states(b, out, slot, [forward, backward]), config
+
+
+def _mask_slots(b: Builder, spec: LayerSpec) -> set[int]:
+    mask = masks(b).get(f"{spec.name}/input")
+    return {mask[0]} if mask is not None else set()
 
 
 def attention(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:

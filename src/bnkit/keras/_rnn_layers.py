@@ -3,7 +3,8 @@
 Parameters are kept in Keras' own layout and under Keras' names (``kernel`` ``(input,
 gates*units)``, ``recurrent_kernel`` ``(units, gates*units)``, ``bias``; Keras' gate order
 LSTM ``i, f, c, o``, GRU ``z, r, h``), so the Keras <-> torch weight table is the identity
-and the writer reads them back unchanged.  The forward pass picks one of two kernels:
+and the writer reads them back unchanged.  The forward pass picks one of two kernels (in
+:mod:`bnkit.keras._rnn_kernels`):
 
 * **fused**: torch's own RNN kernels (``torch._VF.lstm``/``gru``/``rnn_tanh``/``rnn_relu``,
   what ``nn.LSTM`` etc. call) when Keras' math is theirs: LSTM/GRU with ``tanh`` and a
@@ -20,221 +21,23 @@ values and the step's output is the previous output (or zeros with
 ``zero_output_for_mask``, which Bidirectional forces when returning sequences); the last
 output is the one of the last unmasked step.  This holds for any mask, not only padding.
 ``go_backwards`` processes the sequence reversed and, like Keras, returns the sequence
-outputs in processing (reversed) order.
+outputs in processing (reversed) order.  A run may start from given states
+(``initial_state``) and, with ``return_state``, return its final states after the output:
+those of the last real step of each sequence (states are carried over masked steps).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ._rnn_kernels import CELL_ACTIVATIONS, GATES, RecurrentConfig, recurrent, split_inputs
 
 __all__ = ["CELL_ACTIVATIONS", "GATES", "KerasAttention", "KerasBidirectional", "KerasEmbedding", "KerasGRU",
            "KerasLSTM", "KerasMasking", "KerasRecurrent", "KerasSimpleRNN", "RecurrentConfig", "SequenceMask",
            "recurrent"]
-
-#: Gates per cell type: the multiple of ``units`` in the kernels' last axis.
-GATES = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}
-
-
-def _hard_sigmoid_tf(x: Tensor) -> Tensor:
-    return torch.clamp(0.2 * x + 0.5, 0.0, 1.0)  # tf_keras 2: clip(0.2 x + 0.5, 0, 1)
-
-
-def _hard_sigmoid_k3(x: Tensor) -> Tensor:
-    return F.relu6(x + 3.0) / 6.0  # Keras 3: relu6(x + 3) / 6
-
-
-#: Activation names (Keras' ones; ``hard_sigmoid`` split by Keras version) -> functions.
-CELL_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu, "linear": lambda x: x,
-    "hard_sigmoid": _hard_sigmoid_tf, "hard_sigmoid_keras3": _hard_sigmoid_k3, "softsign": F.softsign,
-    "elu": F.elu, "selu": F.selu, "softplus": F.softplus, "swish": F.silu, "silu": F.silu, "relu6": F.relu6,
-    "gelu": F.gelu, "exponential": torch.exp,
-}
-
-
-@dataclass(frozen=True)
-class RecurrentConfig:
-    """What a Keras recurrent layer computes (everything but its weights)."""
-
-    kind: str
-    units: int
-    activation: str = "tanh"
-    recurrent_activation: str = "sigmoid"
-    use_bias: bool = True
-    reset_after: bool = True
-    return_sequences: bool = False
-    go_backwards: bool = False
-    zero_output_for_mask: bool = False
-    dropout: float = 0.0
-    recurrent_dropout: float = 0.0
-
-    def fused(self) -> bool:
-        """True when torch's fused kernel computes exactly this layer (without a mask)."""
-        if self.kind == "SimpleRNN":
-            return self.activation in ("tanh", "relu")
-        return self.activation == "tanh" and self.recurrent_activation == "sigmoid" and \
-            (self.kind == "LSTM" or self.reset_after)
-
-
-def _gru_to_torch(t: Tensor) -> Tensor:
-    """Keras GRU gate blocks ``z, r, h`` along the last axis -> torch's ``r, z, n``."""
-    z, r, h = t.chunk(3, dim=-1)
-    return torch.cat((r, z, h), dim=-1)
-
-
-def _fused(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor | None,
-           batch_sizes: Tensor | None = None) -> Tensor:
-    """All outputs from torch's fused kernel: ``x`` ``(N, T, F)`` in processing order gives
-    ``(N, T, units)``; packed data with ``batch_sizes`` gives packed outputs."""
-    batch = x.shape[0] if batch_sizes is None else int(batch_sizes[0])
-    h0 = x.new_zeros(1, batch, cfg.units)
-    if cfg.kind == "GRU":
-        w_ih, w_hh = _gru_to_torch(kernel).t(), _gru_to_torch(recurrent_kernel).t()
-        biases = [] if bias is None else [_gru_to_torch(bias[0]), _gru_to_torch(bias[1])]
-    else:
-        w_ih, w_hh = kernel.t(), recurrent_kernel.t()
-        biases = [] if bias is None else [bias, torch.zeros_like(bias)]
-    params, has_bias = [w_ih, w_hh, *biases], bias is not None
-    hx: Tensor | tuple[Tensor, Tensor] = (h0, h0) if cfg.kind == "LSTM" else h0
-    run = {"LSTM": torch._VF.lstm, "GRU": torch._VF.gru}.get(
-        cfg.kind, torch._VF.rnn_tanh if cfg.activation == "tanh" else torch._VF.rnn_relu)
-    with warnings.catch_warnings():
-        if x.is_cuda:  # cuDNN copies weights that are not one flat buffer (ours are Keras-layout views)
-            warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
-        if batch_sizes is None:
-            return run(x, hx, params, has_bias, 1, 0.0, False, False, True)[0]
-        return run(x, batch_sizes, hx, params, has_bias, 1, 0.0, False, False)[0]
-
-
-def _right_padded(mask: Tensor) -> Tensor | None:
-    """The sequence lengths when ``mask`` is right padding with no empty sequence, else None."""
-    if torch.compiler.is_compiling():
-        return None
-    lengths = mask.sum(dim=1)
-    steps = torch.arange(mask.shape[1], device=mask.device)
-    if int(lengths.min()) == 0 or not torch.equal(mask, steps < lengths[:, None]):
-        return None
-    return lengths
-
-
-def _packed(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor | None,
-            lengths: Tensor) -> tuple[Tensor, Tensor]:
-    """``(all outputs in Keras' processing order, last output)`` of right-padded ``x`` (input
-    order) from the fused kernel on packed sequences: what the step loop computes with the mask."""
-    n, t = x.shape[:2]
-    steps = torch.arange(t, device=x.device)
-    valid = steps < lengths[:, None]
-    if cfg.go_backwards:  # Keras meets the padding first (nothing changes), then the tokens last to first
-        order = torch.where(valid, lengths[:, None] - 1 - steps, steps)
-        x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[2]))
-    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    data = _fused(cfg, packed.data, kernel, recurrent_kernel, bias, packed.batch_sizes)
-    out, _ = pad_packed_sequence(packed._replace(data=data), batch_first=True, total_length=t)
-    last = out.gather(1, (lengths - 1).view(n, 1, 1).expand(-1, 1, out.shape[2])).squeeze(1)
-    if cfg.go_backwards:  # outputs end the processing order; the padding steps before them output zeros
-        shift = (t - lengths)[:, None]
-        moved = out.gather(1, (steps - shift).clamp(min=0).unsqueeze(-1).expand(-1, -1, out.shape[2]))
-        out = torch.where((steps >= shift).unsqueeze(-1), moved, torch.zeros_like(moved))
-    elif not cfg.zero_output_for_mask:  # masked steps repeat the last output
-        out = torch.where(valid.unsqueeze(-1), out, last.unsqueeze(1))
-    else:  # Keras' last output is the last step's, zeroed when that step is padding
-        last = torch.where((lengths == t)[:, None], last, torch.zeros_like(last))
-    return out, last
-
-
-def _loop(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor | None,
-          mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``(all outputs (N, T, units), last output)`` from Keras' cell equations, step by step."""
-    act, rec = CELL_ACTIVATIONS[cfg.activation], CELL_ACTIVATIONS[cfg.recurrent_activation]
-    units = cfg.units
-    in_bias = rec_bias = None
-    if bias is not None:
-        in_bias, rec_bias = (bias[0], bias[1]) if bias.dim() == 2 else (bias, None)
-    projected = torch.matmul(x, kernel)
-    if in_bias is not None:
-        projected = projected + in_bias
-    h = x.new_zeros(x.shape[0], units)
-    c = h
-    output = h
-    outputs = []
-    for t in range(x.shape[1]):
-        xt = projected[:, t]
-        if cfg.kind == "SimpleRNN":
-            new_h = act(xt + h @ recurrent_kernel)
-            new_c = c
-        elif cfg.kind == "LSTM":
-            i, f, g, o = (xt + h @ recurrent_kernel).chunk(4, dim=-1)
-            new_c = rec(f) * c + rec(i) * act(g)
-            new_h = rec(o) * act(new_c)
-        else:
-            x_z, x_r, x_h = xt.chunk(3, dim=-1)
-            if cfg.reset_after:
-                inner = h @ recurrent_kernel
-                if rec_bias is not None:
-                    inner = inner + rec_bias
-                h_z, h_r, h_h = inner.chunk(3, dim=-1)
-                z, r = rec(x_z + h_z), rec(x_r + h_r)
-                candidate = act(x_h + r * h_h)
-            else:
-                h_z, h_r = (h @ recurrent_kernel[:, :2 * units]).chunk(2, dim=-1)
-                z, r = rec(x_z + h_z), rec(x_r + h_r)
-                candidate = act(x_h + (r * h) @ recurrent_kernel[:, 2 * units:])
-            new_h = z * h + (1.0 - z) * candidate
-            new_c = c
-        if mask is None:
-            h, c, output = new_h, new_c, new_h
-        else:
-            keep = mask[:, t].unsqueeze(-1)
-            h, c = torch.where(keep, new_h, h), torch.where(keep, new_c, c)
-            output = torch.where(keep, new_h, torch.zeros_like(new_h) if cfg.zero_output_for_mask else output)
-        outputs.append(output)
-    if not outputs:
-        raise ValueError(f"A {cfg.kind} layer needs at least one timestep; received an input of shape "
-                         f"{tuple(x.shape)}")
-    return torch.stack(outputs, dim=1), output
-
-
-def recurrent(cfg: RecurrentConfig, x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Tensor | None,
-              mask: Tensor | None = None, training: bool = False) -> Tensor:
-    """Keras' recurrent layer ``cfg`` on ``x`` ``(N, T, F)``: ``(N, T, units)`` or ``(N, units)``."""
-    if training and cfg.recurrent_dropout > 0:
-        raise ValueError(
-            f"{cfg.kind} with `recurrent_dropout`={cfg.recurrent_dropout} cannot train in bnkit (Keras drops the "
-            "recurrent state per step with a fixed mask); expected recurrent_dropout=0 or eval() mode")
-    if training and cfg.dropout > 0:  # Keras: one input mask per sequence, shared by all steps and gates
-        x = x * F.dropout(x.new_ones(x.shape[0], 1, x.shape[2]), cfg.dropout, training=True)
-    if mask is not None:
-        mask = mask.to(torch.bool)
-        lengths = _right_padded(mask) if cfg.fused() else None
-        if lengths is not None:
-            outputs, last = _packed(cfg, x, kernel, recurrent_kernel, bias, lengths)
-            return outputs if cfg.return_sequences else last
-    if cfg.go_backwards:
-        x = x.flip(1)
-        mask = None if mask is None else mask.flip(1)
-    if mask is None and cfg.fused():
-        outputs = _fused(cfg, x, kernel, recurrent_kernel, bias)
-        return outputs if cfg.return_sequences else outputs[:, -1]
-    outputs, last = _loop(cfg, x, kernel, recurrent_kernel, bias, mask)
-    return outputs if cfg.return_sequences else last
-
-
-def _split_inputs(layer: str, inputs: Tensor | list[Tensor]) -> tuple[Tensor, Tensor | None]:
-    """``x`` or ``[x, mask]`` -> ``(x, mask)``, checked."""
-    x, mask = (inputs, None) if isinstance(inputs, Tensor) else (inputs[0], inputs[1] if len(inputs) > 1 else None)
-    if x.dim() != 3:
-        raise ValueError(f"{layer} expects inputs of shape (batch, timesteps, features); received shape "
-                         f"{tuple(x.shape)}")
-    if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"{layer}: the mask must have shape (batch, timesteps) = {tuple(x.shape[:2])}; received "
-                         f"{tuple(mask.shape)}")
-    return x, mask
 
 
 class KerasRecurrent(nn.Module):
@@ -273,9 +76,10 @@ class KerasRecurrent(nn.Module):
                 if self.kind == "LSTM":
                     self.bias[self.cfg.units:2 * self.cfg.units] = 1.0
 
-    def forward(self, inputs: Tensor | list[Tensor]) -> Tensor:
-        x, mask = _split_inputs(self.kind, inputs)
-        return recurrent(self.cfg, x, self.kernel, self.recurrent_kernel, self.bias, mask, self.training)
+    def forward(self, inputs: Tensor | list[Tensor]) -> Tensor | tuple[Tensor, ...]:
+        x, mask, states = split_inputs(self.kind, inputs)
+        return recurrent(self.cfg, x, self.kernel, self.recurrent_kernel, self.bias, mask, self.training,
+                         states or None)
 
     def extra_repr(self) -> str:
         c = self.cfg
@@ -297,7 +101,7 @@ class KerasGRU(KerasRecurrent):
 
 
 _RECURRENT = {cls.kind: cls for cls in (KerasSimpleRNN, KerasLSTM, KerasGRU)}
-_MERGES = ("concat", "sum", "mul", "ave")
+_MERGES = ("concat", "sum", "mul", "ave", None)
 
 
 class KerasBidirectional(nn.Module):
@@ -309,7 +113,7 @@ class KerasBidirectional(nn.Module):
     """
 
     def __init__(self, input_size: int, forward_cfg: RecurrentConfig, backward_cfg: RecurrentConfig,
-                 merge_mode: str, device: torch.device | str | None = None) -> None:
+                 merge_mode: str | None, device: torch.device | str | None = None) -> None:
         super().__init__()
         if merge_mode not in _MERGES:
             raise ValueError(f"`merge_mode` must be one of {_MERGES}; received {merge_mode!r}")
@@ -323,19 +127,31 @@ class KerasBidirectional(nn.Module):
             for name in ("kernel", "recurrent_kernel", "bias"):
                 self.register_parameter(f"{direction}_{name}", getattr(probe, name))
 
-    def forward(self, inputs: Tensor | list[Tensor]) -> Tensor:
-        x, mask = _split_inputs("Bidirectional", inputs)
-        fw, bw = (recurrent(self.configs[d], x, getattr(self, f"{d}_kernel"), getattr(self, f"{d}_recurrent_kernel"),
-                            getattr(self, f"{d}_bias"), mask, self.training) for d in ("forward", "backward"))
+    def forward(self, inputs: Tensor | list[Tensor]) -> Tensor | tuple[Tensor, ...]:
+        """``x``, ``[x, mask]``, plus optional initial states (the forward layer's, then the
+        backward layer's).  Returns the merged output (``merge_mode=None``: a tuple of the
+        forward and backward outputs); with ``return_state`` a tuple of the output(s), the
+        forward layer's final states and the backward layer's (not merged, as Keras)."""
+        x, mask, states = split_inputs("Bidirectional", inputs)
+        half = len(states) // 2
+        starts = {"forward": states[:half] or None, "backward": states[half:] or None}
+        runs = [recurrent(self.configs[d], x, getattr(self, f"{d}_kernel"), getattr(self, f"{d}_recurrent_kernel"),
+                          getattr(self, f"{d}_bias"), mask, self.training, starts[d])
+                for d in ("forward", "backward")]
+        (fw, *fw_states), (bw, *bw_states) = ((run,) if isinstance(run, Tensor) else run for run in runs)
         if self.configs["backward"].return_sequences:
             bw = bw.flip(1)
+        if self.merge_mode is None:  # Keras' two outputs, then the states
+            return (fw, bw, *fw_states, *bw_states)
         if self.merge_mode == "concat":
-            return torch.cat((fw, bw), dim=-1)
-        if self.merge_mode == "sum":
-            return fw + bw
-        if self.merge_mode == "mul":
-            return fw * bw
-        return (fw + bw) / 2.0
+            merged = torch.cat((fw, bw), dim=-1)
+        elif self.merge_mode == "sum":
+            merged = fw + bw
+        elif self.merge_mode == "mul":
+            merged = fw * bw
+        else:
+            merged = (fw + bw) / 2.0
+        return (merged, *fw_states, *bw_states) if fw_states else merged
 
     def extra_repr(self) -> str:
         f = self.configs["forward"]
