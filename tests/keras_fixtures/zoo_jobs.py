@@ -9,7 +9,10 @@
 its BatchNormalization statistics and scales are randomised (so BN matters), and it is saved
 as ``<app>.h5`` and ``<app>.keras``.  Keras then reloads both files itself (a pair Keras cannot
 reload is recorded and skipped by the tests, as the issue asks).  The inputs, Keras' outputs
-and its parameter counts go to ``<app>_ref.npz`` / the results JSON.
+and its parameter counts go to ``<app>_ref.npz`` / the results JSON.  The same application is
+also built in float64 (``floatx``) with the same weights: its output ``y64`` is the nearly
+exact answer, against which both Keras' and bnkit's float32 rounding can be measured (deep
+networks with random weights amplify float32 rounding beyond 1e-5).
 
 *reload*: each model ``{"app": ..., "files": [paths]}``: Keras loads each file (written by
 bnkit) and predicts on the stored inputs; the outputs go to ``<file>.out.npy``.
@@ -89,6 +92,32 @@ def _infer(model: Any, x: np.ndarray) -> np.ndarray:
     return np.asarray(model(x, training=False))
 
 
+def _set_floatx(name: str) -> None:
+    if hasattr(keras, "config"):  # Keras 3: the global dtype policy too (it caches floatx)
+        keras.config.set_floatx(name)
+        keras.config.set_dtype_policy(name)
+    else:
+        keras.backend.set_floatx(name)
+
+
+def float64_twin(entry: dict[str, Any], model: Any, x: np.ndarray) -> np.ndarray:
+    """Keras' own output in float64: the application rebuilt under ``floatx="float64"`` with
+    the float32 model's weights."""
+    _set_floatx("float64")
+    try:
+        twin = build_app(entry["app"], int(entry["size"]), int(entry.get("classes", 10)))
+        weights = model.get_weights()
+        if len(weights) != len(twin.weights):
+            raise RuntimeError(f"float64 twin has {len(twin.weights)} weights, the model {len(weights)}")
+        twin.set_weights([np.asarray(w, dtype="float64") for w in weights])
+        for layer in _all_layers(twin):
+            if type(layer).__name__ == "Normalization" and hasattr(layer, "finalize_state"):
+                layer.finalize_state()
+        return _infer(twin, x.astype("float64"))
+    finally:
+        _set_floatx("float32")
+
+
 def _all_layers(model: Any) -> list[Any]:
     layers = []
     for layer in model.layers:
@@ -115,7 +144,10 @@ def build(entry: dict[str, Any], work: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"counts": _counts(model), "layers": len(model.layers),
                               "classes": sorted({type(layer).__name__ for layer in _all_layers(model)}),
                               "files": {}}
-    np.savez(work / f"{app}_ref.npz", x=x, y=y)
+    y64 = float64_twin(entry, model, x)
+    if y64.dtype != np.float64:
+        raise RuntimeError(f"the float64 twin computed in {y64.dtype}")
+    np.savez(work / f"{app}_ref.npz", x=x, y=y, y64=y64)
     for fmt in entry.get("formats", ("h5", "keras")):
         path = work / f"{app}.{fmt}"
         try:

@@ -63,6 +63,9 @@ def fold_keras_model(model: KerasModel) -> tuple[KerasModel, FoldReport]:
         removed.append(bn["name"])
     config["config"]["layers"] = [layer for layer in config["config"]["layers"] if layer["name"] not in removed]
     rebuilt = build_from_config(config, data_format=model.data_format)
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) == 1:  # a model cast with .double()/.half() folds into the same dtype
+        rebuilt.to(dtypes.pop())
     _take_weights(rebuilt, model, folded, report)
     rebuilt.keras_notes = list(model.keras_notes)
     return rebuilt.eval(), report

@@ -71,7 +71,12 @@ def broadcast_shapes(b: Builder, shapes: list[tuple[int | None, ...]]) -> tuple[
 
 
 def constant(b: Builder, value: Any, key: str) -> np.ndarray:
-    """A float32 array from a config number, list, or Keras 3 ``__numpy__`` object."""
+    """A float64 array from a config number, list, or Keras 3 ``__numpy__`` object.
+
+    Kept in the config's precision: the modules cast it to the computation's dtype, as Keras'
+    operations do (so a model cast to float64 uses the exact constant).  Layers whose Keras
+    implementation rounds a constant to float32 first round it with :func:`as_float32`.
+    """
     if isinstance(value, dict) and value.get("class_name") == "__numpy__" and isinstance(value.get("config"), dict):
         value = value["config"].get("value")
     try:
@@ -81,7 +86,14 @@ def constant(b: Builder, value: Any, key: str) -> np.ndarray:
     if array is None or value is None or isinstance(value, bool) or array.size > 1 << 24 \
             or not np.all(np.isfinite(array)):
         raise b.error(f"invalid `{key}`", "a finite number or a nested list of numbers", value)
-    return array.astype(np.float32)
+    return array
+
+
+def as_float32(array: np.ndarray) -> np.ndarray:
+    """``array`` rounded to float32 (kept as float64): Keras' ``Rescaling`` (both frameworks) and
+    Keras 3's ``Normalization`` hold their config constants in float32 whatever the compute
+    dtype, so a float64 model sees the rounded value, as in Keras."""
+    return array.astype(np.float32).astype(np.float64)
 
 
 def as_torch(array: np.ndarray, rank: int, perm: Perm) -> float | torch.Tensor:
@@ -102,7 +114,7 @@ def rescaling(b: Builder, spec: LayerSpec, xs: list[Info]) -> Result:
                                         for a, d in zip(array.shape[::-1], x.shape[::-1])):
             raise b.error(f"`{key}` does not broadcast against the input", f"a shape matching {x.shape[1:]}",
                           list(array.shape))
-    scale, offset = (as_torch(values[k], rank, x.perm) for k in ("scale", "offset"))
+    scale, offset = (as_torch(as_float32(values[k]), rank, x.perm) for k in ("scale", "offset"))
     slot = b.run(spec.name, lambda: Affine(scale, offset), [x.slot])
     config = {**common(spec), **{k: float(v) if v.ndim == 0 else v.tolist() for k, v in values.items()}}
     return Info(x.shape, x.perm, slot), config
@@ -119,15 +131,18 @@ def normalization(b: Builder, spec: LayerSpec, xs: list[Info]) -> Result:
     mean, variance = cfg.get("mean"), cfg.get("variance")
     if (mean is None) != (variance is None):
         raise b.error("`mean` and `variance` must be given together", "both or neither", [mean, variance])
-    stored = mean is None
+    stored, written = mean is None, [mean, variance]
     if stored:
         b.weight_shapes[spec.name] = {"mean": shape, "variance": shape, "count": ()}
         factory = weighted(b, lambda device: KerasNormalization(shape, broadcast, x.perm, invert, True, device=device),
                            _NORMALIZATION, {}, False)
     else:
         values = []
-        for key, raw in (("mean", mean), ("variance", variance)):
-            array = constant(b, raw, key)
+        for index, (key, raw) in enumerate((("mean", mean), ("variance", variance))):
+            array = constant(b, raw, key)  # tf_keras keeps it in the compute dtype, Keras 3 in float32:
+            if keras3_dialect(cfg):  # the rounded values are written back, so both dialects read them alike
+                array = as_float32(array)
+                written[index] = array.tolist()
             try:
                 values.append(torch.from_numpy(np.broadcast_to(array, shape).copy()))
             except ValueError:
@@ -137,7 +152,8 @@ def normalization(b: Builder, spec: LayerSpec, xs: list[Info]) -> Result:
     slot = b.run(spec.name, factory, [x.slot])
     axis_value = cfg.get("axis", -1)
     config = {**common(spec), "axis": axis_value if axis_value is None or isinstance(axis_value, list)
-              else [axis_value], "invert": invert, "mean": mean, "variance": variance}
+              else [axis_value], "invert": invert, "mean": written[0],
+              "variance": written[1]}
     return Info(x.shape, x.perm, slot), config
 
 

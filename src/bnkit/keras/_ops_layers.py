@@ -34,8 +34,8 @@ class Affine(nn.Module):
             self.register_buffer("offset_values", offset, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        scale = self.scale if self.scale is not None else self.scale_values
-        offset = self.offset if self.offset is not None else self.offset_values
+        scale = self.scale if self.scale is not None else self.scale_values.to(x.dtype)
+        offset = self.offset if self.offset is not None else self.offset_values.to(x.dtype)
         return x * scale + offset
 
     def extra_repr(self) -> str:
@@ -68,8 +68,8 @@ class KerasNormalization(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         mean, variance = (self.adapted_mean, self.adapted_variance) if self.stored else (self.mean, self.variance)
-        mean = keras_view(mean, self.broadcast, self.perm).to(x.dtype)
-        std = torch.clamp(torch.sqrt(keras_view(variance, self.broadcast, self.perm)), min=1e-7).to(x.dtype)
+        mean = keras_view(mean, self.broadcast, self.perm).to(x.dtype)  # Keras' compute dtype, then sqrt
+        std = torch.clamp(torch.sqrt(keras_view(variance, self.broadcast, self.perm).to(x.dtype)), min=1e-7)
         return mean + x * std if self.invert else (x - mean) / std
 
     def extra_repr(self) -> str:
@@ -278,6 +278,11 @@ class ConstantOp(nn.Module):
 
     def forward(self, inputs: list[Tensor]) -> Tensor:
         a, b = self._operand(0, inputs), self._operand(1, inputs)
+        dtype = inputs[0].dtype  # constants take the tensors' dtype, as in Keras
+        if self.slots[0] is None and isinstance(a, Tensor):
+            a = a.to(dtype)
+        if self.slots[1] is None and isinstance(b, Tensor):
+            b = b.to(dtype)
         if isinstance(a, float):  # a float constant, not "not a Tensor": torch.fx passes Proxies
             a = torch.full((), a, dtype=b.dtype, device=b.device)  # type: ignore[union-attr]
         if isinstance(b, float) and self.op in ("maximum", "minimum"):
