@@ -92,7 +92,7 @@ def _rename(layer: dict[str, Any], name: str) -> None:
 EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
     "lambda": lambda c: _layer(c, "Dense").update(class_name="Lambda", config={"name": "out", "function": "x"}),
     "custom": lambda c: _layer(c, "Dense").update(module="my_package.layers", registered_name="my_package>Dense"),
-    "unknown_class": lambda c: _layer(c, "Dense").update(class_name="MultiHeadAttention"),
+    "unknown_class": lambda c: _layer(c, "Dense").update(class_name="ConvLSTM2D"),
     "subclassed_model": lambda c: c.update(class_name="MyModel"),
     "no_layers": lambda c: c["config"].pop("layers"),
     "layers_not_list": lambda c: c["config"].update(layers={"a": 1}),

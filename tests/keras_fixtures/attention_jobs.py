@@ -16,30 +16,18 @@ Runs in its own process (TensorFlow and torch must not share one interpreter)::
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-FLAVOUR = sys.argv[1] if len(sys.argv) > 1 else "tf_keras"
-os.environ.update(CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
-if FLAVOUR == "tf_keras":
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
-else:
-    os.environ.pop("TF_USE_LEGACY_KERAS", None)
-    os.environ["KERAS_BACKEND"] = "tensorflow"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _flavour import flavour_argument, import_keras, run_job  # noqa: E402
 
-import tensorflow  # noqa: E402,F401  (first, as Keras expects)
-
-if FLAVOUR == "tf_keras":
-    import tf_keras as keras  # noqa: E402
-else:
-    import keras  # noqa: E402
+FLAVOUR = flavour_argument()
+_, keras = import_keras(FLAVOUR, onednn="0")
 
 L = keras.layers
 RNG = np.random.default_rng(11)
@@ -208,19 +196,5 @@ def predict(task: dict[str, Any], work: Path) -> None:
 TASKS = {"build": build, "predict": predict}
 
 
-def main() -> int:
-    job = json.loads(Path(sys.argv[2]).read_text(encoding="utf-8"))
-    work = Path(job["workdir"])
-    results: dict[str, str] = {}
-    for task in job["tasks"]:
-        try:
-            TASKS[task["kind"]](task, work)
-            results[task["name"]] = "ok"
-        except Exception as error:  # noqa: BLE001 - reported to the test, which decides
-            results[task["name"]] = f"{type(error).__name__}: {error}\n{traceback.format_exc()[-3000:]}"
-    (work / f"results_{FLAVOUR}_{Path(sys.argv[2]).stem}.json").write_text(json.dumps(results), encoding="utf-8")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_job(TASKS))
