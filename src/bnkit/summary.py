@@ -52,6 +52,7 @@ cell, so full type names such as ``BatchNormalization`` are never cut (Keras 2 c
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ from ._repr import short
 from . import _summary_table
 from ._summary_costs import call_macs, output_bytes, tensor_bytes
 from ._summary_inputs import model_inputs
+from ._summary_keras import keras_rows_for
 
 __all__ = ["LAYOUTS", "STYLES", "Row", "Summary", "summary"]
 
@@ -192,12 +194,17 @@ def summary(
     model_name = type(model).__name__.lower()
     display = getattr(model, "display_names", None)  # e.g. a loaded Keras model's layer names
     shown: dict[str, str] = display() if callable(display) else {}
-    modules = [
-        (shown.get(name, name) or model_name, name.count(".") + 1 if name else 0, module)
-        for name, module in model.named_modules()
-        if _owns_state(module) or next(module.children(), None) is None
-    ]
-    rows, seen = _rows(modules, _run(model, modules, args, kwargs), style, batch, channels_last)
+    named = [(name, module) for name, module in model.named_modules()
+             if _owns_state(module) or next(module.children(), None) is None]
+    modules = [(shown.get(name, name) or model_name, name.count(".") + 1 if name else 0, module)
+               for name, module in named]
+    keras = keras_rows_for(model) if style == "keras" else None
+    with keras.watch() if keras is not None else contextlib.nullcontext():
+        records = _run(model, modules, args, kwargs)
+    rows, seen, order = _rows(modules, records, style, batch, channels_last)
+    if keras is not None:  # a loaded Keras model: its Keras layers, as Keras lists them
+        model_name = str(getattr(model, "name", model_name))
+        rows = keras.rows(rows, [named[i][0] for i in order], args, batch)
     total = sum(size for size, _, _ in seen.values())
     trained = sum(size for size, trains, _ in seen.values() if trains)
     inputs = sum(tensor_bytes(t) for t in (*args, *kwargs.values()) if isinstance(t, Tensor))
@@ -214,11 +221,13 @@ def summary(
 def _rows(
     modules: list[tuple[str, int, nn.Module]], records: list[_Record], style: str, batch: int | None,
     channels_last: bool = False,
-) -> tuple[list[Row], dict[int, tuple[int, bool, int]]]:
-    """Rows in first-call order (unused last); every counted tensor once: id -> (size, trainable, bytes)."""
+) -> tuple[list[Row], dict[int, tuple[int, bool, int]], list[int]]:
+    """Rows in first-call order (unused last); every counted tensor once: id -> (size, trainable,
+    bytes); the index in ``modules`` of every row."""
     rows: list[Row] = []
     seen: dict[int, tuple[int, bool, int]] = {}
-    for key in sorted(range(len(modules)), key=lambda i: records[i][0]):  # stable: unused keep their order
+    order = sorted(range(len(modules)), key=lambda i: records[i][0])  # stable: unused keep their order
+    for key in order:
         name, depth, module = modules[key]
         params = trainable = size_bytes = 0
         for tensor, trains in _counted(module, style):
@@ -230,7 +239,7 @@ def _rows(
         _, calls, shape, macs, out_bytes = records[key]
         rows.append(Row(name, type(module).__name__, _display_shape(shape, batch, channels_last), params, trainable,
                         depth, calls, macs, size_bytes, out_bytes))
-    return rows, seen
+    return rows, seen, order
 
 
 # ---- the forward pass -----------------------------------------------------------------
