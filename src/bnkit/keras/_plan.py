@@ -133,9 +133,10 @@ def plan_model(spec: ModelSpec, config: dict[str, Any], init: bool, source: obje
 
 def _layer_rows(spec: ModelSpec, config: dict[str, Any], infos: dict[TensorId, Info],
                 owners: dict[str, str]) -> tuple[KerasLayerRow, ...]:
-    """The layers as Keras' ``model.layers`` lists them (config order; a Sequential's
-    InputLayer and Keras 3's operations such as the recorded ``NotEqual`` masks are not
-    layers there), each with its module keys and output tensors, for :func:`bnkit.summary`."""
+    """The layers as Keras' ``model.layers`` lists them (config order, a Sequential's
+    InputLayer left out; Keras 3's recorded ``NotEqual`` masks, taken out of the graph, are
+    no layers there either), each with its module keys and output tensors, for
+    :func:`bnkit.summary`."""
     body = config["config"]
     modules: dict[str, list[str]] = {}
     for key, flat in owners.items():
@@ -144,8 +145,7 @@ def _layer_rows(spec: ModelSpec, config: dict[str, Any], infos: dict[TensorId, I
     rows = []
     for index, raw in enumerate(body["layers"]):
         name, cls, *_ = layer_entry(raw, index, "config")
-        operation = str(raw.get("module") or "").startswith("keras.src.ops")
-        if operation or (cls == "InputLayer" and config.get("class_name") == "Sequential"):
+        if cls == "InputLayer" and config.get("class_name") == "Sequential":
             continue
         if cls in MODEL_CLASSES and name not in top:
             members = [layer for layer in spec.layers if layer.scope[:1] == (name,)]
