@@ -37,6 +37,17 @@ of its counted tensors (``param_bytes``) and of its outputs (``output_bytes``); 
 totals them. ``macs=True`` / ``memory=True`` show them as columns and totals, as
 torchinfo's ``Mult-Adds`` and size lines do.
 
+Loaded Keras models (:class:`bnkit.keras.KerasModel`): in the Keras convention the rows are
+Keras' own (:mod:`bnkit._summary_keras`): one per layer of Keras' ``model.layers``, with its
+Keras name, its class as in the config and its output shape in Keras' layout whatever torch
+layout it computes in (``channels_last`` changes nothing there); the modules bnkit adds for a
+layer (paddings, activations split from a ``Dense``, sequence masks) count in that layer's
+row, a nested model is one row (Keras' ``expand_nested=False``), a functional model's inputs
+are ``InputLayer`` rows shown as tf_keras prints them, ``[(None, 64, 64, 1)]``, and the title
+is the Keras model's name.  Keras 3 also prints a ``NotEqual`` row for the mask of an
+``Embedding(mask_zero=True)`` in a functional model; bnkit computes that mask inside the
+Embedding's row.  ``style="torch"`` lists the torch modules, as for any other model.
+
 Inputs: :mod:`bnkit._summary_inputs` builds and validates them from ``input_shape`` or
 ``input_data``.
 
@@ -161,8 +172,9 @@ def summary(
         input_shape: one input shape without the batch dimension, e.g. ``(3, 224, 224)``,
             or a list of such shapes for a model taking several positional inputs. Inputs
             are zeros (the global random state is left alone).
-        style: ``"keras"`` (parameters + persistent float buffers, Keras' numbers) or
-            ``"torch"`` (parameters only).
+        style: ``"keras"`` (parameters + persistent float buffers, Keras' numbers; a loaded
+            Keras model is listed by its Keras layers) or ``"torch"`` (parameters only, one
+            row per torch module).
         batch_size: batch of the generated inputs (default 1); only with ``input_shape``.
         input_data: instead of ``input_shape``: a tensor, a sequence of tensors (positional
             inputs) or a mapping (keyword inputs).
@@ -174,7 +186,8 @@ def summary(
         macs: show a ``MACs`` column (multiply-adds per row) and their total.
         memory: show ``Param bytes``/``Output bytes`` columns and the input, activation,
             parameter and estimated total sizes.
-        channels_last: show outputs of 3+ dimensions channels-last, as Keras prints them.
+        channels_last: show outputs of 3+ dimensions channels-last, as Keras prints them
+            (the Keras rows of a loaded Keras model are in Keras' layout already).
 
     Raises:
         TypeError / ValueError: for invalid arguments, naming the argument and the value.
