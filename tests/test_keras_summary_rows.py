@@ -1,9 +1,10 @@
 """``bnkit.summary`` of a loaded Keras model lists what Keras lists, row by row.
 
-tf_keras 2.21 and Keras 3.15.1 build five models in a subprocess
+tf_keras 2.21 and Keras 3.15.1 build six models in a subprocess
 (``tests/keras_fixtures/summary_rows_jobs.py``: Embedding -> LSTM -> Conv1D -> Dense; a
 channels-last CNN with BN; a residual block with Add; a functional model with a nested
-Sequential; a Bidirectional LSTM text model), save them as ``.keras`` and record, for
+Sequential; a Bidirectional LSTM text model; models nested two deep, one of them and a conv
+shared by two inputs), save them as ``.keras`` and record, for
 every layer of ``model.layers``, its name, class, output shape and ``count_params()``.
 bnkit loads each file and its Keras-convention summary must give exactly those rows: the
 torch layouts (a Conv1D computing on ``(N, C, L)``), the helper modules (paddings,
@@ -31,7 +32,9 @@ from .oracle_client import oracle_env
 pytestmark = [pytest.mark.oracle, pytest.mark.slow]
 
 JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "summary_rows_jobs.py"
-RECIPES = ("text_conv", "cnn_bn", "residual", "nested", "bilstm")
+RECIPES = ("text_conv", "cnn_bn", "residual", "nested", "bilstm", "deep_shared")
+#: layers the recipes call more than once (Keras shows their one shape, as all calls agree)
+SHARED = {"deep_shared": {"tower": 2, "conv": 2}}
 FLAVOURS = ("tf_keras", "keras3")
 
 
@@ -49,9 +52,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return folders
 
 
-def _load(folder: Path, name: str) -> tuple[bk.KerasModel, torch.Tensor, dict[str, Any]]:
+def _load(folder: Path, name: str) -> tuple[bk.KerasModel, list[torch.Tensor], dict[str, Any]]:
     with np.load(folder / f"{name}.npz") as data:
-        x = torch.from_numpy(data["x"])
+        x = [torch.from_numpy(data[f"x{i}"]) for i in range(len(data.files))]
     keras = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
     return bk.load_model(folder / f"{name}.keras"), x, keras
 
@@ -77,7 +80,8 @@ def test_rows_equal_keras_layers(built: dict[str, Path], flavour: str, name: str
     assert got == want
     assert table.model_name == keras["model"]
     assert table.total == sum(row["params"] for row in keras["rows"])
-    assert all(row.calls == 1 for row in table.rows)
+    assert {row.name: row.calls for row in table.rows} == {row["name"]: SHARED.get(name, {}).get(row["name"], 1)
+                                                            for row in keras["rows"]}
     text = str(table)
     for row in keras["rows"]:
         assert f"{row['name']} ({row['class']})" in text
@@ -105,7 +109,7 @@ def test_channels_first_interface_still_shows_keras_layout(built: dict[str, Path
     folder = built["tf_keras"]
     keras = json.loads((folder / "residual.json").read_text(encoding="utf-8"))
     with np.load(folder / "residual.npz") as data:
-        x = torch.from_numpy(data["x"]).permute(0, 3, 1, 2).contiguous()
+        x = torch.from_numpy(data["x0"]).permute(0, 3, 1, 2).contiguous()
     model = bk.load_model(folder / "residual.keras", data_format="channels_first")
     table = bnkit.summary(model, input_data=x)
     assert [_listed(row.output_shape) for row in table.rows] == [row["output_shape"] for row in keras["rows"]]

@@ -5,7 +5,8 @@ Runs in its own process (TensorFlow and torch must not share one interpreter)::
     python tests/keras_fixtures/summary_rows_jobs.py FLAVOUR WORKDIR
 
 For each recipe below, FLAVOUR (``tf_keras`` or ``keras3``) builds the model, saves it as
-``WORKDIR/<recipe>.keras`` with ``<recipe>.npz`` (``x``: two inputs) and writes
+``WORKDIR/<recipe>.keras`` with ``<recipe>.npz`` (``x0``, ``x1``...: two samples per model
+input) and writes
 ``<recipe>.json``: the model's name and, for every layer of ``model.layers`` (the rows of
 Keras' ``model.summary()``), its name, class, output shape (tf_keras' ``output_shape``; in
 Keras 3, which has no such attribute on every layer, the shapes of ``layer.output``) and
@@ -74,25 +75,46 @@ def bilstm() -> Any:
     return keras.Model(inp, L.Dense(2, activation="softmax", name="out")(x), name="bilstm")
 
 
-RECIPES = {"text_conv": text_conv, "cnn_bn": cnn_bn, "residual": residual, "nested": nested, "bilstm": bilstm}
+def deep_shared() -> Any:
+    """Models nested two deep (inner names clashing with outer ones), a nested model called on
+    two inputs, a conv shared by both branches."""
+    inner = keras.Sequential([keras.Input((6, 6, 3)), L.Conv2D(3, 1, name="conv"), L.BatchNormalization(name="bn")],
+                             name="inner")
+    inp = keras.Input((6, 6, 3), name="x")
+    tower = keras.Model(inp, L.ReLU(name="tower_relu")(inner(inp)), name="tower")
+    left, right = keras.Input((6, 6, 3), name="left"), keras.Input((6, 6, 3), name="right")
+    conv = L.Conv2D(3, 3, padding="same", name="conv")  # the name of a layer inside `inner`
+    a, b = conv(tower(left)), conv(tower(right))
+    h = L.Concatenate(name="cat")([L.GlobalAveragePooling2D(name="gap_a")(a), L.GlobalMaxPooling2D(name="gap_b")(b)])
+    return keras.Model([left, right], L.Dense(2, name="out")(h), name="deep_shared")
+
+
+RECIPES = {"text_conv": text_conv, "cnn_bn": cnn_bn, "residual": residual, "nested": nested, "bilstm": bilstm,
+           "deep_shared": deep_shared}
 
 
 def _shape(layer: Any) -> Any:
-    """The layer's output shape as lists (None for unknown sizes), as the flavour reports it."""
-    if FLAVOUR == "tf_keras":
-        shape = layer.output_shape
-    else:
-        out = layer.output
-        shape = [tuple(t.shape) for t in out] if isinstance(out, (list, tuple)) else tuple(out.shape)
+    """The layer's output shape as lists (None for unknown sizes), as the flavour reports it;
+    ``"multiple"`` for a layer called several times when Keras gives no single shape."""
+    try:
+        if FLAVOUR == "tf_keras":
+            shape = layer.output_shape
+        else:
+            out = layer.output
+            shape = [tuple(t.shape) for t in out] if isinstance(out, (list, tuple)) else tuple(out.shape)
+    except (AttributeError, ValueError, RuntimeError):
+        return "multiple"
     return [list(s) for s in shape] if isinstance(shape, list) else list(shape)
 
 
-def _inputs(model: Any, rng: np.random.Generator) -> np.ndarray:
-    spec = model.inputs[0]
-    shape = (2, *spec.shape[1:])
-    if "int" in str(spec.dtype):
-        return rng.integers(1, 20, size=shape).astype(np.int64)
-    return rng.standard_normal(shape).astype(np.float32)
+def _inputs(model: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Two samples per model input, as ``x0``, ``x1``..."""
+    arrays = {}
+    for index, spec in enumerate(model.inputs):
+        shape = (2, *spec.shape[1:])
+        arrays[f"x{index}"] = rng.integers(1, 20, size=shape).astype(np.int64) if "int" in str(spec.dtype) \
+            else rng.standard_normal(shape).astype(np.float32)
+    return arrays
 
 
 def main(workdir: Path) -> None:
@@ -101,7 +123,7 @@ def main(workdir: Path) -> None:
         keras.backend.clear_session()
         model = recipe()
         model.save(workdir / f"{name}.keras")
-        np.savez(workdir / f"{name}.npz", x=_inputs(model, rng))
+        np.savez(workdir / f"{name}.npz", **_inputs(model, rng))
         lines: list[str] = []
         model.summary(print_fn=lambda line, *_, **__: lines.append(line))
         rows = [{"name": layer.name, "class": type(layer).__name__, "output_shape": _shape(layer),
