@@ -94,10 +94,14 @@ def test_torch_convention_keeps_torch_modules(built: dict[str, Path]) -> None:
     """style="torch" still lists the torch modules with their torch layouts: the Conv1D as an
     nn.Conv1d on (N, C, L), the Dense's helpers, no InputLayer."""
     model, x, _ = _load(built["tf_keras"], "text_conv")
-    rows = {row.name: row for row in bnkit.summary(model, input_data=x, style="torch").rows}
+    torch_style = bnkit.summary(model, input_data=x, style="torch", macs=True)
+    rows = {row.name: row for row in torch_style.rows}
     conv = rows["layers.conv1d"]
     assert (conv.type, conv.output_shape, conv.params) == ("Conv1d", (None, 4, 6), 64)
     assert rows["layers.dense"].type == "Linear"
+    keras_style = bnkit.summary(model, input_data=x, macs=True)  # the same multiply-adds, under Keras' rows
+    assert keras_style.macs == torch_style.macs == 2 * (6 * 4 * 5 * 3 + 6 * 3 * 4)  # Conv1D(5 -> 4, k 3) + Dense(4 -> 3), 6 steps, batch 2
+    assert {row.name: row.macs for row in keras_style.rows}["conv1d"] == conv.macs
     model, x, _ = _load(built["tf_keras"], "cnn_bn")
     rows = {row.name: row for row in bnkit.summary(model, input_data=x, style="torch").rows}
     assert rows["layers.batch_normalization"].params == 16  # gamma and beta only: PyTorch counts parameters

@@ -111,7 +111,8 @@ class KerasRows:
                 leaves = [(slots.get(slot), perm) for slot, perm in call]
                 if not leaves or any(not isinstance(leaf, _Leaf) for leaf, _ in leaves):
                     continue
-                nbytes += sum(leaf.nbytes for leaf, _ in leaves)  # type: ignore[union-attr]
+                if layer.class_name != "InputLayer":  # the input is no activation (see Summary.input_bytes)
+                    nbytes += sum(leaf.nbytes for leaf, _ in leaves)  # type: ignore[union-attr]
                 shown = [_keras_shape(leaf.shape, perm, batch) for leaf, perm in leaves]  # type: ignore[union-attr]
                 shapes.append(shown[0] if len(shown) == 1 and layer.class_name != "InputLayer" else shown)
             shape: OutputShape = None if not shapes else shapes[0] if all(s == shapes[0] for s in shapes) \

@@ -215,6 +215,7 @@ def summary(
     with keras.watch() if keras is not None else contextlib.nullcontext():
         records = _run(model, modules, args, kwargs)
     rows, seen, order = _rows(modules, records, style, batch, channels_last)
+    total_macs = sum(row.macs for row in rows)
     if keras is not None:  # a loaded Keras model: its Keras layers, as Keras lists them
         model_name = str(getattr(model, "name", model_name))
         rows = keras.rows(rows, [named[i][0] for i in order], args, batch)
@@ -222,7 +223,7 @@ def summary(
     trained = sum(size for size, trains, _ in seen.values() if trains)
     inputs = sum(tensor_bytes(t) for t in (*args, *kwargs.values()) if isinstance(t, Tensor))
     result = Summary(tuple(rows), total, trained, total - trained, style, model_name, layout,
-                     macs=sum(row.macs for row in rows), param_bytes=sum(n for _, _, n in seen.values()),
+                     macs=total_macs, param_bytes=sum(n for _, _, n in seen.values()),
                      activation_bytes=sum(row.output_bytes for row in rows), input_bytes=inputs,
                      show_macs=macs, show_memory=memory, channels_last=channels_last)
     if print_fn is not None:
