@@ -111,8 +111,8 @@ def test_summary_and_check_from_the_command_line(tmp_path: Path) -> None:
     total, trainable, statistics = _keras_counts(ref)
     assert _totals(done.stdout, "Keras convention") == (total, trainable, statistics) == (323, 315, 8)
     assert _totals(done.stdout, "PyTorch convention") == (trainable, trainable, 0)
-    # Shapes in Keras' order: Conv2D(4, 3, padding="same") on 8x8x3 gives (None, 8, 8, 4) in Keras.
-    assert re.search(r"layers\.conv \(Conv2d\) +\(None, 8, 8, 4\) +112", done.stdout), done.stdout
+    # Keras' row: Conv2D(4, 3, padding="same") on 8x8x3 gives (None, 8, 8, 4) in Keras.
+    assert re.search(r"\nconv \(Conv2D\) +\(None, 8, 8, 4\) +112", done.stdout), done.stdout
     assert re.search(r"check: small.pt reloaded vs the model read on random input\(s\) \(2, 8, 8, 3\): "
                      r"max relative difference 0 \(limit 1e-05\): ok", done.stdout), done.stdout
     done = _run(str(tmp_path / "small.pt"), str(tmp_path / "back.keras"), "--fold", "--check", "--rtol", "0")

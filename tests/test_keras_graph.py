@@ -126,9 +126,9 @@ def test_layer_names_with_slashes_and_dots(built: Any, flavour: str, suffix: str
         again = bk.load_model(tmp_path / f"back.{out}")
         assert [layer["name"] for layer in again.keras_config["config"]["layers"]] == names
         _assert_close(again(*xs), ys)
-    rows = {row.name: row for row in bnkit.summary(model, input_data=xs[0]).rows}
-    assert rows[f"layers.conv1{sep}conv"].params == 3 * 3 * 3 * 4 + 4 and rows["layers.head.fc"].params == 4 * 3 + 3
-    assert rows["layers.conv1_conv"].params == 4 * 4 + 4  # the layer really named conv1_conv
+    rows = {row.name: row for row in bnkit.summary(model, input_data=xs[0]).rows}  # Keras' layer names
+    assert rows[f"conv1{sep}conv"].params == 3 * 3 * 3 * 4 + 4 and rows["head.fc"].params == 4 * 3 + 3
+    assert rows["conv1_conv"].params == 4 * 4 + 4  # the layer really named conv1_conv
     fresh = bk.build_from_config(model.keras_config)  # load_weights pairs the Keras names too
     assert bk.load_weights(fresh, _file(built, flavour, "odd_names", suffix)).ok
     _assert_close(fresh.eval()(*xs), ys)

@@ -37,6 +37,17 @@ of its counted tensors (``param_bytes``) and of its outputs (``output_bytes``); 
 totals them. ``macs=True`` / ``memory=True`` show them as columns and totals, as
 torchinfo's ``Mult-Adds`` and size lines do.
 
+Loaded Keras models (:class:`bnkit.keras.KerasModel`): in the Keras convention the rows are
+Keras' own (:mod:`bnkit._summary_keras`): one per layer of Keras' ``model.layers``, with its
+Keras name, its class as in the config and its output shape in Keras' layout whatever torch
+layout it computes in (``channels_last`` changes nothing there); the modules bnkit adds for a
+layer (paddings, activations split from a ``Dense``, sequence masks) count in that layer's
+row, a nested model is one row (Keras' ``expand_nested=False``), a functional model's inputs
+are ``InputLayer`` rows shown as tf_keras prints them, ``[(None, 64, 64, 1)]``, and the title
+is the Keras model's name.  Keras 3 also prints a ``NotEqual`` row for the mask of an
+``Embedding(mask_zero=True)`` in a functional model; bnkit computes that mask inside the
+Embedding's row.  ``style="torch"`` lists the torch modules, as for any other model.
+
 Inputs: :mod:`bnkit._summary_inputs` builds and validates them from ``input_shape`` or
 ``input_data``.
 
@@ -52,6 +63,7 @@ cell, so full type names such as ``BatchNormalization`` are never cut (Keras 2 c
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +78,7 @@ from ._repr import short
 from . import _summary_table
 from ._summary_costs import call_macs, output_bytes, tensor_bytes
 from ._summary_inputs import model_inputs
+from ._summary_keras import keras_rows_for
 
 __all__ = ["LAYOUTS", "STYLES", "Row", "Summary", "summary"]
 
@@ -159,8 +172,9 @@ def summary(
         input_shape: one input shape without the batch dimension, e.g. ``(3, 224, 224)``,
             or a list of such shapes for a model taking several positional inputs. Inputs
             are zeros (the global random state is left alone).
-        style: ``"keras"`` (parameters + persistent float buffers, Keras' numbers) or
-            ``"torch"`` (parameters only).
+        style: ``"keras"`` (parameters + persistent float buffers, Keras' numbers; a loaded
+            Keras model is listed by its Keras layers) or ``"torch"`` (parameters only, one
+            row per torch module).
         batch_size: batch of the generated inputs (default 1); only with ``input_shape``.
         input_data: instead of ``input_shape``: a tensor, a sequence of tensors (positional
             inputs) or a mapping (keyword inputs).
@@ -172,7 +186,8 @@ def summary(
         macs: show a ``MACs`` column (multiply-adds per row) and their total.
         memory: show ``Param bytes``/``Output bytes`` columns and the input, activation,
             parameter and estimated total sizes.
-        channels_last: show outputs of 3+ dimensions channels-last, as Keras prints them.
+        channels_last: show outputs of 3+ dimensions channels-last, as Keras prints them
+            (the Keras rows of a loaded Keras model are in Keras' layout already).
 
     Raises:
         TypeError / ValueError: for invalid arguments, naming the argument and the value.
@@ -192,17 +207,23 @@ def summary(
     model_name = type(model).__name__.lower()
     display = getattr(model, "display_names", None)  # e.g. a loaded Keras model's layer names
     shown: dict[str, str] = display() if callable(display) else {}
-    modules = [
-        (shown.get(name, name) or model_name, name.count(".") + 1 if name else 0, module)
-        for name, module in model.named_modules()
-        if _owns_state(module) or next(module.children(), None) is None
-    ]
-    rows, seen = _rows(modules, _run(model, modules, args, kwargs), style, batch, channels_last)
+    named = [(name, module) for name, module in model.named_modules()
+             if _owns_state(module) or next(module.children(), None) is None]
+    modules = [(shown.get(name, name) or model_name, name.count(".") + 1 if name else 0, module)
+               for name, module in named]
+    keras = keras_rows_for(model) if style == "keras" else None
+    with keras.watch() if keras is not None else contextlib.nullcontext():
+        records = _run(model, modules, args, kwargs)
+    rows, seen, order = _rows(modules, records, style, batch, channels_last)
+    total_macs = sum(row.macs for row in rows)
+    if keras is not None:  # a loaded Keras model: its Keras layers, as Keras lists them
+        model_name = str(getattr(model, "name", model_name))
+        rows = keras.rows(rows, [named[i][0] for i in order], args, batch)
     total = sum(size for size, _, _ in seen.values())
     trained = sum(size for size, trains, _ in seen.values() if trains)
     inputs = sum(tensor_bytes(t) for t in (*args, *kwargs.values()) if isinstance(t, Tensor))
     result = Summary(tuple(rows), total, trained, total - trained, style, model_name, layout,
-                     macs=sum(row.macs for row in rows), param_bytes=sum(n for _, _, n in seen.values()),
+                     macs=total_macs, param_bytes=sum(n for _, _, n in seen.values()),
                      activation_bytes=sum(row.output_bytes for row in rows), input_bytes=inputs,
                      show_macs=macs, show_memory=memory, channels_last=channels_last)
     if print_fn is not None:
@@ -214,11 +235,13 @@ def summary(
 def _rows(
     modules: list[tuple[str, int, nn.Module]], records: list[_Record], style: str, batch: int | None,
     channels_last: bool = False,
-) -> tuple[list[Row], dict[int, tuple[int, bool, int]]]:
-    """Rows in first-call order (unused last); every counted tensor once: id -> (size, trainable, bytes)."""
+) -> tuple[list[Row], dict[int, tuple[int, bool, int]], list[int]]:
+    """Rows in first-call order (unused last); every counted tensor once: id -> (size, trainable,
+    bytes); the index in ``modules`` of every row."""
     rows: list[Row] = []
     seen: dict[int, tuple[int, bool, int]] = {}
-    for key in sorted(range(len(modules)), key=lambda i: records[i][0]):  # stable: unused keep their order
+    order = sorted(range(len(modules)), key=lambda i: records[i][0])  # stable: unused keep their order
+    for key in order:
         name, depth, module = modules[key]
         params = trainable = size_bytes = 0
         for tensor, trains in _counted(module, style):
@@ -230,7 +253,7 @@ def _rows(
         _, calls, shape, macs, out_bytes = records[key]
         rows.append(Row(name, type(module).__name__, _display_shape(shape, batch, channels_last), params, trainable,
                         depth, calls, macs, size_bytes, out_bytes))
-    return rows, seen
+    return rows, seen, order
 
 
 # ---- the forward pass -----------------------------------------------------------------

@@ -27,7 +27,7 @@ from .._repr import short
 from ._config import LayerSpec, ModelSpec
 from ._entry import WeightRule, present_rules, resolve_tensor
 from ._layers import activation_module, keras3_dialect
-from ._model import KerasModel, Step
+from ._model import KerasLayerRow, KerasModel, Step
 from .errors import KerasFormatError
 
 __all__ = ["MAX_BUILD_ELEMENTS", "Builder", "Info", "Perm", "Plan", "Shape", "identity", "image", "inverse", "layout",
@@ -82,6 +82,7 @@ class Plan(NamedTuple):
     origins: dict[str, tuple[tuple[str, ...], str, str]]
     data_format: str
     keras_data_format: str
+    layer_rows: tuple[KerasLayerRow, ...] = ()
 
     def elements(self) -> int:
         return sum(math.prod(shape) for layer in self.weight_shapes.values() for shape in layer.values())
@@ -90,7 +91,7 @@ class Plan(NamedTuple):
         layers = {name: factory() for name, factory in self.factories.items()}
         return KerasModel(self.name, layers, self.steps, self.inputs, self.input_ranks, self.outputs,
                           self.slots, self.config, self.weight_shapes, self.notes, self.classes, self.names,
-                          self.origins, self.data_format, self.keras_data_format)
+                          self.origins, self.data_format, self.keras_data_format, self.layer_rows)
 
 
 class Builder:
@@ -119,6 +120,8 @@ class Builder:
         #: that keyword argument (``initial_state=``), so the writer can record them so
         #: (Keras 3 takes them as keyword tensors; tf_keras as extra inbound tensors)
         self.call_kwargs: dict[tuple[str, int], dict[str, int]] = {}
+        #: module key -> the flat layer whose plan registered it (its own module or a helper)
+        self.owners: dict[str, str] = {}
 
     # ---- errors and notes ------------------------------------------------------------
     def error(self, problem: str, expected: str, received: object) -> KerasFormatError:
@@ -175,6 +178,8 @@ class Builder:
         repeated = self.call > 0 and self.layer is not None and name == self.keys.get(self.layer.name)
         if not repeated:  # a shared layer's later calls reuse its module
             self.factories[name] = factory
+            if self.layer is not None:
+                self.owners.setdefault(name, self.layer.name)
         out = self.new_slot()
         self.steps.append(Step("module", name, tuple(slots), out, many=many))
         return out

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, fx, nn
 
-__all__ = ["KerasModel", "Step"]
+__all__ = ["KerasLayerRow", "KerasModel", "Step"]
 
 
 class Step(NamedTuple):
@@ -28,6 +28,23 @@ class Step(NamedTuple):
     many: bool = False
     release: tuple[int, ...] = ()
     index: int = 0
+
+
+class KerasLayerRow(NamedTuple):
+    """One layer as Keras lists it in ``model.layers`` (and ``model.summary()``), recorded at
+    build time so :func:`bnkit.summary` can speak Keras' terms for a :class:`KerasModel`.
+
+    ``name``/``class_name``: the Keras name and the class as in the config (a nested model is
+    one row of class ``Sequential``/``Functional``).  ``modules``: the module keys computing
+    it (its own, the helpers the planner added for it such as ``conv_pad`` or ``dense_relu``,
+    every layer of a nested model).  ``outputs``: per call, per output tensor, the slot
+    holding it and its torch layout ``perm`` (the torch tensor is the Keras tensor
+    ``.permute(perm)``)."""
+
+    name: str
+    class_name: str
+    modules: tuple[str, ...]
+    outputs: tuple[tuple[tuple[int, tuple[int, ...]], ...], ...]
 
 
 class KerasModel(nn.Module):
@@ -49,6 +66,8 @@ class KerasModel(nn.Module):
     Nested models are expanded into one flat graph (a layer whose name is taken gets one
     qualified by its nested models); ``keras_origins`` maps each flat layer with weights to
     ``(nested models, Keras name, .keras weight path)`` in the file it was read from.
+    ``keras_layer_rows`` lists the layers as Keras' ``model.layers`` does (see
+    :class:`KerasLayerRow`), for :func:`bnkit.summary`.
     """
 
     def __init__(self, name: str, layers: dict[str, nn.Module], steps: list[Step], inputs: list[int],
@@ -56,7 +75,8 @@ class KerasModel(nn.Module):
                  keras_weight_shapes: dict[str, dict[str, tuple[int, ...]]], keras_notes: list[str],
                  keras_classes: dict[str, str] | None = None, keras_names: dict[str, str] | None = None,
                  keras_origins: dict[str, tuple[tuple[str, ...], str, str]] | None = None,
-                 data_format: str = "channels_last", keras_data_format: str = "channels_last") -> None:
+                 data_format: str = "channels_last", keras_data_format: str = "channels_last",
+                 keras_layer_rows: tuple[KerasLayerRow, ...] = ()) -> None:
         super().__init__()
         self.name = name
         self.layers = nn.ModuleDict(layers)
@@ -73,6 +93,7 @@ class KerasModel(nn.Module):
         self.keras_origins = dict(keras_origins or {})
         self.data_format = data_format
         self.keras_data_format = keras_data_format
+        self.keras_layer_rows = tuple(keras_layer_rows)
 
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         if isinstance(inputs, fx.Proxy):  # torch.fx traces ``*inputs`` as one proxy (surgery)

@@ -6,8 +6,9 @@ from typing import Any
 
 from .._repr import short
 from ._build import MAX_BUILD_ELEMENTS, Builder, Info, Perm, Plan, identity, inverse, moved
-from ._config import LayerSpec, ModelSpec, TensorId
+from ._config import MODEL_CLASSES, LayerSpec, ModelSpec, TensorId, layer_entry
 from ._graph import keras3_nodes
+from ._model import KerasLayerRow
 from ._table import SUPPORTED_LAYERS, TABLE
 from .errors import KerasFormatError, UnsupportedLayerError
 
@@ -121,13 +122,66 @@ def plan_model(spec: ModelSpec, config: dict[str, Any], init: bool, source: obje
     plan = Plan(spec.name, builder.factories, builder.steps, inputs, ranks, outputs, builder.slots,
                 model_config, builder.weight_shapes, builder.notes, classes,
                 {key: name for name, key in builder.keys.items() if key in builder.factories}, origins,
-                wanted, own)
+                wanted, own, _layer_rows(spec, config, infos, builder.owners))
     if init and plan.elements() > MAX_BUILD_ELEMENTS:
         raise KerasFormatError(
             f"{source}: the config declares {plan.elements():,} weight values; expected at most "
             f"{MAX_BUILD_ELEMENTS:,} (an absurd or corrupted config)"
         )
     return plan
+
+
+def _layer_rows(spec: ModelSpec, config: dict[str, Any], infos: dict[TensorId, Info],
+                owners: dict[str, str]) -> tuple[KerasLayerRow, ...]:
+    """The layers as Keras' ``model.layers`` lists them (config order, a Sequential's
+    InputLayer left out; Keras 3's recorded ``NotEqual`` masks, taken out of the graph, are
+    no layers there either), each with its module keys and output tensors, for
+    :func:`bnkit.summary`."""
+    body = config["config"]
+    modules: dict[str, list[str]] = {}
+    for key, flat in owners.items():
+        modules.setdefault(flat, []).append(key)
+    top = {(layer.keras_name or layer.name): layer for layer in spec.layers if not layer.scope}
+    rows = []
+    for index, raw in enumerate(body["layers"]):
+        name, cls, *_ = layer_entry(raw, index, "config")
+        if cls == "InputLayer" and config.get("class_name") == "Sequential":
+            continue
+        if cls in MODEL_CLASSES and name not in top:
+            members = [layer for layer in spec.layers if layer.scope[:1] == (name,)]
+            keys = [key for layer in members for key in modules.get(layer.name, [])]
+            outputs = _leaving({layer.name for layer in members}, spec)
+        elif name in top:
+            layer = top[name]
+            keys = modules.get(layer.name, [])
+            outputs = [[(layer.name, call, i) for i in range(_count(infos, layer.name, call))]
+                       for call in range(len(layer.calls))]
+        else:  # taken out of the graph (a Keras 3 mask operation)
+            continue
+        rows.append(KerasLayerRow(name, cls, tuple(keys), tuple(
+            tuple((infos[t].slot, infos[t].perm) for t in call if t in infos) for call in outputs)))
+    return tuple(rows)
+
+
+def _count(infos: dict[TensorId, Info], name: str, call: int) -> int:
+    count = 0
+    while (name, call, count) in infos:
+        count += 1
+    return count
+
+
+def _leaving(members: set[str], spec: ModelSpec) -> list[list[TensorId]]:
+    """The tensors a nested model gives (made by its layers, read outside it or model
+    outputs), grouped by call."""
+    found: dict[TensorId, None] = {}
+    for layer in spec.layers:
+        if layer.name not in members:
+            found.update((t, None) for call in layer.calls for t in call if t[0] in members)
+    found.update((t, None) for t in spec.outputs if t[0] in members)
+    calls: dict[int, list[TensorId]] = {}
+    for tensor in found:
+        calls.setdefault(tensor[1], []).append(tensor)
+    return [calls[call] for call in sorted(calls)]
 
 
 def _tensor(infos: dict[TensorId, Info], layers: dict[str, LayerSpec], tensor: TensorId, source: object) -> Info:
