@@ -126,7 +126,8 @@ def _direct(dataset: Any, target: torch.Tensor, block: int) -> None:
     """The values straight into the tensor's memory (whole, or by blocks when converting a dtype)."""
     flat = target.detach().numpy().reshape(-1)
     step = flat.size if dataset.dtype == flat.dtype else block // max(dataset.dtype.itemsize, 1)
-    for first in range(0, flat.size, max(step, 1)):
+    step = max(step, 1)
+    for first in range(0, flat.size, step):
         dataset.read_items(flat[first:first + step], first)
 
 
