@@ -42,6 +42,11 @@ MIN_BLOCK_BYTES = 64 * 1024
 BLOCK_BYTES = 4 * 1024 * 1024
 _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 
+#: Copies of at most this many elements run on the calling thread (torch's grain size): moves
+#: are cut into such pieces, so they never wait on torch's worker threads, which costs a
+#: scheduling slice per copy when the machine is busy.  The reads overlap the moves instead.
+SERIAL_ELEMENTS = 32768
+
 Move = Callable[[], None]
 
 
@@ -164,14 +169,25 @@ def _transposed(dataset: Any, target: torch.Tensor, shape: tuple[int, ...], dtyp
 
 def _via_scratch(target: torch.Tensor, source: torch.Tensor, buffers: _Buffers,
                  shaped: Callable[[torch.Tensor], torch.Tensor]) -> Move:
-    """Transpose ``source`` into the shared contiguous scratch (fast), then copy it into ``target``."""
+    """Transpose ``source (O, n)`` into the shared contiguous scratch (fast), then copy it into
+    ``target`` (``O`` leading too), a few output rows at a time (see :data:`SERIAL_ELEMENTS`)."""
     scratch = buffers.scratch(tuple(source.shape), target.dtype)
+    final = shaped(scratch)
+    step = _serial_rows(source)
 
     def move() -> None:
-        scratch.copy_(source)
-        target.copy_(shaped(scratch))
+        for start in range(0, source.shape[0], step):
+            stop = start + step
+            scratch[start:stop].copy_(source[start:stop])
+            target[start:stop].copy_(final[start:stop])
 
     return move
+
+
+def _serial_rows(tensor: torch.Tensor) -> int:
+    """How many leading rows of ``tensor`` one serial copy takes."""
+    row = tensor[0].numel() if tensor.dim() and tensor.shape[0] else 1
+    return max(1, SERIAL_ELEMENTS // max(row, 1))
 
 
 def _rows(dataset: Any, target: torch.Tensor, shape: tuple[int, ...], dtype: Any,
@@ -197,7 +213,13 @@ def _rows(dataset: Any, target: torch.Tensor, shape: tuple[int, ...], dtype: Any
 
 
 def _mover(target: torch.Tensor, source: torch.Tensor) -> Move:
+    """Copy ``source`` into ``target`` (same shape), a few leading rows at a time."""
+    step = _serial_rows(target)
+
     def move() -> None:
-        target.copy_(source)
+        if target.dim() == 0:
+            target.copy_(source)
+        for start in range(0, target.shape[0] if target.dim() else 0, step):
+            target[start:start + step].copy_(source[start:start + step])
 
     return move
