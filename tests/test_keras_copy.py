@@ -113,3 +113,13 @@ def test_a_dataset_of_the_wrong_size_is_refused(stored) -> None:  # type: ignore
 
     with pytest.raises(KerasFormatError, match=r"dense: expected 24 values; the file holds 851"):
         _copy.copy_all([(stored["dense"], torch.empty(4, 6), "dense")])
+
+
+def test_tensors_outside_cpu_memory_are_filled_by_copies(stored) -> None:  # type: ignore[no-untyped-def]
+    """A contiguous tensor on another device cannot take reads into its memory: it gets a
+    torch copy instead (a meta tensor stands in for a GPU one: the copy is accepted, no
+    value is kept)."""
+    vector = torch.empty(301, device="meta")
+    kernel = torch.empty(23, 37, device="meta")
+    _copy.copy_all([(stored["vector64"], vector, "vector64"), (stored["dense"], kernel.T, "dense")])
+    assert vector.device.type == "meta" and kernel.device.type == "meta"

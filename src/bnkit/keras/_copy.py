@@ -4,8 +4,8 @@ Each dataset (of a :mod:`._snapshot`: bytes at checked offsets, read with ``prea
 one of three routes:
 
 * *direct*: its tensor's Keras view is contiguous in the dataset's order (biases, BN
-  vectors, 1x1 depthwise kernels): the bytes are read straight into the tensor's memory,
-  with no buffer and no copy;
+  vectors, 1x1 depthwise kernels) and in CPU memory: the bytes are read straight into the
+  tensor's memory, with no buffer and no copy;
 * *transposed*: a Dense kernel ``K (IN, U)`` -> ``weight (U, IN)``, a convolution kernel
   ``(*spatial, I, O)`` -> ``(O, I, *spatial)``: the kernel, seen as ``(P * I, O)`` rows
   (``P`` spatial positions), is read in blocks of rows; torch's fast 2-D transpose puts each
@@ -118,7 +118,7 @@ def _moves(dataset: Any, target: torch.Tensor, label: str, buffers: _Buffers) ->
         )
     dtype = _NUMPY_DTYPES.get(target.dtype)
     rank = len(shape)
-    if dtype is not None and target.is_contiguous():
+    if dtype is not None and target.device.type == "cpu" and target.is_contiguous():
         _direct(dataset, target, buffers.block)
     elif dtype is not None and rank >= 2 and tuple(target.shape) == shape \
             and target.permute(rank - 1, rank - 2, *range(rank - 2)).is_contiguous():
