@@ -5,7 +5,7 @@
 
 * ``load``: seconds of ``bnkit.keras.load_model`` or ``keras.models.load_model(compile=False)``
   (imports excluded) and the peak resident memory it added, in bytes: ``peak_added`` = the
-  process' resident high-water mark after the load (``ru_maxrss``, i.e. VmHWM) minus its
+  process' resident high-water mark after the load (VmHWM of ``/proc/self/status``) minus its
   resident size just before it (after ``import bnkit.keras`` / ``import keras``, whose own
   transient peak is reported as ``peak_before_baseline`` and is 0 when the high-water mark
   equals the resident size there); ``rss_added`` and ``file_pages_added`` (the part mapped
@@ -39,7 +39,11 @@ def _rss() -> int:
 
 
 def _peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The resident high-water mark: VmHWM, i.e. max(high-water mark, current resident size).
+    ``getrusage``'s ``ru_maxrss`` can lag behind the current size by a few hundred KB (per-CPU
+    counters not summed), which would hide a peak reached at the end of a load."""
+    hwm = _status().get("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _status(pid: int | str = "self") -> dict[str, int]:

@@ -15,16 +15,16 @@ one of three routes:
 
 Blocks hold about 1/:data:`BLOCK_FRACTION` of all the weights copied, between
 :data:`MIN_BLOCK_BYTES` and :data:`BLOCK_BYTES` (one row, if a single row is larger), and the
-two read buffers and the scratch are shared by every dataset of a load: a load needs at
-most ~3 blocks beyond the weights themselves, a few percent of them.  Reading
-(on the calling thread) and moving (torch, which releases the GIL, on one worker thread)
-overlap block by block; a buffer is reused only after the move reading it has finished.
+read buffer and the scratch are shared by every dataset of a load: a load needs at most two
+blocks beyond the weights themselves, a few percent of them.  Everything runs on the calling
+thread, each block moved right after it is read, in pieces small enough for torch to copy
+without its worker threads (:data:`SERIAL_ELEMENTS`): handing blocks to another thread cost
+more than the overlap gained (and a thread's stack and malloc arena).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -44,32 +44,27 @@ _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.flo
 
 #: Copies of at most this many elements run on the calling thread (torch's grain size): moves
 #: are cut into such pieces, so they never wait on torch's worker threads, which costs a
-#: scheduling slice per copy when the machine is busy.  The reads overlap the moves instead.
+#: scheduling slice per copy when the machine is busy.
 SERIAL_ELEMENTS = 32768
 
 Move = Callable[[], None]
 
 
 class _Buffers:
-    """Two read buffers (used in turn) and one scratch tensor, grown on demand, for a whole load.
-
-    Moves run one at a time, so one scratch serves them all; a read buffer is written again
-    only two blocks later, after the move of the block before has been waited for.
-    """
+    """One read buffer and one scratch tensor, grown on demand, for a whole load (a block is
+    moved before the next one is read, so one of each serves every dataset)."""
 
     def __init__(self, block: int) -> None:
         self.block = block
-        self._reads = [np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.uint8)]
-        self._turn = 0
+        self._read = np.empty(0, dtype=np.uint8)
         self._scratch = torch.empty(0, dtype=torch.uint8)
 
     def read(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
-        index, self._turn = self._turn, 1 - self._turn
-        if self._reads[index].nbytes < nbytes:
-            self._reads[index] = np.empty(max(nbytes, self.block), dtype=np.uint8)
-        return self._reads[index][:nbytes].view(dtype).reshape(shape)
+        if self._read.nbytes < nbytes:
+            self._read = np.empty(max(nbytes, self.block), dtype=np.uint8)
+        return self._read[:nbytes].view(dtype).reshape(shape)
 
     def scratch(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         nbytes = math.prod(shape) * dtype.itemsize
@@ -79,33 +74,23 @@ class _Buffers:
 
 
 def copy_all(jobs: list[tuple[Any, torch.Tensor, str]]) -> None:
-    """Copy every ``(dataset, keras_view, label)``; each read overlaps the previous block's move.
+    """Copy every ``(dataset, keras_view, label)``, block by block, under ``torch.no_grad``.
 
     Raises KerasFormatError naming the dataset when one cannot be read; the jobs before it
     are then already copied (the caller says so).
     """
     total = sum(target.numel() * target.element_size() for _, target, _ in jobs)
     buffers = _Buffers(min(max(total // BLOCK_FRACTION, MIN_BLOCK_BYTES), BLOCK_BYTES))
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnkit-keras-copy") as pool:
-        pending: tuple[Future[None], str] | None = None
+    with torch.no_grad():
         for dataset, target, label in jobs:
-            with translating(label, "read the dataset"):
-                for move in _moves(dataset, target, label, buffers):
-                    _finish(pending)
-                    pending = (pool.submit(_without_grad, move), label)
-        _finish(pending)
-
-
-def _without_grad(move: Move) -> None:
-    with torch.no_grad():  # grad mode is per thread
-        move()
-
-
-def _finish(pending: tuple[Future[None], str] | None) -> None:
-    if pending is not None:
-        future, label = pending
-        with translating(label, "copy the dataset into its tensor"):
-            future.result()
+            blocks = _moves(dataset, target, label, buffers)
+            while True:
+                with translating(label, "read the dataset"):
+                    move = next(blocks, None)
+                if move is None:
+                    break
+                with translating(label, "copy the dataset into its tensor"):
+                    move()
 
 
 def _moves(dataset: Any, target: torch.Tensor, label: str, buffers: _Buffers) -> Iterator[Move]:

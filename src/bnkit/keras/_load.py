@@ -72,7 +72,7 @@ def load_model(path: str | os.PathLike[str], data_format: str | None = None) -> 
     spec = parse_model_config(config, source)
     plan = plan_model(spec, config, init=False, source=source, data_format=data_format)
     names = {layer.name for layer in spec.layers} | {layer.keras_name for layer in spec.layers if layer.keras_name}
-    del spec
+    del spec, config  # what the model keeps of them is in the plan
     with open_weights(source, names) as (layout, stored):
         available = sum(int(ds.size) for layer in stored for ds in layer.datasets)
         if plan.elements() > available:
