@@ -30,6 +30,7 @@ VALUES = {
     "vector64": RNG.standard_normal(301).astype("<f8"),
     "big_endian": RNG.standard_normal((11, 5)).astype(">f4"),
     "scalar": np.array(5, dtype="<i8"),
+    "empty_kernel": np.zeros((3, 3, 0, 4), dtype="<f4"),
 }
 
 
@@ -44,6 +45,7 @@ def _targets() -> dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
     vector = torch.empty(301)
     big = torch.empty(11, 5, dtype=torch.float64)
     scalar = torch.empty(())
+    empty = torch.empty(4, 0, 3, 3)
     return {
         "dense": (dense, dense.T, v["dense"].T),
         "conv": (conv, conv.permute(2, 3, 1, 0), v["conv"].transpose(3, 2, 0, 1)),
@@ -54,6 +56,7 @@ def _targets() -> dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
         "vector64": (vector, vector, v["vector64"].astype(np.float32)),
         "big_endian": (big, big, v["big_endian"].astype(np.float64)),
         "scalar": (scalar, scalar, np.float32(5)),
+        "empty_kernel": (empty, empty.permute(2, 3, 1, 0), np.zeros((4, 0, 3, 3), dtype=np.float32)),
     }
 
 
@@ -63,7 +66,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     with h5py.File(path, "w") as h5:
         for name, values in VALUES.items():
             h5[name] = values
-            if values.ndim:
+            if values.size > 1:
                 h5.create_dataset(f"{name}_gzip", data=values, chunks=tuple(max(1, d // 2) for d in values.shape),
                                   compression="gzip", shuffle=True)
     snapshot = open_h5(path, path)
@@ -73,12 +76,12 @@ def stored(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
 
 @pytest.mark.parametrize("block", [4, 100, 200, 1 << 20])
 @pytest.mark.parametrize("chunked", [False, True])
-def test_every_route_in_blocks_gives_the_numpy_layout(stored, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
-                                                      block: int, chunked: bool) -> None:
+def test_every_route_in_blocks_gives_the_numpy_layout(  # type: ignore[no-untyped-def]
+        stored, monkeypatch: pytest.MonkeyPatch, block: int, chunked: bool) -> None:
     monkeypatch.setattr(_copy, "MIN_BLOCK_BYTES", block)
     monkeypatch.setattr(_copy, "BLOCK_BYTES", block)
     targets = _targets()
-    names = [n for n in targets if not (chunked and VALUES[n].ndim == 0)]
+    names = [n for n in targets if not (chunked and VALUES[n].size <= 1)]
     jobs = [(stored[f"{n}_gzip" if chunked else n], targets[n][1], n) for n in names]
     with torch.no_grad():
         _copy.copy_all(jobs)
@@ -121,5 +124,7 @@ def test_tensors_outside_cpu_memory_are_filled_by_copies(stored) -> None:  # typ
     value is kept)."""
     vector = torch.empty(301, device="meta")
     kernel = torch.empty(23, 37, device="meta")
-    _copy.copy_all([(stored["vector64"], vector, "vector64"), (stored["dense"], kernel.T, "dense")])
+    empty = torch.empty(4, 0, 3, 3, device="meta")
+    _copy.copy_all([(stored["vector64"], vector, "vector64"), (stored["dense"], kernel.T, "dense"),
+                    (stored["empty_kernel"], empty.permute(2, 3, 1, 0), "empty_kernel")])
     assert vector.device.type == "meta" and kernel.device.type == "meta"

@@ -101,6 +101,8 @@ def _moves(dataset: Any, target: torch.Tensor, label: str, buffers: _Buffers) ->
         raise KerasFormatError(
             f"{label}: expected {target.numel():,} values; the file holds {math.prod(shape):,} (shape {shape})"
         )
+    if target.numel() == 0:
+        return
     dtype = _NUMPY_DTYPES.get(target.dtype)
     rank = len(shape)
     if dtype is not None and target.device.type == "cpu" and target.is_contiguous():
@@ -129,7 +131,7 @@ def _transposed(dataset: Any, target: torch.Tensor, shape: tuple[int, ...], dtyp
     *spatial, inputs, outputs = shape
     positions = math.prod(spatial)
     rank = len(shape)
-    weight = target.permute(rank - 1, rank - 2, *range(rank - 2)).reshape(outputs, inputs, positions)
+    weight = target.permute(rank - 1, rank - 2, *range(rank - 2)).view(outputs, inputs, positions)
     rows = max(1, buffers.block // max(outputs * np.dtype(dtype).itemsize, 1))
     if rows >= inputs:
         rows -= rows % inputs
