@@ -4,7 +4,16 @@
     python _zoo_worker.py infer bnkit|bnkit-fast|torch|keras3-torch|tf_keras FILE APP BATCH SIZE ITERS
 
 * ``load``: seconds of ``bnkit.keras.load_model`` or ``keras.models.load_model(compile=False)``
-  (imports excluded) and the peak resident memory it added, in bytes.
+  (imports excluded) and the peak resident memory it added, in bytes: ``peak_added`` = the
+  process' resident high-water mark after the load (VmHWM of ``/proc/self/status``) minus its
+  resident size just before it (after ``import bnkit.keras`` / ``import keras``, whose own
+  transient peak is reported as ``peak_before_baseline`` and is 0 when the high-water mark
+  equals the resident size there); ``rss_added`` and ``file_pages_added`` (the part mapped
+  from files: code pages of shared libraries) are measured right after the load.  For bnkit
+  also ``probe_peak``, the high-water mark of its HDF5 probe process (a separate process,
+  not in ``peak_added``), and ``second_peak_added``: what loading the same file again in
+  the same process adds (``ru_maxrss`` growth; 0 when the second load stays below the first
+  one's peak).
 * ``infer``: median seconds of one inference on a random batch after warm-up: bnkit as loaded
   (NHWC interface), ``bnkit-fast`` (BNs folded, NCHW interface, channels_last memory),
   ``torch`` (the same architecture written in PyTorch, ``_torch_apps.py``, channels_last
@@ -30,7 +39,31 @@ def _rss() -> int:
 
 
 def _peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The resident high-water mark: VmHWM, i.e. max(high-water mark, current resident size).
+    ``getrusage``'s ``ru_maxrss`` can lag behind the current size by a few hundred KB (per-CPU
+    counters not summed), which would hide a peak reached at the end of a load."""
+    hwm = _status().get("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _status(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon, RssFile of a process, in bytes (empty if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return {}
+    fields = (line.split(":", 1) for line in lines if ":" in line)
+    return {key: int(value.split()[0]) * 1024 for key, value in fields
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
+
+
+def _probe_peak() -> int | None:
+    """Peak resident memory of bnkit's HDF5 probe process (a child, not counted in ``peak_added``)."""
+    from bnkit.keras import _probe
+
+    worker = _probe._WORKER[0][1] if _probe._WORKER else None
+    return _status(worker.pid).get("VmHWM") if worker is not None else None
 
 
 def load(kind: str, file: str) -> dict[str, Any]:
@@ -46,12 +79,23 @@ def load(kind: str, file: str) -> dict[str, Any]:
         import tf_keras
 
         loader = lambda: tf_keras.models.load_model(file, compile=False)  # noqa: E731
+    baseline = _status()
     before = _rss()
     start = time.perf_counter()
     model = loader()
     seconds = time.perf_counter() - start
+    after = _status()
+    result = {"seconds": seconds, "peak_added": max(_peak() - before, 0),
+              "peak_before_baseline": max(baseline["VmHWM"] - baseline["VmRSS"], 0),
+              "rss_added": after["VmRSS"] - baseline["VmRSS"],
+              "file_pages_added": after["RssFile"] - baseline["RssFile"]}
+    if kind == "bnkit":
+        result["probe_peak"] = _probe_peak()
+        second = _rss()
+        bk.load_model(file)  # the same file again in this process: what a load costs once warm
+        result["second_peak_added"] = max(_peak() - second, 0)
     del model
-    return {"seconds": seconds, "peak_added": max(_peak() - before, 0)}
+    return result
 
 
 def _time(step: Callable[[], Any], iters: int) -> float:

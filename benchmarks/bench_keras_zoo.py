@@ -1,6 +1,7 @@
 """Keras applications in bnkit: load time and memory, and inference speed, against Keras.
 
     python benchmarks/bench_keras_zoo.py [--dir /tmp/bnkit-zoo-bench] [--repeats 5] [--iters 10] [--json out.json]
+    python benchmarks/bench_keras_zoo.py --memory-only [--repeats 3] [--json results/keras_zoo.json --note "..."]
 
 ResNet50, MobileNetV2 and EfficientNetB0 (224x224, 1000 classes, ``weights=None``, random BN
 statistics) are built and saved once by Keras 3 and by tf_keras (``tests/keras_fixtures/zoo_jobs.py``).
@@ -13,6 +14,10 @@ Every measurement runs in a fresh process (``_zoo_worker.py``), interleaved, fil
   (``bnkit-fast``), the same architecture written in PyTorch (``_torch_apps.py``), Keras 3 on its
   torch backend (Keras-3 ``.keras`` file) and tf_keras in a ``tf.function`` (tf_keras ``.h5``);
   targets: bnkit-fast faster than both Keras and within 1.1x of PyTorch.
+
+``--memory-only`` measures bnkit's load memory alone (memory does not suffer from a busy
+machine the way timings do) and, with ``--json``, updates only the memory fields of that
+existing results file.
 """
 from __future__ import annotations
 
@@ -86,6 +91,40 @@ def bench_load(work: Path, counts: dict[str, Any], repeats: int) -> list[dict[st
     return rows
 
 
+def bench_memory(work: Path, counts: dict[str, Any], repeats: int) -> list[dict[str, Any]]:
+    """bnkit's load memory only (no Keras, no timing): the median of ``repeats`` fresh processes."""
+    rows = []
+    for flavour in WRITERS:
+        for app in APPS:
+            weights = 4 * counts[flavour][app]["counts"]["total"]
+            for fmt in ("keras", "h5"):
+                runs = [_worker("load", "bnkit", str(work / flavour / f"{app}.{fmt}")) for _ in range(repeats)]
+                med = {key: statistics.median(r[key] for r in runs) for key in
+                       ("peak_added", "rss_added", "file_pages_added", "second_peak_added", "probe_peak")}
+                row = {"writer": flavour, "app": app, "format": fmt, "weights_mb": weights / 1e6,
+                       "memory_x_weights": med["peak_added"] / weights,
+                       **{f"{key}_mb": value / 1e6 for key, value in med.items()},
+                       "peak_before_baseline_max_mb": max(r["peak_before_baseline"] for r in runs) / 1e6}
+                rows.append(row)
+                print(f"memory {flavour:8s} {app:15s} .{fmt:5s} peak {row['memory_x_weights']:4.2f}x weights "
+                      f"({row['peak_added_mb']:.1f} MB for {weights / 1e6:.1f} MB; code pages "
+                      f"{row['file_pages_added_mb']:.1f} MB; second load {row['second_peak_added_mb']:.1f} MB; "
+                      f"HDF5 probe process {row['probe_peak_mb']:.1f} MB)", flush=True)
+    return rows
+
+
+def _merge_memory(path: Path, rows: list[dict[str, Any]], note: str) -> None:
+    """Write the memory figures into the load rows of an existing results file, timings untouched."""
+    result = json.loads(path.read_text(encoding="utf-8"))
+    by_key = {(r["writer"], r["app"], r["format"]): r for r in rows}
+    for row in result.get("load", []):
+        new = by_key.get((row["writer"], row["app"], row["format"]))
+        if new is not None:
+            row.update({k: v for k, v in new.items() if k not in ("writer", "app", "format")})
+    result["memory_note"] = note
+    path.write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+
 def bench_infer(work: Path, repeats: int, iters: int) -> list[dict[str, Any]]:
     rows = []
     files = {"bnkit": ("keras3", "keras"), "bnkit-fast": ("keras3", "keras"), "torch": ("keras3", "keras"),
@@ -118,8 +157,16 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip", choices=("load", "infer"))
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only bnkit's load memory; with --json, merged into that existing results file")
+    parser.add_argument("--note", default="", help="with --memory-only: when and how the memory was measured")
     args = parser.parse_args()
     counts = _make(args.dir)
+    if args.memory_only:
+        rows = bench_memory(args.dir, counts, args.repeats)
+        if args.json:
+            _merge_memory(args.json, rows, args.note)
+        return 0
     result: dict[str, Any] = {"size": SIZE, "classes": CLASSES, "repeats": args.repeats, "cpus": os.cpu_count()}
     if args.skip != "load":
         result["load"] = bench_load(args.dir, counts, args.repeats)

@@ -1,24 +1,30 @@
-"""Copy HDF5 datasets (Keras layout) into torch tensors (torch layout), fast and in bounded memory.
+"""Copy HDF5 datasets (Keras layout) into torch tensors (torch layout), fast and in little memory.
 
-Each dataset (of a :mod:`._snapshot`: bytes at checked offsets, read with ``preadv``) is
-read by blocks of leading rows into reusable NumPy buffers; each block is then moved into
-its tensor by torch.  Reading (on the calling thread) and moving (torch, which
-releases the GIL, on one worker thread) overlap, block by block, with two buffers per
-dataset so a block is never overwritten while it is being moved.
+Each dataset (of a :mod:`._snapshot`: bytes at checked offsets, read with ``preadv``) takes
+one of three routes:
 
-Layout changes use torch's fast 2-D transpose, which needs a contiguous destination:
+* *direct*: its tensor's Keras view is contiguous in the dataset's order (biases, BN
+  vectors, 1x1 depthwise kernels) and in CPU memory: the bytes are read straight into the
+  tensor's memory, with no buffer and no copy;
+* *transposed*: a Dense kernel ``K (IN, U)`` -> ``weight (U, IN)``, a convolution kernel
+  ``(*spatial, I, O)`` -> ``(O, I, *spatial)``: the kernel, seen as ``(P * I, O)`` rows
+  (``P`` spatial positions), is read in blocks of rows; torch's fast 2-D transpose puts each
+  block into a contiguous scratch, which is then copied into its slab of the weight;
+* *rows*: anything else (depthwise kernels, recurrent gates): blocks of whole leading rows
+  copied into the strided view.
 
-* Dense kernel ``K (IN, U)`` -> ``weight (U, IN)``: row blocks of ``K`` go through a
-  contiguous scratch into their column slab of ``weight``;
-* Conv2D kernel ``HWIO`` -> ``OIHW``: a 2-D transpose to ``OHWI``, then a small permute;
-* anything else: blocks of whole leading rows (at most :data:`BLOCK_BYTES`) copied into
-  the strided view.
+Blocks hold about 1/:data:`BLOCK_FRACTION` of all the weights copied, between
+:data:`MIN_BLOCK_BYTES` and :data:`BLOCK_BYTES` (one row, if a single row is larger), and the
+read buffer and the scratch are shared by every dataset of a load: a load needs at most two
+blocks beyond the weights themselves, a few percent of them.  Everything runs on the calling
+thread, each block moved right after it is read, in pieces small enough for torch to copy
+without its worker threads (:data:`SERIAL_ELEMENTS`): handing blocks to another thread cost
+more than the overlap gained (and a thread's stack and malloc arena).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -29,121 +35,178 @@ from .errors import KerasFormatError
 
 __all__ = ["BLOCK_BYTES", "copy_all"]
 
-#: Datasets larger than this are read in blocks of about this size.
-BLOCK_BYTES = 64 * 1024 * 1024
+#: Datasets are read in blocks (direct reads excepted) of 1/BLOCK_FRACTION of the weights copied,
+#: at least MIN_BLOCK_BYTES (fewer, slower blocks below), at most BLOCK_BYTES.
+BLOCK_FRACTION = 256
+MIN_BLOCK_BYTES = 64 * 1024
+BLOCK_BYTES = 4 * 1024 * 1024
 _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+
+#: Copies of at most this many elements run on the calling thread (torch's grain size): moves
+#: are cut into such pieces, so they never wait on torch's worker threads, which costs a
+#: scheduling slice per copy when the machine is busy.
+SERIAL_ELEMENTS = 32768
 
 Move = Callable[[], None]
 
 
+class _Buffers:
+    """One read buffer and one scratch tensor, grown on demand, for a whole load (a block is
+    moved before the next one is read, so one of each serves every dataset)."""
+
+    def __init__(self, block: int) -> None:
+        self.block = block
+        self._read = np.empty(0, dtype=np.uint8)
+        self._scratch = torch.empty(0, dtype=torch.uint8)
+
+    def read(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if self._read.nbytes < nbytes:
+            self._read = np.empty(max(nbytes, self.block), dtype=np.uint8)
+        return self._read[:nbytes].view(dtype).reshape(shape)
+
+    def scratch(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        nbytes = math.prod(shape) * dtype.itemsize
+        if self._scratch.numel() < nbytes:
+            self._scratch = torch.empty(max(nbytes, self.block), dtype=torch.uint8)
+        return self._scratch[:nbytes].view(dtype).view(shape)
+
+
 def copy_all(jobs: list[tuple[Any, torch.Tensor, str]]) -> None:
-    """Copy every ``(dataset, keras_view, label)``; each read overlaps the previous block's move.
+    """Copy every ``(dataset, keras_view, label)``, block by block, under ``torch.no_grad``.
 
     Raises KerasFormatError naming the dataset when one cannot be read; the jobs before it
     are then already copied (the caller says so).
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnkit-keras-copy") as pool:
-        pending: tuple[Future[None], str] | None = None
+    total = sum(target.numel() * target.element_size() for _, target, _ in jobs)
+    buffers = _Buffers(min(max(total // BLOCK_FRACTION, MIN_BLOCK_BYTES), BLOCK_BYTES))
+    with torch.no_grad():
         for dataset, target, label in jobs:
-            with translating(label, "read the dataset"):
-                for move in _moves(dataset, target, label):
-                    _finish(pending)
-                    pending = (pool.submit(_without_grad, move), label)
-        _finish(pending)
+            blocks = _moves(dataset, target, label, buffers)
+            while True:
+                with translating(label, "read the dataset"):
+                    move = next(blocks, None)
+                if move is None:
+                    break
+                with translating(label, "copy the dataset into its tensor"):
+                    move()
 
 
-def _without_grad(move: Move) -> None:
-    with torch.no_grad():  # grad mode is per thread
-        move()
-
-
-def _finish(pending: tuple[Future[None], str] | None) -> None:
-    if pending is not None:
-        future, label = pending
-        with translating(label, "copy the dataset into its tensor"):
-            future.result()
-
-
-def _moves(dataset: Any, target: torch.Tensor, label: str) -> Iterator[Move]:
-    """Read ``dataset`` block by block; after each read, yield the function moving the block."""
+def _moves(dataset: Any, target: torch.Tensor, label: str, buffers: _Buffers) -> Iterator[Move]:
+    """Read ``dataset`` block by block; after each read, yield the function moving the block
+    (nothing for a direct read, which is finished when this returns)."""
     shape = tuple(int(d) for d in dataset.shape)
     if math.prod(shape) != target.numel():
         raise KerasFormatError(
             f"{label}: expected {target.numel():,} values; the file holds {math.prod(shape):,} (shape {shape})"
         )
-    dtype = _NUMPY_DTYPES.get(target.dtype, np.float32)
-    if len(shape) == 2 and target.dim() == 2 and target.stride(0) == 1 and target.T.is_contiguous():
-        yield from _row_slabs(dataset, target.T, shape, dtype)
-    elif len(shape) == 4 and target.dim() == 4 and target.permute(3, 2, 0, 1).is_contiguous() \
-            and target.numel() * np.dtype(dtype).itemsize <= BLOCK_BYTES:
-        yield from _conv(dataset, target.permute(3, 2, 0, 1), shape, dtype)
+    if target.numel() == 0:
+        return
+    dtype = _NUMPY_DTYPES.get(target.dtype)
+    rank = len(shape)
+    if dtype is not None and target.device.type == "cpu" and target.is_contiguous():
+        _direct(dataset, target, buffers.block)
+    elif dtype is not None and rank >= 2 and tuple(target.shape) == shape \
+            and target.permute(rank - 1, rank - 2, *range(rank - 2)).is_contiguous():
+        yield from _transposed(dataset, target, shape, dtype, buffers)
     else:
-        yield from _rows(dataset, target, shape, dtype)
+        yield from _rows(dataset, target, shape, dtype or np.float32, buffers)
 
 
-def _read(dataset: Any, buffer: np.ndarray) -> np.ndarray:
-    if buffer.size:
-        dataset.read_rows(buffer)
-    return buffer
+def _direct(dataset: Any, target: torch.Tensor, block: int) -> None:
+    """The values straight into the tensor's memory (whole, or by blocks when converting a dtype)."""
+    flat = target.detach().numpy().reshape(-1)
+    step = flat.size if dataset.dtype == flat.dtype else block // max(dataset.dtype.itemsize, 1)
+    step = max(step, 1)
+    for first in range(0, flat.size, step):
+        dataset.read_items(flat[first:first + step], first)
 
 
-def _row_slabs(dataset: Any, weight: torch.Tensor, shape: tuple[int, ...], dtype: Any) -> Iterator[Move]:
-    """Kernel ``K (IN, U)`` into ``weight (U, IN)`` by contiguous row blocks of ``K``: each block
-    is transposed into a contiguous scratch (fast), then copied into its column slab."""
-    features, units = shape
-    rows = max(1, min(features, BLOCK_BYTES // max(units * np.dtype(dtype).itemsize, 1)))
-    buffers = [np.empty((rows, units), dtype=dtype) for _ in range(2 if rows < features else 1)]
-    scratch = torch.empty((units, rows), dtype=weight.dtype)
-    for index, start in enumerate(range(0, features, rows)):
-        stop = min(start + rows, features)
-        block = buffers[index % len(buffers)][: stop - start]
-        dataset.read_rows(block, start, stop)
-        yield _via_scratch(weight[:, start:stop], torch.from_numpy(block).T,
-                           scratch if stop - start == rows else torch.empty((units, stop - start), dtype=weight.dtype))
+def _transposed(dataset: Any, target: torch.Tensor, shape: tuple[int, ...], dtype: Any,
+                buffers: _Buffers) -> Iterator[Move]:
+    """Kernel ``(*spatial, I, O)`` into the contiguous ``weight (O, I, *spatial)`` (``target`` is
+    its Keras view): blocks of whole positions, or of input rows within one position when a
+    position holds more than a block."""
+    *spatial, inputs, outputs = shape
+    positions = math.prod(spatial)
+    rank = len(shape)
+    weight = target.permute(rank - 1, rank - 2, *range(rank - 2)).view(outputs, inputs, positions)
+    rows = max(1, buffers.block // max(outputs * np.dtype(dtype).itemsize, 1))
+    if rows >= inputs:
+        rows -= rows % inputs
+    total = positions * inputs
+    start = 0
+    while start < total:
+        position = start // inputs
+        stop = min(start + rows, total) if rows >= inputs else min(start + rows, (position + 1) * inputs)
+        block = buffers.read((stop - start, outputs), dtype)
+        dataset.read_items(block.reshape(-1), start * outputs)
+        source = torch.from_numpy(block).T  # (O, rows)
+        if rows >= inputs:
+            count = (stop - start) // inputs
+            slab = weight[:, :, position:position + count]
+            yield _via_scratch(slab, source, buffers, lambda scratch, n=count: scratch.view(outputs, n, inputs)
+                               .permute(0, 2, 1))
+        else:
+            slab = weight[:, start - position * inputs:stop - position * inputs, position]
+            yield _via_scratch(slab, source, buffers, lambda scratch: scratch)
+        start = stop
 
 
-def _via_scratch(target: torch.Tensor, source: torch.Tensor, scratch: torch.Tensor) -> Move:
+def _via_scratch(target: torch.Tensor, source: torch.Tensor, buffers: _Buffers,
+                 shaped: Callable[[torch.Tensor], torch.Tensor]) -> Move:
+    """Transpose ``source (O, n)`` into the shared contiguous scratch (fast), then copy it into
+    ``target`` (``O`` leading too), a few output rows at a time (see :data:`SERIAL_ELEMENTS`)."""
+    scratch = buffers.scratch(tuple(source.shape), target.dtype)
+    final = shaped(scratch)
+    step = _serial_rows(source)
+
     def move() -> None:
-        scratch.copy_(source)
-        target.copy_(scratch)
+        for start in range(0, source.shape[0], step):
+            stop = start + step
+            scratch[start:stop].copy_(source[start:stop])
+            target[start:stop].copy_(final[start:stop])
 
     return move
 
 
-def _conv(dataset: Any, weight: torch.Tensor, shape: tuple[int, ...], dtype: Any) -> Iterator[Move]:
-    """Kernel ``HWIO`` into the contiguous ``weight (O, I, H, W)`` via a 2-D transpose to OHWI."""
-    height, width, inputs, outputs = shape
-    kernel = _read(dataset, np.empty(shape, dtype=dtype))
-
-    def move() -> None:
-        ohwi = torch.from_numpy(kernel).reshape(height * width * inputs, outputs).T.contiguous()
-        weight.copy_(ohwi.view(outputs, height, width, inputs).permute(0, 3, 1, 2))
-
-    yield move
+def _serial_rows(tensor: torch.Tensor) -> int:
+    """How many leading rows of ``tensor`` one serial copy takes."""
+    row = tensor[0].numel() if tensor.dim() and tensor.shape[0] else 1
+    return max(1, SERIAL_ELEMENTS // max(row, 1))
 
 
-def _rows(dataset: Any, target: torch.Tensor, shape: tuple[int, ...], dtype: Any) -> Iterator[Move]:
+def _rows(dataset: Any, target: torch.Tensor, shape: tuple[int, ...], dtype: Any,
+          buffers: _Buffers) -> Iterator[Move]:
     """Any other layout: whole, or blocks of leading rows copied into the strided view."""
     itemsize = np.dtype(dtype).itemsize
     groups = shape[0] // target.shape[0] if target.dim() and shape and target.shape[0] else 0
     blockable = target.dim() >= 1 and len(shape) >= 1 and groups >= 1 and shape[0] == groups * target.shape[0]
-    if not blockable or target.numel() * itemsize <= BLOCK_BYTES:
-        whole = _read(dataset, np.empty(shape, dtype=dtype))
+    if not blockable or target.numel() * itemsize <= buffers.block:
+        whole = buffers.read(shape, dtype)
+        if whole.size:
+            dataset.read_items(whole.reshape(-1))
         yield _mover(target, torch.from_numpy(whole).reshape(target.shape))
         return
-    rows = max(1, BLOCK_BYTES // max(target[0].numel() * itemsize, 1))
-    buffers = [np.empty((rows * groups,) + shape[1:], dtype=dtype) for _ in range(2)]
+    rows = max(1, buffers.block // max(target[0].numel() * itemsize, 1))
     tail = tuple(target.shape[1:])
-    for index, start in enumerate(range(0, target.shape[0], rows)):
+    for start in range(0, target.shape[0], rows):
         stop = min(start + rows, target.shape[0])
         count = (stop - start) * groups
-        buffer = buffers[index % 2]
-        dataset.read_rows(buffer[:count], start * groups, stop * groups)
-        yield _mover(target[start:stop], torch.from_numpy(buffer[:count]).reshape((stop - start,) + tail))
+        buffer = buffers.read((count,) + shape[1:], dtype)
+        dataset.read_rows(buffer, start * groups, stop * groups)
+        yield _mover(target[start:stop], torch.from_numpy(buffer).reshape((stop - start,) + tail))
 
 
 def _mover(target: torch.Tensor, source: torch.Tensor) -> Move:
+    """Copy ``source`` into ``target`` (same shape), a few leading rows at a time."""
+    step = _serial_rows(target)
+
     def move() -> None:
-        target.copy_(source)
+        if target.dim() == 0:
+            target.copy_(source)
+        for start in range(0, target.shape[0] if target.dim() else 0, step):
+            target[start:start + step].copy_(source[start:start + step])
 
     return move

@@ -72,6 +72,7 @@ def load_model(path: str | os.PathLike[str], data_format: str | None = None) -> 
     spec = parse_model_config(config, source)
     plan = plan_model(spec, config, init=False, source=source, data_format=data_format)
     names = {layer.name for layer in spec.layers} | {layer.keras_name for layer in spec.layers if layer.keras_name}
+    del spec, config  # what the model keeps of them is in the plan
     with open_weights(source, names) as (layout, stored):
         available = sum(int(ds.size) for layer in stored for ds in layer.datasets)
         if plan.elements() > available:
@@ -80,6 +81,7 @@ def load_model(path: str | os.PathLike[str], data_format: str | None = None) -> 
                 f"{available:,} (missing weights or a corrupted config)"
             )
         model = plan.create()
+        del plan  # its memory serves what follows, before the weights are read
         targets, _ = collect_targets(model)
         report = LoadReport(str(source), layout)
         copies = plan_load(targets, stored, layout, report)

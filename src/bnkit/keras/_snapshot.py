@@ -175,12 +175,31 @@ class StoredDataset:
         if not 0 <= start <= stop <= rows:
             raise ValueError(f"dataset {self.name}: rows {start}:{stop} outside its {rows} rows")
         row_items = math.prod(self.shape[1:]) if self.shape else 1
-        first, count = start * row_items, (stop - start) * row_items
-        target = buffer.reshape(-1)[:count]
+        self.read_items(buffer.reshape(-1)[:(stop - start) * row_items], start * row_items)
+
+    def read_items(self, target: np.ndarray, first: int = 0) -> None:
+        """Values ``first, first + 1, ...`` of the flattened dataset into the contiguous 1-D ``target``
+        (converted to its dtype), e.g. straight into a tensor's memory.
+
+        Contiguous storage is read with ``preadv`` into ``target`` itself when the dtypes agree
+        (else through a temporary of ``target``'s size).  Chunked storage is decoded whole,
+        into ``target`` when it asks for all values in the stored dtype, else into a
+        temporary kept until the last value has been read.
+        """
+        count = target.size
+        if self.shape is None or target.ndim != 1 or not target.flags.c_contiguous:
+            raise ValueError(f"dataset {self.name}: cannot read into this buffer")
+        if not 0 <= first <= first + count <= self.size:
+            raise ValueError(f"dataset {self.name}: values {first}:{first + count} outside its {self.size}")
         if self.layout == CHUNKED:
+            if count == self.size and target.dtype == self.dtype and self._decoded is None:
+                self._decode_chunks(target.reshape(self.shape))
+                return
             if self._decoded is None:
-                self._decoded = self._decode_chunks()
+                self._decoded = self._decode_chunks(np.empty(self.shape, dtype=self.dtype))
             target[...] = self._decoded.reshape(-1)[first:first + count]
+            if first + count == self.size:
+                self._decoded = None  # read to the end: a later read decodes again
             return
         raw = target if target.dtype == self.dtype else np.empty(count, dtype=self.dtype)
         if self.layout == CONTIGUOUS:
@@ -193,8 +212,8 @@ class StoredDataset:
         if raw is not target:
             target[...] = raw  # dtype and byte-order conversion
 
-    def _decode_chunks(self) -> np.ndarray:
-        values = np.empty(self.shape or (), dtype=self.dtype)
+    def _decode_chunks(self, values: np.ndarray) -> np.ndarray:
+        """Decode every chunk into ``values`` (the dataset's shape and dtype)."""
         chunk = tuple(int(c) for c in self.chunk_shape)
         chunk_bytes = math.prod(chunk) * self.dtype.itemsize
         for coords, address, size, mask in self.chunks:
@@ -202,7 +221,7 @@ class StoredDataset:
             self.file.pread(int(address), memoryview(raw))
             data = self._unfilter(bytes(raw), int(mask), chunk_bytes)
             block = np.frombuffer(data, dtype=self.dtype).reshape(chunk)
-            where = tuple(slice(int(c), min(int(c) + n, d)) for c, n, d in zip(coords, chunk, self.shape))
+            where = tuple(slice(int(c), min(int(c) + n, d)) for c, n, d in zip(coords, chunk, self.shape or ()))
             values[where] = block[tuple(slice(0, s.stop - s.start) for s in where)]
         return values
 
