@@ -6,7 +6,7 @@ mask-consuming calls as ``kwargs["mask"]``.  bnkit rebuilds masks the way Keras 
 them (see :mod:`bnkit.keras._rnn`), so such an operation is taken out of the graph and
 each call it fed remembers ``(layer, value)``: "Keras gives me the mask ``layer != value``".
 The sequence layers then check that this is the mask they rebuild, and refuse otherwise.
-Only calls that apply masks (recurrent layers) or ignore them at inference
+Only calls that apply masks (recurrent layers, GlobalAveragePooling1D) or ignore them at inference
 (BatchNormalization) are accepted; any other use keeps the operation in the graph, where
 it is refused as an unsupported layer.
 """
@@ -17,7 +17,7 @@ from typing import Any
 __all__ = ["MASK_CALLS", "strip_mask_ops"]
 
 #: Layer classes whose Keras 3 call may take a recorded ``NotEqual`` mask.
-MASK_CALLS = frozenset({"SimpleRNN", "LSTM", "GRU", "Bidirectional", "BatchNormalization"})
+MASK_CALLS = frozenset({"SimpleRNN", "LSTM", "GRU", "Bidirectional", "BatchNormalization", "GlobalAveragePooling1D"})
 
 
 def _tensor(value: Any) -> str | None:
