@@ -133,14 +133,24 @@ def lstm_after_add() -> tuple[Any, list[np.ndarray]]:
     return keras.Model([tokens, positions], L.LSTM(5, name="lstm")(x)), [_tokens(), _positions()]
 
 
-def two_masks_multiply() -> tuple[Any, list[np.ndarray]]:
-    """Two masked embeddings merged: tf_keras ANDs their masks, Keras 3 ORs them."""
+def _two_masks(merge: Any) -> tuple[Any, list[np.ndarray]]:
     a, b = keras.Input((T,), dtype="int32", name="a"), keras.Input((T,), dtype="int32", name="b")
-    x = L.Multiply(name="mul")([L.Embedding(VOCAB, D, mask_zero=True, name="emb_a")(a),
-                                L.Embedding(VOCAB, D, mask_zero=True, name="emb_b")(b)])
+    x = merge(name="merge")([L.Embedding(VOCAB, D, mask_zero=True, name="emb_a")(a),
+                             L.Embedding(VOCAB, D, mask_zero=True, name="emb_b")(b)])
     other = _tokens()[::-1].copy()
     other[3, 5:] = 0
     return keras.Model([a, b], L.GlobalAveragePooling1D(name="gap")(L.Dense(4, name="d")(x))), [_tokens(), other]
+
+
+def two_masks_add() -> tuple[Any, list[np.ndarray]]:
+    """Two masked embeddings added: tf_keras ANDs their masks, Keras 3 ORs them."""
+    return _two_masks(L.Add)
+
+
+def two_masks_multiply() -> tuple[Any, list[np.ndarray]]:
+    """Two masked embeddings multiplied: tf_keras as Add; Keras 3 leaves masked steps out of
+    the product (refused)."""
+    return _two_masks(L.Multiply)
 
 
 def refused_conv() -> tuple[Any, list[np.ndarray]]:
@@ -153,7 +163,7 @@ def refused_conv() -> tuple[Any, list[np.ndarray]]:
 
 MODELS: dict[str, Callable[[], tuple[Any, list[np.ndarray]]]] = {
     fn.__name__: fn for fn in (transformer, transformer_positions, mha_gap, cross_masked_value, cross_masked_query,
-                               masks_causal_explicit, max_pooled, lstm_after_add, two_masks_multiply,
+                               masks_causal_explicit, max_pooled, lstm_after_add, two_masks_add, two_masks_multiply,
                                refused_conv)}
 
 

@@ -22,7 +22,7 @@ from ._layers import AvgPoolSame2d, GlobalPool2d, SamePad2d
 from ._options import bool_option, choice, common, data_format, is_int, one_input, pair
 from ._conv_plan import layout as conv_layout
 from ._layers import keras3_dialect
-from ._rnn_masks import incoming_mask
+from ._rnn_masks import describe, incoming_mask
 from .errors import UnsupportedLayerError
 
 __all__ = ["ENTRIES", "MaskedMean1d", "masked_global_average_1d"]
@@ -54,8 +54,7 @@ def masked_global_average_1d(plain: Handler) -> Handler:
         recorded = getattr(spec, "mask_of", None)
         if recorded is not None and (mask is None or mask[1] != recorded):
             raise UnsupportedLayerError(str(b.error(
-                f"Keras 3 calls this layer with the mask `{recorded[0]} != {recorded[1]:g}`, which bnkit does not "
-                "rebuild here", "the mask of an Embedding(mask_zero=True) or Masking layer on that input", recorded)))
+                f"Keras 3 calls this layer with the mask `{describe(recorded)}`, which bnkit does not rebuild here", "the mask of an Embedding(mask_zero=True) or Masking layer on that input", recorded)))
         if mask is None:
             return plain(b, spec, xs)
         x, cfg = one_input(b, xs, 3), spec.config

@@ -5,7 +5,9 @@ A mask made by ``Embedding(mask_zero=True)`` or ``Masking`` goes with a layer's 
 output: unchanged through the layers in :data:`MASK_PASSING` and through
 ``MultiHeadAttention`` (its output carries its query's mask), combined by the merge layers
 of :data:`MERGES` (tf_keras: the logical AND of the inputs' masks, an input without one
-ignored; Keras 3: the logical OR, and no mask as soon as one input has none), applied by
+ignored; Keras 3: the logical OR, and no mask as soon as one input has none; Keras 3's
+``Multiply``, ``Maximum`` and ``Minimum`` also use the masks in their values, and are
+refused), applied by
 the recurrent layers (which pass it on when they return sequences; their states carry
 none), by ``MultiHeadAttention`` and by ``GlobalAveragePooling1D`` (a masked mean), and
 dropped by the layers of :data:`MASK_DROPPING` (``GlobalMaxPooling1D`` takes no mask in
@@ -25,7 +27,7 @@ from ._layers import keras3_dialect
 from .errors import UnsupportedLayerError
 
 __all__ = ["MASK_DROPPING", "MASK_PASSING", "MERGES", "RECURRENT", "Mask", "MaskMerge", "check_mask_reach",
-           "incoming_mask", "masks", "tensor_mask"]
+           "describe", "incoming_mask", "masks", "tensor_mask"]
 
 RECURRENT = ("SimpleRNN", "LSTM", "GRU")
 #: Layers that hand a Keras mask on unchanged (tf_keras ``supports_masking``; Keras 3 alike).
@@ -33,6 +35,8 @@ MASK_PASSING = frozenset({"Dropout", "SpatialDropout1D", "GaussianNoise", "Gauss
                           "LayerNormalization", "Activation", "ReLU", "Dense"})
 #: Merge layers whose output mask combines their inputs' masks (Keras' ``_Merge.compute_mask``).
 MERGES = frozenset({"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"})
+#: Keras 3 merges whose values depend on their inputs' masks (refused when one reaches them).
+_KERAS3_VALUE_MERGES = frozenset({"Multiply", "Maximum", "Minimum"})
 #: Layers that use the mask and whose output carries none (or their query's: attention).
 _MASK_USING = frozenset({*RECURRENT, "Bidirectional", "MultiHeadAttention", "GlobalAveragePooling1D"})
 #: Layers whose output carries no mask and whose values do not depend on it.
@@ -62,6 +66,16 @@ class MaskMerge(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
+
+
+def describe(mask: Any) -> str:
+    """A mask description as text: ``ids != 0``, ``any(x != 0, axis=-1)``, ``(a | b)``."""
+    if isinstance(mask, tuple) and len(mask) == 3 and mask[0] in ("or", "and") and isinstance(mask[1], tuple):
+        return "(" + (" | " if mask[0] == "or" else " & ").join(describe(m) for m in mask[1]) + ")"
+    if isinstance(mask, tuple) and len(mask) == 3 and isinstance(mask[1], (int, float)):
+        text = f"{mask[0]} != {mask[1]:g}"
+        return f"any({text}, axis=-1)" if mask[2] else text
+    return repr(mask)
 
 
 def masks(b: Builder) -> dict[str, Mask]:
@@ -116,6 +130,12 @@ def check_mask_reach(b: Builder, source: str) -> None:
             if layer.class_name in MASK_PASSING or layer.class_name in MERGES or (
                     layer.class_name == "MultiHeadAttention" and any(
                         call and call[0][0] == name and call[0][2] == 0 for call in layer.calls)):
+                if layer.class_name in _KERAS3_VALUE_MERGES and keras3_dialect(layer.config):
+                    raise UnsupportedLayerError(str(b.error(
+                        f"the sequence mask made here reaches layer {layer.name!r} ({layer.class_name}), whose "
+                        "Keras 3 output depends on the masks (masked steps left out of the product, maximum or "
+                        "minimum), which bnkit does not implement", "no mask reaching Keras 3's Multiply, Maximum "
+                        "or Minimum", layer.name)))
                 if layer.class_name in MERGES and keras3_dialect(layer.config) and not all(
                         _carries(b, t) for call in layer.calls for t in call):
                     continue  # Keras 3: an input without a mask, so the merge output has none
