@@ -23,11 +23,11 @@ from torch import Tensor, nn
 
 from ._build import Builder
 from ._config import LayerSpec
-from ._layers import keras3_dialect
+from ._layers import KERAS3_POLICY, keras3_dialect
 from .errors import UnsupportedLayerError
 
 __all__ = ["MASK_DROPPING", "MASK_PASSING", "MERGES", "RECURRENT", "Mask", "MaskMerge", "check_mask_reach",
-           "describe", "incoming_mask", "masks", "tensor_mask"]
+           "describe", "incoming_mask", "masks", "merge_dtype", "tensor_mask"]
 
 RECURRENT = ("SimpleRNN", "LSTM", "GRU")
 #: Layers that hand a Keras mask on unchanged (tf_keras ``supports_masking``; Keras 3 alike).
@@ -119,6 +119,15 @@ def _carries(b: Builder, tensor: tuple[str, int, int], depth: int = 0) -> bool:
     elif layer.class_name not in MASK_PASSING and layer.class_name != "MultiHeadAttention":
         return False
     return bool(inputs) and _carries(b, inputs[0], depth + 1)
+
+
+def merge_dtype(b: Builder, spec: LayerSpec) -> Any:
+    """The ``dtype`` bnkit writes for a merge layer: Keras 3's policy (which marks the Keras 3
+    dialect, so that its mask is read back as Keras 3 combines it) when it is a Keras 3
+    layer and a mask reaches it, else ``"float32"``."""
+    if keras3_dialect(spec.config) and any(_carries(b, t) for t in _tensors(spec, b.call)):
+        return dict(KERAS3_POLICY)
+    return "float32"
 
 
 def check_mask_reach(b: Builder, source: str) -> None:
