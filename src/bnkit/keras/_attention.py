@@ -25,10 +25,9 @@ with dropout, zeroes fully masked rows after the softmax).  Sequence masks
 the query, value and key are combined as both frameworks' ``_compute_attention_mask`` does:
 ``query_mask[:, :, None] & value_mask[:, None, :] & key_mask[:, None, :]``, and with the
 causal mask, the sliding window and the explicit mask (then read as a boolean, nonzero
-keeps).  A fully masked query row (a padding step) then attends to every key alike
-(uniform weights: the mean of the values), or gives zeros on Keras 3's unfused path.  The
-output carries the query's mask.  Masks passed explicitly as Keras 3's ``query_mask``,
-``value_mask`` or ``key_mask`` arguments are refused.
+keeps).  A fully masked query row (padding) attends to every key alike, or gives zeros on
+Keras 3's unfused path.  The output carries the query's mask.  Explicit Keras 3
+``query_mask``/``value_mask``/``key_mask`` arguments are refused.
 """
 from __future__ import annotations
 

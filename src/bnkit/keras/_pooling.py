@@ -49,12 +49,14 @@ class MaskedMean1d(nn.Module):
 
 def masked_global_average_1d(plain: Handler) -> Handler:
     """``GlobalAveragePooling1D``'s handler: ``plain`` without a mask, the masked mean with one."""
+
     def handler(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
         mask = incoming_mask(b, spec)
         recorded = getattr(spec, "mask_of", None)
         if recorded is not None and (mask is None or mask[1] != recorded):
             raise UnsupportedLayerError(str(b.error(
-                f"Keras 3 calls this layer with the mask `{describe(recorded)}`, which bnkit does not rebuild here", "the mask of an Embedding(mask_zero=True) or Masking layer on that input", recorded)))
+                f"Keras 3 calls this layer with the mask `{describe(recorded)}`, which bnkit does not rebuild here",
+                "the mask of an Embedding(mask_zero=True) or Masking layer on that input", recorded)))
         if mask is None:
             return plain(b, spec, xs)
         x, cfg = one_input(b, xs, 3), spec.config
