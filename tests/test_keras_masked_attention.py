@@ -32,11 +32,12 @@ JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "masked_attention_jo
 FLAVOURS = ("tf_keras", "keras3")
 TOLERANCE = 1e-5
 MODELS = ("transformer", "transformer_positions", "mha_gap", "cross_masked_value", "cross_masked_query",
-          "masks_causal_explicit", "max_pooled", "lstm_after_add", "two_masks_add")
-ONLY = {"tf_keras": ("two_masks_multiply",), "keras3": ()}
+          "masks_causal_explicit", "max_pooled", "lstm_after_add", "two_masks_add", "subtract_average",
+          "sequential_gap")
+ONLY = {"tf_keras": ("two_masks_multiply", "maximum_minimum"), "keras3": ()}
 #: (model, flavour, what the refusal must name)
 REFUSED = [("refused_conv", flavour, "'conv' \\(Conv1D\\)") for flavour in FLAVOURS] + [
-    ("two_masks_multiply", "keras3", "'merge' \\(Multiply\\)")]
+    ("two_masks_multiply", "keras3", "'merge' \\(Multiply\\)"), ("maximum_minimum", "keras3", "'max' \\(Maximum\\)")]
 CASES = [(model, flavour) for flavour in FLAVOURS for model in MODELS + ONLY[flavour]]
 
 pytestmark = [pytest.mark.oracle, pytest.mark.slow]

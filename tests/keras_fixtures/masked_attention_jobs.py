@@ -153,6 +153,30 @@ def two_masks_multiply() -> tuple[Any, list[np.ndarray]]:
     return _two_masks(L.Multiply)
 
 
+def subtract_average() -> tuple[Any, list[np.ndarray]]:
+    """Subtract and Average of masked tensors (every input masked: both frameworks keep it)."""
+    tokens = keras.Input((T,), dtype="int32", name="tokens")
+    a = L.Embedding(VOCAB, D, mask_zero=True, name="emb")(tokens)
+    b = L.Dense(D, name="d")(a)
+    x = L.Average(name="avg")([L.Subtract(name="sub")([a, b]), a])
+    return keras.Model(tokens, L.GlobalAveragePooling1D(name="gap")(x)), [_tokens()]
+
+
+def maximum_minimum() -> tuple[Any, list[np.ndarray]]:
+    """tf_keras' Maximum and Minimum with one masked input: the mask goes on (Keras 3: refused)."""
+    tokens, positions = keras.Input((T,), dtype="int32", name="tokens"), keras.Input((T,), dtype="int32", name="pos")
+    a, p = L.Embedding(VOCAB, D, mask_zero=True, name="emb")(tokens), L.Embedding(T, D, name="pos_emb")(positions)
+    x = L.Minimum(name="min")([L.Maximum(name="max")([a, p]), p])
+    return keras.Model([tokens, positions], L.GlobalAveragePooling1D(name="gap")(x)), [_tokens(), _positions()]
+
+
+def sequential_gap() -> tuple[Any, list[np.ndarray]]:
+    """A Sequential model: masked Embedding -> Dense -> masked mean."""
+    model = keras.Sequential([keras.Input((T,), dtype="int32"), L.Embedding(VOCAB, D, mask_zero=True, name="emb"),
+                              L.Dense(4, activation="relu", name="d"), L.GlobalAveragePooling1D(name="gap")])
+    return model, [_tokens()]
+
+
 def refused_conv() -> tuple[Any, list[np.ndarray]]:
     """The mask reaching Conv1D through the attention: refused, naming the Conv1D."""
     tokens = keras.Input((T,), dtype="int32", name="tokens")
@@ -164,7 +188,7 @@ def refused_conv() -> tuple[Any, list[np.ndarray]]:
 MODELS: dict[str, Callable[[], tuple[Any, list[np.ndarray]]]] = {
     fn.__name__: fn for fn in (transformer, transformer_positions, mha_gap, cross_masked_value, cross_masked_query,
                                masks_causal_explicit, max_pooled, lstm_after_add, two_masks_add, two_masks_multiply,
-                               refused_conv)}
+                               subtract_average, maximum_minimum, sequential_gap, refused_conv)}
 
 
 def _run(model: Any, xs: list[np.ndarray]) -> np.ndarray:
