@@ -231,9 +231,9 @@ def _bind(b: Builder, spec: LayerSpec, keras3: bool) -> dict[str, Any]:
                       "rebuild", "return_attention_scores=False", True)
     for key in ("query_mask", "value_mask", "key_mask"):
         if bound.get(key) is not None:
-            raise _refuse(b, f"a Keras mask passed as `{key}` (Keras applies sequence masks inside the attention; "
-                          "bnkit does not rebuild that)", f"{key}=None (no Embedding(mask_zero=True) or Masking "
-                          "before the attention)", "a mask tensor")
+            raise _refuse(b, f"a mask passed explicitly as `{key}`, which bnkit does not rebuild", f"{key}=None "
+                          "(the masks of Embedding(mask_zero=True) or Masking on the inputs are applied without it)",
+                          "a mask tensor")
     for key in ("query", "value"):
         if not isinstance(bound.get(key), TensorArg):
             raise b.error(f"`{key}` must be a tensor", "a layer output", bound.get(key))
