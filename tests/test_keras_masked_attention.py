@@ -33,9 +33,9 @@ from tests.oracle_client import oracle_env
 JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "masked_attention_jobs.py"
 FLAVOURS = ("tf_keras", "keras3")
 TOLERANCE = 1e-5
-MODELS = ("transformer", "transformer_positions", "mha_gap", "cross_masked_value", "cross_masked_query",
-          "masks_causal_explicit", "max_pooled", "lstm_after_add", "two_masks_add", "subtract_average",
-          "sequential_gap")
+MODELS = ("transformer", "transformer_positions", "mha_gap", "cross_masked_value", "cross_masked_key",
+          "cross_masked_query", "masks_causal_explicit", "max_pooled", "lstm_after_add", "two_masks_add",
+          "subtract_average", "sequential_gap")
 ONLY = {"tf_keras": ("two_masks_multiply", "maximum_minimum"), "keras3": ()}
 #: (model, flavour, what the refusal must name)
 REFUSED = [("refused_conv", flavour, "'conv' \\(Conv1D\\)") for flavour in FLAVOURS] + [

@@ -93,6 +93,15 @@ def cross_masked_value() -> tuple[Any, list[np.ndarray]]:
     return keras.Model([query, tokens], L.Dense(4, name="out")(att)), [_floats(5, 6), _tokens()]
 
 
+def cross_masked_key() -> tuple[Any, list[np.ndarray]]:
+    """A masked key (its padding left out) with an unmasked value and query."""
+    query, value = keras.Input((5, 6), name="query"), keras.Input((T, 5), name="value")
+    tokens = keras.Input((T,), dtype="int32", name="tokens")
+    key = L.Embedding(VOCAB, D, mask_zero=True, name="emb")(tokens)
+    att = L.MultiHeadAttention(num_heads=2, key_dim=4, name="cross")(query, value, key=key)
+    return keras.Model([query, value, tokens], att), [_floats(5, 6), _floats(T, 5), _tokens()]
+
+
 def cross_masked_query() -> tuple[Any, list[np.ndarray]]:
     """A masked query (Masking on zero steps) and an unmasked value; the output carries the
     query's mask into the pooling."""
@@ -186,7 +195,8 @@ def refused_conv() -> tuple[Any, list[np.ndarray]]:
 
 
 MODELS: dict[str, Callable[[], tuple[Any, list[np.ndarray]]]] = {
-    fn.__name__: fn for fn in (transformer, transformer_positions, mha_gap, cross_masked_value, cross_masked_query,
+    fn.__name__: fn for fn in (transformer, transformer_positions, mha_gap, cross_masked_value, cross_masked_key,
+                               cross_masked_query,
                                masks_causal_explicit, max_pooled, lstm_after_add, two_masks_add, two_masks_multiply,
                                subtract_average, maximum_minimum, sequential_gap, refused_conv)}
 
