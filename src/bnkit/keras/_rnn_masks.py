@@ -176,7 +176,7 @@ def tensor_mask(b: Builder, tensor: tuple[str, int, int] | None) -> Mask | None:
             return None
         if layer.class_name in MASK_PASSING and len(layer.inbound) != 1:
             return None
-        inputs = _tensors(layer, tensor[1] if layer.class_name == "MultiHeadAttention" else 0)
+        inputs = _tensors(layer, tensor[1])  # that call's first input (an attention's query)
         tensor = inputs[0] if inputs else None
     return None
 
