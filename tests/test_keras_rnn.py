@@ -271,9 +271,9 @@ def test_bidirectional_without_merge_gives_both_directions() -> None:
 
 def test_mask_reaching_an_unmasked_layer_is_refused() -> None:
     emb = ("Embedding", {"name": "emb", "input_dim": 5, "output_dim": 2, "mask_zero": True}, ["x"])
-    add = ("Add", {"name": "add"}, ["emb", "emb"])
-    with pytest.raises(UnsupportedLayerError, match="'add' \\(Add\\)"):
-        build_from_config(_config(emb, add, shape=[4]))
+    cat = ("Concatenate", {"name": "cat", "axis": -1}, ["emb", "emb"])  # merges like Add pass masks on
+    with pytest.raises(UnsupportedLayerError, match="'cat' \\(Concatenate\\)"):
+        build_from_config(_config(emb, cat, shape=[4]))
 
 
 def test_lstm_without_unit_forget_bias_starts_with_zero_biases() -> None:

@@ -13,6 +13,7 @@ from ._entry import ExportState, Handler, LayerEntry
 from ._layers import (KERAS3_ELEMENTWISE, KERAS3_POLICY, Add, Concatenate, KerasReLU, MultiSoftmax, activation_module,
                       keras3_dialect)
 from ._options import ACTIVATION_TYPES, activation_name, activation_of, axis_option, common, float_option, one_input
+from ._rnn_masks import merge_dtype
 
 __all__ = ["ENTRIES"]
 
@@ -68,7 +69,8 @@ def _merge(kind: str) -> Handler:
         slots = [b.take(x, perm) for x in xs]
         if kind == "add":
             shape = tuple(next((d for d in dims if d is not None), None) for dims in zip(*(x.shape for x in xs)))
-            return Info(shape, perm, b.run(spec.name, Add, slots, many=True)), common(spec)
+            return Info(shape, perm, b.run(spec.name, Add, slots, many=True)), \
+                {**common(spec), "dtype": merge_dtype(b, spec)}  # Keras 3's when a mask reaches it
         axis = axis_option(b, spec.config.get("axis", -1), rank)
         total = None if any(x.shape[axis] is None for x in xs) else sum(x.shape[axis] for x in xs)  # type: ignore[misc]
         dim = perm.index(axis)

@@ -20,9 +20,14 @@ use_causal_mask=...)``) is recorded with tensors among its keyword arguments and
 Masks: an explicit ``attention_mask``, ``use_causal_mask`` and Keras 3's ``sliding_window``
 (keys less than ``sliding_window`` steps away) are applied as each Keras does (tf_keras adds
 ``-1e9`` to masked scores; Keras 3 replaces them by ``-1e9`` and, on its unfused path taken
-with dropout, zeroes fully masked rows after the softmax).  Sequence
-masks handed on by ``Embedding(mask_zero=True)`` are refused where they are made (see
-:mod:`bnkit.keras._rnn`), and Keras 3's ``query_mask``/``value_mask``/``key_mask`` here.
+with dropout, zeroes fully masked rows after the softmax).  Sequence masks
+(``Embedding(mask_zero=True)``, ``Masking``; see :mod:`bnkit.keras._rnn_masks`) carried by
+the query, value and key are combined as both frameworks' ``_compute_attention_mask`` does:
+``query_mask[:, :, None] & value_mask[:, None, :] & key_mask[:, None, :]``, and with the
+causal mask, the sliding window and the explicit mask (then read as a boolean, nonzero
+keeps).  A fully masked query row (padding) attends to every key alike, or gives zeros on
+Keras 3's unfused path.  The output carries the query's mask.  Explicit Keras 3
+``query_mask``/``value_mask``/``key_mask`` arguments are refused.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ from ._config import LayerSpec, TensorArg
 from ._entry import LayerEntry, WeightRule, as_is, view_shape
 from ._layers import KERAS3_POLICY, keras3_dialect
 from ._options import TRAINING_ONLY, bool_option, float_option, initializer, int_option, is_int, training_only
+from ._rnn_masks import tensor_mask
 from .errors import UnsupportedLayerError
 
 __all__ = ["ENTRIES", "EinsumProjection", "KerasMultiHeadAttention", "attention_equations", "v3_groups"]
@@ -101,7 +107,8 @@ class KerasMultiHeadAttention(nn.Module):
 
     ``axes`` are the attention axes of the inputs (Keras' ``attention_axes``, default all
     but the batch and features); ``causal`` is ``use_causal_mask``, ``window`` Keras 3's
-    ``sliding_window`` (or None); ``mask_mode`` one of
+    ``sliding_window`` (or None); ``seq_masks`` which of query, value and key come with a
+    boolean ``(N, steps)`` sequence mask (inputs after the explicit mask); ``mask_mode`` one of
     :data:`MASK_MODES`, ``keras3`` how an explicit mask is read (Keras 3: nonzero keeps;
     tf_keras: its value, as a boolean only when combined with the causal mask).
     """
@@ -110,6 +117,7 @@ class KerasMultiHeadAttention(nn.Module):
                  output_shape: tuple[int, ...], axes: tuple[int, ...], use_bias: bool = True, dropout: float = 0.0,
                  has_key: bool = False, has_mask: bool = False, causal: bool = False, mask_mode: str = "add",
                  keras3: bool = False, window: int | None = None, use_gate: bool = False,
+                 seq_masks: tuple[bool, bool, bool] = (False, False, False),
                  device: torch.device | str | None = None) -> None:
         super().__init__()
         if mask_mode not in MASK_MODES:
@@ -124,20 +132,30 @@ class KerasMultiHeadAttention(nn.Module):
         self.has_key, self.has_mask, self.causal, self.mask_mode, self.keras3 = has_key, has_mask, causal, \
             mask_mode, keras3
         self.rate, self.window = dropout, window
+        self.seq_masks = tuple(bool(flag) for flag in seq_masks)
 
     def forward(self, inputs: list[Tensor]) -> Tensor:
         query, value = inputs[0], inputs[1]
         key = inputs[2] if self.has_key else value
-        mask = inputs[-1] if self.has_mask else None
+        first = 2 + self.has_key
+        mask = inputs[first] if self.has_mask else None
+        sequence = iter(inputs[first + self.has_mask:])
+        q_mask, v_mask, k_mask = (next(sequence) if flag else None for flag in self.seq_masks)
         q = self.query(query) * (1.0 / math.sqrt(float(self.key_dim)))
         k, v = self.key(key), self.value(value)
-        if mask is None and self.window is None and self.axes == (1,) and query.dim() == 3 \
-                and not (self.training and self.rate > 0):
+        if mask is None and not any(self.seq_masks) and self.window is None and self.axes == (1,) \
+                and query.dim() == 3 and not (self.training and self.rate > 0):
             # one attention axis, no explicit mask: torch's fused kernel (tested against the einsum path)
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                  is_causal=self.causal, scale=1.0).transpose(1, 2)
         else:
-            out = self.attend(q, k, v, self._mask(mask, q.shape[1], k.shape[1], q.device))
+            auto = None
+            for part in (None if q_mask is None else q_mask[:, :, None] != 0,
+                         None if v_mask is None else v_mask[:, None, :] != 0,
+                         None if k_mask is None else k_mask[:, None, :] != 0):
+                auto = part if auto is None else (auto if part is None else auto & part)
+            auto = None if auto is None else auto.unsqueeze(1)  # over the heads
+            out = self.attend(q, k, v, self._mask(mask, q.shape[1], k.shape[1], q.device, auto))
         if self.gate is not None:  # Keras 3's gated attention: sigmoid(query projection) per head and channel
             out = out * torch.sigmoid(self.gate(query))
         return self.attention_output(out)
@@ -161,13 +179,17 @@ class KerasMultiHeadAttention(nn.Module):
             weights = F.dropout(weights, self.rate, training=True)
         return torch.einsum(combine, weights, v)
 
-    def _mask(self, given: Tensor | None, t: int, s: int, device: torch.device) -> Tensor | None:
-        """The mask over ``(B, heads, T, S)`` scores, as the Keras that wrote the model builds it."""
+    def _mask(self, given: Tensor | None, t: int, s: int, device: torch.device,
+              auto: Tensor | None = None) -> Tensor | None:
+        """The mask over ``(B, heads, T, S)`` scores, as the Keras that wrote the model builds it
+        (``auto``: the sequence masks' ``(B, 1, T, S)`` part)."""
         causal = torch.ones(t, s, dtype=torch.bool, device=device).tril() if self.causal else None
         if self.window is not None:
             steps = torch.arange(t, device=device)[:, None] - torch.arange(s, device=device)[None, :]
             band = steps.abs() < self.window
             causal = band if causal is None else causal & band
+        if auto is not None:
+            causal = auto if causal is None else auto & causal
         if given is None:
             return causal
         if given.dim() == 3:
@@ -181,7 +203,8 @@ class KerasMultiHeadAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"heads={self.heads}, key_dim={self.key_dim}, axes={self.axes}, dropout={self.rate}, "
-                f"causal={self.causal}, window={self.window}, mask={self.has_mask}, mask_mode={self.mask_mode!r}")
+                f"causal={self.causal}, window={self.window}, mask={self.has_mask}, mask_mode={self.mask_mode!r}, "
+                f"seq_masks={self.seq_masks}")
 
 
 # ---- plan -----------------------------------------------------------------------------
@@ -208,9 +231,9 @@ def _bind(b: Builder, spec: LayerSpec, keras3: bool) -> dict[str, Any]:
                       "rebuild", "return_attention_scores=False", True)
     for key in ("query_mask", "value_mask", "key_mask"):
         if bound.get(key) is not None:
-            raise _refuse(b, f"a Keras mask passed as `{key}` (Keras applies sequence masks inside the attention; "
-                          "bnkit does not rebuild that)", f"{key}=None (no Embedding(mask_zero=True) or Masking "
-                          "before the attention)", "a mask tensor")
+            raise _refuse(b, f"a mask passed explicitly as `{key}`, which bnkit does not rebuild", f"{key}=None "
+                          "(the masks of Embedding(mask_zero=True) or Masking on the inputs are applied without it)",
+                          "a mask tensor")
     for key in ("query", "value"):
         if not isinstance(bound.get(key), TensorArg):
             raise b.error(f"`{key}` must be a tensor", "a layer output", bound.get(key))
@@ -279,9 +302,13 @@ def multi_head_attention(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[I
     features = (_feature(b, query, "query"), _feature(b, key or value, "key"), _feature(b, value, "value"))
     out_shape = _output_shape(b, cfg, features[0])
     axes = _axes(b, cfg, rank)
-    if (mask is not None or causal or window is not None) and axes != (1,):
-        raise _refuse(b, "`attention_mask`, `use_causal_mask` and `sliding_window` are supported only with one "
-                      "attention axis",
+    calls = spec.calls[b.call] if spec.calls else ()
+    found = [tensor_mask(b, calls[bound[name].index]) if bound.get(name) is not None and calls else None
+             for name in ("query", "value", "key")]
+    seq = tuple(m is not None for m in found)
+    if (mask is not None or causal or window is not None or any(seq)) and axes != (1,):
+        raise _refuse(b, "`attention_mask`, `use_causal_mask`, `sliding_window` and sequence masks are supported "
+                      "only with one attention axis",
                       "(batch, steps, features) inputs with attention_axes None or [1]", axes)
     if mask is not None:
         t, s = query.shape[1], value.shape[1]
@@ -308,10 +335,10 @@ def multi_head_attention(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[I
 
     def make(device: str | None) -> nn.Module:
         return KerasMultiHeadAttention(features, heads, key_dim, value_dim, out_shape, axes, use_bias, rate, has_key,
-                                       has_mask, causal, mode, keras3, window, use_gate, device=device)
+                                       has_mask, causal, mode, keras3, window, use_gate, seq, device=device)
 
     inputs = [query, value] + ([key] if key is not None else []) + ([mask] if mask is not None else [])
-    slots = [b.take(x, identity(len(x.shape))) for x in inputs]
+    slots = [b.take(x, identity(len(x.shape))) for x in inputs] + [m[0] for m in found if m is not None]
     slot = b.run(spec.name, weighted(b, make, _RULES, inits, trainable), slots, many=True)
     config: dict[str, Any] = {
         "name": spec.name, "trainable": trainable, "dtype": dict(KERAS3_POLICY) if keras3 else "float32",

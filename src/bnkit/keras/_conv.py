@@ -31,6 +31,7 @@ from ._conv_plan import DEPTHWISE_WEIGHTS, KERNEL_WEIGHTS, SEPARABLE_WEIGHTS, co
 from ._conv_spatial import cropping, global_pool, pool, upsampling, zero_padding
 from ._conv_transpose import conv_transpose
 from ._entry import LayerEntry
+from ._pooling import masked_global_average_1d
 
 __all__ = ["ENTRIES"]
 
@@ -61,7 +62,7 @@ ENTRIES: tuple[LayerEntry, ...] = (
     LayerEntry("MaxPooling3D", pool("max", 3), aliases=("MaxPool3D",)),
     LayerEntry("AveragePooling1D", pool("avg", 1), aliases=("AvgPool1D",)),
     LayerEntry("AveragePooling3D", pool("avg", 3), aliases=("AvgPool3D",)),
-    LayerEntry("GlobalAveragePooling1D", global_pool("avg", 1), aliases=("GlobalAvgPool1D",)),
+    LayerEntry("GlobalAveragePooling1D", masked_global_average_1d(global_pool("avg", 1)), aliases=("GlobalAvgPool1D",)),
     LayerEntry("GlobalAveragePooling3D", global_pool("avg", 3), aliases=("GlobalAvgPool3D",)),
     LayerEntry("GlobalMaxPooling1D", global_pool("max", 1), aliases=("GlobalMaxPool1D",)),
     LayerEntry("GlobalMaxPooling3D", global_pool("max", 3), aliases=("GlobalMaxPool3D",)),

@@ -1,12 +1,14 @@
 """Keras 3's recorded sequence masks, read back as data.
 
 A Keras 3 functional model stores the mask of ``Embedding(mask_zero=True)`` as an operation
-layer ``NotEqual(ids, 0)`` (module ``keras.src.ops.numpy``) and passes its output to the
-mask-consuming calls as ``kwargs["mask"]``.  bnkit rebuilds masks the way Keras propagates
+layer ``NotEqual(ids, 0)`` (module ``keras.src.ops.numpy``; a Masking layer's as ``Any`` of
+it over the last axis; a merge layer's as ``LogicalOr`` of its inputs' masks) and passes
+its output to the mask-consuming calls as ``kwargs["mask"]``.  bnkit rebuilds masks the way Keras propagates
 them (see :mod:`bnkit.keras._rnn`), so such an operation is taken out of the graph and
-each call it fed remembers ``(layer, value)``: "Keras gives me the mask ``layer != value``".
+each call it fed remembers its description, ``(layer, value, reduced)``: "Keras gives me
+the mask ``layer != value``" (or ``("or", (description, ...), False)`` for a merge's).
 The sequence layers then check that this is the mask they rebuild, and refuse otherwise.
-Only calls that apply masks (recurrent layers) or ignore them at inference
+Only calls that apply masks (recurrent layers, GlobalAveragePooling1D) or ignore them at inference
 (BatchNormalization) are accepted; any other use keeps the operation in the graph, where
 it is refused as an unsupported layer.
 """
@@ -17,7 +19,7 @@ from typing import Any
 __all__ = ["MASK_CALLS", "strip_mask_ops"]
 
 #: Layer classes whose Keras 3 call may take a recorded ``NotEqual`` mask.
-MASK_CALLS = frozenset({"SimpleRNN", "LSTM", "GRU", "Bidirectional", "BatchNormalization"})
+MASK_CALLS = frozenset({"SimpleRNN", "LSTM", "GRU", "Bidirectional", "BatchNormalization", "GlobalAveragePooling1D"})
 
 
 def _tensor(value: Any) -> str | None:
@@ -77,24 +79,41 @@ def _references(value: Any) -> list[str]:
     return []
 
 
-def strip_mask_ops(layers: list[Any], outputs: Any) -> tuple[list[Any], dict[str, tuple[str, float, bool]]]:
+def _logical(raw: Any) -> tuple[str, list[str]] | None:
+    """``("or"|"and", [operand layers])`` of a ``LogicalOr``/``LogicalAnd`` operation layer on
+    two tensors (a merge layer's mask), else None."""
+    for class_name, mode in (("LogicalOr", "or"), ("LogicalAnd", "and")):
+        args = _operation(raw, class_name)
+        if args is not None and len(args) == 2:
+            operands = [_tensor(arg) for arg in args]
+            return (mode, operands) if all(operands) else None  # type: ignore[return-value]
+    return None
+
+
+def strip_mask_ops(layers: list[Any], outputs: Any) -> tuple[list[Any], dict[str, tuple[Any, Any, bool]]]:
     """``layers`` without the mask operations used only as masks of :data:`MASK_CALLS` calls
-    (their ``mask`` kwargs removed), and ``{consumer: (layer, value, reduced)}``: the mask is
-    ``layer != value``, reduced with ``any`` over the last axis for a Masking layer's."""
-    ops = {_name(raw): found for raw in layers if (found := _not_equal(raw)) is not None}
-    inner: dict[str, str] = {}  # Any layer -> the NotEqual it reduces
-    for raw in layers:
+    (their ``mask`` kwargs removed), and ``{consumer: description}``: ``(layer, value,
+    reduced)`` for the mask ``layer != value``, reduced with ``any`` over the last axis for a
+    Masking layer's; ``("or"|"and", (description, ...), False)`` for a merge layer's."""
+    ops: dict[Any, tuple[Any, Any, bool]] = {
+        _name(raw): found for raw in layers if (found := _not_equal(raw)) is not None}
+    inner: dict[Any, list[str]] = {}  # mask operation -> the mask operations it combines
+    for raw in layers:  # in the order Keras records them: operands first
         reduced = _any_last(raw)
-        if reduced in ops and not ops[reduced][2]:
-            inner[_name(raw)] = reduced
+        if reduced in ops and not ops[reduced][2] and ops[reduced][0] not in ("or", "and"):
+            inner[_name(raw)] = [reduced]
             ops[_name(raw)] = (ops[reduced][0], ops[reduced][1], True)
+        logical = _logical(raw)
+        if logical is not None and all(operand in ops for operand in logical[1]):
+            inner[_name(raw)] = logical[1]
+            ops[_name(raw)] = (logical[0], tuple(ops[operand] for operand in logical[1]), False)
     if not ops:
         return layers, {}
     kept = set(_references(outputs)) & set(ops)
     for raw in layers:
         nodes = raw.get("inbound_nodes") if isinstance(raw, dict) else None
         if _name(raw) in inner:
-            continue  # its use of the NotEqual goes with it
+            continue  # its use of its operands goes with it
         for node in nodes if isinstance(nodes, list) else []:
             if not isinstance(node, dict):
                 kept.update(set(_references(node)) & set(ops))
@@ -105,7 +124,12 @@ def strip_mask_ops(layers: list[Any], outputs: Any) -> tuple[list[Any], dict[str
             mask = _tensor(kwargs.get("mask"))
             if mask in ops and (raw.get("class_name") not in MASK_CALLS or len(nodes) != 1):  # type: ignore[union-attr]
                 kept.add(mask)
-    kept.update(inner[name] for name in list(kept) if name in inner)
+    pending = [name for name in kept if name in inner]
+    while pending:  # a kept operation keeps what it combines
+        for operand in inner[pending.pop()]:
+            if operand not in kept:
+                kept.add(operand)
+                pending.extend([operand] if operand in inner else [])
     dropped = set(ops) - kept
     result, masks = [], {}
     for raw in layers:

@@ -27,6 +27,7 @@ from ._layers import KERAS3_POLICY, keras3_dialect
 from ._ops_layers import (Affine, KerasLayerNorm, KerasNormalization, KerasPReLU, LayerScale, Merge, RepeatVector,
                           Reshape, ScaleAdd, ThresholdedReLU, TrainingNoise, keras_view)
 from ._options import bool_option, float_option, initializer, int_option, is_int, known, one_input
+from ._rnn_masks import merge_dtype
 from .errors import UnsupportedLayerError
 
 __all__ = ["ENTRIES", "as_torch", "axes", "broadcast_shapes", "common", "constant", "permuted"]
@@ -272,7 +273,7 @@ def _merge(mode: str) -> Any:
         perm = xs[0].perm
         shape = broadcast_shapes(b, [x.shape for x in xs])
         slot = b.run(spec.name, lambda: Merge(mode), [b.take(x, perm) for x in xs], many=True)
-        return Info(shape, perm, slot), common(spec)
+        return Info(shape, perm, slot), {**common(spec), "dtype": merge_dtype(b, spec)}  # see _rnn_masks
     return merge
 
 

@@ -1,20 +1,77 @@
 """2-D pooling and padding layers: MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
-GlobalMaxPooling2D, ZeroPadding2D (no weights)."""
+GlobalMaxPooling2D, ZeroPadding2D (no weights); and the masked mean of GlobalAveragePooling1D.
+
+``GlobalAveragePooling1D`` given a sequence mask (``Embedding(mask_zero=True)``, ``Masking``)
+averages the unmasked steps only: tf_keras ``sum(x * mask) / sum(mask)``, Keras 3
+``sum(where(mask, x, 0)) / sum(mask)`` (they differ only for infinite or NaN masked
+values); a row with every step masked gives ``0 / 0``, NaN, in both.
+"""
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ._build import Builder, Info, identity, image, layout, spatial
 from ._config import LayerSpec
 from ._entry import ExportState, Handler, LayerEntry
 from ._layers import AvgPoolSame2d, GlobalPool2d, SamePad2d
 from ._options import bool_option, choice, common, data_format, is_int, one_input, pair
+from ._conv_plan import layout as conv_layout
+from ._layers import keras3_dialect
+from ._rnn_masks import describe, incoming_mask
+from .errors import UnsupportedLayerError
 
-__all__ = ["ENTRIES"]
+__all__ = ["ENTRIES", "MaskedMean1d", "masked_global_average_1d"]
+
+
+class MaskedMean1d(nn.Module):
+    """Keras' masked ``GlobalAveragePooling1D`` on channels-first ``(N, C, T)`` data and a
+    boolean ``(N, T)`` mask: the mean over the unmasked steps (``keras3``: masked values
+    replaced by 0, tf_keras: multiplied by 0), kept as size 1 if ``keepdims``."""
+
+    def __init__(self, keepdims: bool = False, keras3: bool = False) -> None:
+        super().__init__()
+        self.keepdims, self.keras3 = keepdims, keras3
+
+    def forward(self, inputs: list[Tensor]) -> Tensor:
+        x, mask = inputs[0], inputs[1][:, None, :]
+        weights = mask.to(x.dtype)
+        kept = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)) if self.keras3 else x * weights
+        return kept.sum(dim=2, keepdim=self.keepdims) / weights.sum(dim=2, keepdim=self.keepdims)
+
+    def extra_repr(self) -> str:
+        return f"keepdims={self.keepdims}, keras3={self.keras3}"
+
+
+def masked_global_average_1d(plain: Handler) -> Handler:
+    """``GlobalAveragePooling1D``'s handler: ``plain`` without a mask, the masked mean with one."""
+
+    def handler(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
+        mask = incoming_mask(b, spec)
+        recorded = getattr(spec, "mask_of", None)
+        if recorded is not None and (mask is None or mask[1] != recorded):
+            raise UnsupportedLayerError(str(b.error(
+                f"Keras 3 calls this layer with the mask `{describe(recorded)}`, which bnkit does not rebuild here",
+                "the mask of an Embedding(mask_zero=True) or Masking layer on that input", recorded)))
+        if mask is None:
+            return plain(b, spec, xs)
+        x, cfg = one_input(b, xs, 3), spec.config
+        df, keepdims = data_format(b, cfg), bool_option(b, cfg, "keepdims", False)
+        perm = conv_layout(3, df)
+        keras3 = keras3_dialect(cfg)
+        slot = b.run(spec.name, lambda: MaskedMean1d(keepdims, keras3), [b.take(x, perm), mask[0]], many=True)
+        channels = x.shape[2] if df == "channels_last" else x.shape[1]
+        config = {**common(spec), "data_format": df, "keepdims": keepdims}
+        if keepdims:
+            shape = (x.shape[0], 1, channels) if df == "channels_last" else (x.shape[0], channels, 1)
+            return Info(shape, perm, slot), config
+        return Info((x.shape[0], channels), identity(2), slot), config
+
+    return handler
 
 
 def _pool(mode: str) -> Handler:

@@ -34,7 +34,7 @@ from ._build import Builder, Info, identity
 from ._config import LayerSpec
 from ._entry import LayerEntry, WeightRule, as_is, view_shape
 from ._options import bool_option, choice, float_option, initializer, int_option, known, one_input, training_only
-from ._rnn_masks import MASK_PASSING, RECURRENT, check_mask_reach, incoming_mask, masks
+from ._rnn_masks import MASK_PASSING, RECURRENT, check_mask_reach, describe, incoming_mask, masks
 from ._rnn_layers import (CELL_ACTIVATIONS, GATES, KerasAttention, KerasBidirectional, KerasEmbedding, KerasGRU,
                           KerasLSTM, KerasMasking, KerasSimpleRNN, RecurrentConfig, SequenceMask)
 from .errors import UnsupportedLayerError
@@ -223,8 +223,7 @@ def _sequence_input(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, 
     recorded = getattr(spec, "mask_of", None)
     if recorded is not None and (mask is None or mask[1] != recorded):
         raise UnsupportedLayerError(str(b.error(
-            f"Keras 3 calls this layer with the mask `{recorded[0]} != {recorded[1]:g}`"
-            f"{' (any over the last axis)' if recorded[2] else ''}, which bnkit does not rebuild here",
+            f"Keras 3 calls this layer with the mask `{describe(recorded)}`, which bnkit does not rebuild here",
             "the mask of an Embedding(mask_zero=True) or Masking layer on that input, reaching this layer through "
             f"{', '.join(sorted(MASK_PASSING))} or sequence-returning recurrent layers", recorded)))
     masks(b).pop(spec.name, None)
