@@ -106,3 +106,32 @@ def case_array(results: Mapping[str, np.ndarray | str], key: str) -> np.ndarray:
         name = key.split("/")[0]
         pytest.fail(f"oracle has no array {key!r}; Keras error for {name!r}: {case_error(results, name)}")
     return value
+
+
+def run_jobs(script: Path, work: Path, tasks: Mapping[str, Sequence[Mapping[str, Any]]],
+             stage: str) -> dict[str, dict[str, str]]:
+    """Run each flavour's ``tasks`` through a fixture ``script`` (one that ends in
+    ``_flavour.run_job``), one Keras process per flavour, all at once; ``{flavour: {task name:
+    "ok" or the failure}}``.  A process that fails as a whole fails the test."""
+    processes = {}
+    for flavour, flavour_tasks in tasks.items():
+        job = work / f"{stage}_{flavour}.json"
+        job.write_text(json.dumps({"workdir": str(work), "tasks": list(flavour_tasks)}), encoding="utf-8")
+        processes[flavour] = subprocess.Popen([sys.executable, str(script), flavour, str(job)],
+                                              env=oracle_env(flavour), stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True)
+    results = {}
+    for flavour, process in processes.items():
+        _, stderr = process.communicate(timeout=TIMEOUT_S)
+        out = work / f"results_{flavour}_{stage}_{flavour}.json"
+        if process.returncode != 0 or not out.exists():
+            pytest.fail(f"Keras jobs ({flavour}, {stage}) failed:\n{stderr[-6000:]}", pytrace=False)
+        results[flavour] = json.loads(out.read_text(encoding="utf-8"))
+    return results
+
+
+def require(results: Mapping[str, Mapping[str, str]], flavour: str, name: str) -> None:
+    """Fail the test (with Keras' error) unless Keras ran task ``name`` of ``flavour``."""
+    status = results[flavour].get(name, "not run")
+    if status != "ok":
+        pytest.fail(f"Keras task {name!r} ({flavour}) failed: {status}", pytrace=False)

@@ -10,10 +10,7 @@ against a NumPy transcription of Keras' formula, and the refused options.
 """
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,7 @@ from bnkit.keras import build_from_config, load_model, save_model
 from bnkit.keras._attention import KerasMultiHeadAttention
 from bnkit.keras.errors import KerasFormatError, UnsupportedLayerError
 from bnkit.summary import summary
-from tests.oracle_client import oracle_env
+from tests.oracle_client import require, run_jobs
 
 JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "attention_jobs.py"
 FLAVOURS = ("tf_keras", "keras3")
@@ -39,37 +36,12 @@ CASES = [(model, flavour) for flavour in FLAVOURS for model in MODELS + ONLY[fla
 WITH_BN = ("text_classifier", "tiny_vit")
 
 
-def _run(work: Path, tasks: dict[str, list[dict[str, Any]]], stage: str) -> dict[str, dict[str, str]]:
-    """Run each flavour's tasks in its own Keras process, both at once."""
-    processes = {}
-    for flavour, flavour_tasks in tasks.items():
-        job = work / f"{stage}_{flavour}.json"
-        job.write_text(json.dumps({"workdir": str(work), "tasks": flavour_tasks}), encoding="utf-8")
-        processes[flavour] = subprocess.Popen([sys.executable, str(JOBS), flavour, str(job)],
-                                              env=oracle_env(flavour), stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, text=True)
-    results = {}
-    for flavour, process in processes.items():
-        _, stderr = process.communicate(timeout=600)
-        out = work / f"results_{flavour}_{stage}_{flavour}.json"
-        if process.returncode != 0 or not out.exists():
-            pytest.fail(f"Keras jobs ({flavour}, {stage}) failed:\n{stderr[-6000:]}", pytrace=False)
-        results[flavour] = json.loads(out.read_text(encoding="utf-8"))
-    return results
-
-
-def _require(results: dict[str, dict[str, str]], flavour: str, name: str) -> None:
-    status = results[flavour].get(name, "not run")
-    if status != "ok":
-        pytest.fail(f"Keras task {name!r} ({flavour}) failed: {status}", pytrace=False)
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, str]]]:
     work = tmp_path_factory.mktemp("attention_oracle")
     tasks = {flavour: [{"kind": "build", "name": f"{flavour}_{model}", "model": model}
                        for model in MODELS + ONLY[flavour] + REFUSED] for flavour in FLAVOURS}
-    return work, _run(work, tasks, "build")
+    return work, run_jobs(JOBS, work, tasks, "build")
 
 
 def _inputs(ref: Any) -> list[torch.Tensor]:
@@ -93,7 +65,7 @@ def _predict(model: torch.nn.Module, xs: list[torch.Tensor]) -> np.ndarray:
 def test_attention_models_equal_keras(built: Any, model_name: str, flavour: str, suffix: str) -> None:
     work, results = built
     name = f"{flavour}_{model_name}"
-    _require(results, flavour, name)
+    require(results, flavour, name)
     ref = np.load(work / f"{name}_ref.npz")
     model = load_model(work / f"{name}.{suffix}")
     assert "MultiHeadAttention" in model.keras_classes.values()
@@ -109,7 +81,7 @@ def test_attention_models_equal_keras(built: Any, model_name: str, flavour: str,
 def test_batch_norm_folds_in_attention_models(built: Any, model_name: str, flavour: str) -> None:
     work, results = built
     name = f"{flavour}_{model_name}"
-    _require(results, flavour, name)
+    require(results, flavour, name)
     ref = np.load(work / f"{name}_ref.npz")
     folded, report = bnkit.fold_batch_norm(load_model(work / f"{name}.keras"))
     assert len(report.folded) == 1 and not report.not_folded
@@ -123,7 +95,7 @@ def test_batch_norm_folds_in_attention_models(built: Any, model_name: str, flavo
 def test_refused_keras_models_name_layer_and_option(built: Any, flavour: str, suffix: str) -> None:
     work, results = built
     for model_name in REFUSED:
-        _require(results, flavour, f"{flavour}_{model_name}")
+        require(results, flavour, f"{flavour}_{model_name}")
     # a propagated mask is no longer refused (see tests/test_keras_masked_attention.py): equal to Keras
     ref = np.load(work / f"{flavour}_refused_mask_zero_ref.npz")
     masked = load_model(work / f"{flavour}_refused_mask_zero.{suffix}")
@@ -147,7 +119,7 @@ def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
             save_model(model, target)
             tasks[flavour].append({"kind": "predict", "name": f"bnkit_{name}_{suffix}", "file": str(target),
                                    "ref": str(work / f"{name}_ref.npz")})
-    return work, _run(work, tasks, "predict")
+    return work, run_jobs(JOBS, work, tasks, "predict")
 
 
 @pytest.mark.oracle
@@ -157,7 +129,7 @@ def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
 def test_saved_attention_models_reload_in_keras(round_trip: Any, model_name: str, flavour: str, suffix: str) -> None:
     work, results = round_trip
     name = f"bnkit_{flavour}_{model_name}"
-    _require(results, flavour, f"{name}_{suffix}")
+    require(results, flavour, f"{name}_{suffix}")
     ref = np.load(work / f"{flavour}_{model_name}_ref.npz")
     assert _close(np.load(work / f"{name}_{suffix}_pred.npz")["y"], ref["y"]) <= TOLERANCE
     again = load_model(work / f"{name}.{suffix}")  # and bnkit reads its own file back

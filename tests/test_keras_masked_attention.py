@@ -13,9 +13,6 @@ and its parameter counts; the files bnkit writes back must give them in Keras to
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +25,7 @@ from bnkit.keras._attention import KerasMultiHeadAttention
 from bnkit.keras._pooling import MaskedMean1d
 from bnkit.keras.errors import UnsupportedLayerError
 from bnkit.summary import summary
-from tests.oracle_client import oracle_env
+from tests.oracle_client import require, run_jobs
 
 JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "masked_attention_jobs.py"
 FLAVOURS = ("tf_keras", "keras3")
@@ -43,31 +40,6 @@ REFUSED = [("refused_conv", flavour, "'conv' \\(Conv1D\\)") for flavour in FLAVO
 CASES = [(model, flavour) for flavour in FLAVOURS for model in MODELS + ONLY[flavour]]
 
 
-def _run(work: Path, tasks: dict[str, list[dict[str, Any]]], stage: str) -> dict[str, dict[str, str]]:
-    """Run each flavour's tasks in its own Keras process, both at once."""
-    processes = {}
-    for flavour, flavour_tasks in tasks.items():
-        job = work / f"{stage}_{flavour}.json"
-        job.write_text(json.dumps({"workdir": str(work), "tasks": flavour_tasks}), encoding="utf-8")
-        processes[flavour] = subprocess.Popen([sys.executable, str(JOBS), flavour, str(job)],
-                                              env=oracle_env(flavour), stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, text=True)
-    results = {}
-    for flavour, process in processes.items():
-        _, stderr = process.communicate(timeout=600)
-        out = work / f"results_{flavour}_{stage}_{flavour}.json"
-        if process.returncode != 0 or not out.exists():
-            pytest.fail(f"Keras jobs ({flavour}, {stage}) failed:\n{stderr[-6000:]}", pytrace=False)
-        results[flavour] = json.loads(out.read_text(encoding="utf-8"))
-    return results
-
-
-def _require(results: dict[str, dict[str, str]], flavour: str, name: str) -> None:
-    status = results[flavour].get(name, "not run")
-    if status != "ok":
-        pytest.fail(f"Keras task {name!r} ({flavour}) failed: {status}", pytrace=False)
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, str]]]:
     work = tmp_path_factory.mktemp("masked_attention_oracle")
@@ -75,7 +47,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dic
               for flavour in FLAVOURS}
     tasks = {flavour: [{"kind": "build", "name": f"{flavour}_{model}", "model": model} for model in models[flavour]]
              for flavour in FLAVOURS}
-    return work, _run(work, tasks, "build")
+    return work, run_jobs(JOBS, work, tasks, "build")
 
 
 def _inputs(ref: Any) -> list[torch.Tensor]:
@@ -104,7 +76,7 @@ def _predict(model: torch.nn.Module, xs: list[torch.Tensor]) -> np.ndarray:
 def test_masked_models_equal_keras(built: Any, model_name: str, flavour: str, suffix: str) -> None:
     work, results = built
     name = f"{flavour}_{model_name}"
-    _require(results, flavour, name)
+    require(results, flavour, name)
     ref = np.load(work / f"{name}_ref.npz")
     if f"y_{suffix}" in ref.files:  # Keras reading its own file gives what the model gave
         np.testing.assert_array_equal(ref[f"y_{suffix}"], ref["y"])
@@ -122,9 +94,9 @@ def test_padding_rows_are_what_the_masks_are_about(built: Any) -> None:
     (so the masked path ran), and the max pooling, which takes no mask, stays finite."""
     work, results = built
     for flavour in FLAVOURS:
-        _require(results, flavour, f"{flavour}_mha_gap")
+        require(results, flavour, f"{flavour}_mha_gap")
         assert np.isnan(np.load(work / f"{flavour}_mha_gap_ref.npz")["y"][4]).all()
-        _require(results, flavour, f"{flavour}_max_pooled")
+        require(results, flavour, f"{flavour}_max_pooled")
         assert np.isfinite(np.load(work / f"{flavour}_max_pooled_ref.npz")["y"]).all()
 
 
@@ -135,7 +107,7 @@ def test_padding_rows_are_what_the_masks_are_about(built: Any) -> None:
 def test_masks_reaching_unsupported_layers_are_refused(built: Any, model_name: str, flavour: str, named: str,
                                                        suffix: str) -> None:
     work, results = built
-    _require(results, flavour, f"{flavour}_{model_name}")
+    require(results, flavour, f"{flavour}_{model_name}")
     with pytest.raises(UnsupportedLayerError, match=f"mask .*{named}"):
         load_model(work / f"{flavour}_{model_name}.{suffix}")
 
@@ -155,7 +127,7 @@ def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
             save_model(model, target)
             tasks[flavour].append({"kind": "predict", "name": f"bnkit_{name}_{suffix}", "file": str(target),
                                    "ref": str(work / f"{name}_ref.npz")})
-    return work, _run(work, tasks, "predict")
+    return work, run_jobs(JOBS, work, tasks, "predict")
 
 
 @pytest.mark.oracle
@@ -165,7 +137,7 @@ def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
 def test_saved_masked_models_reload_in_keras(round_trip: Any, model_name: str, flavour: str, suffix: str) -> None:
     work, results = round_trip
     name = f"bnkit_{flavour}_{model_name}"
-    _require(results, flavour, f"{name}_{suffix}")
+    require(results, flavour, f"{name}_{suffix}")
     ref = np.load(work / f"{flavour}_{model_name}_ref.npz")
     assert _close(np.load(work / f"{name}_{suffix}_pred.npz")["y"], ref["y"]) <= TOLERANCE
     again = load_model(work / f"{name}.{suffix}")  # and bnkit reads its own file back

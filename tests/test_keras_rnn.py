@@ -8,9 +8,6 @@ writes the loaded models back with ``save_model`` and has Keras reload and run t
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ import torch
 from bnkit.keras import build_from_config, load_model, save_model
 from bnkit.keras._rnn_layers import KerasLSTM, RecurrentConfig, recurrent
 from bnkit.keras.errors import KerasFormatError, UnsupportedLayerError
-from tests.oracle_client import oracle_env
+from tests.oracle_client import require, run_jobs
 
 JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "rnn_jobs.py"
 FLAVOURS = ("tf_keras", "keras3")
@@ -108,31 +105,6 @@ def _inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
             "masked_float": masked}
 
 
-def _run(work: Path, tasks: dict[str, list[dict[str, Any]]], stage: str) -> dict[str, dict[str, str]]:
-    """Run each flavour's tasks in its own Keras process, both at once."""
-    processes = {}
-    for flavour, flavour_tasks in tasks.items():
-        job = work / f"{stage}_{flavour}.json"
-        job.write_text(json.dumps({"workdir": str(work), "tasks": flavour_tasks}), encoding="utf-8")
-        processes[flavour] = subprocess.Popen([sys.executable, str(JOBS), flavour, str(job)],
-                                              env=oracle_env(flavour), stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, text=True)
-    results = {}
-    for flavour, process in processes.items():
-        _, stderr = process.communicate(timeout=600)
-        out = work / f"results_{flavour}_{stage}_{flavour}.json"
-        if process.returncode != 0 or not out.exists():
-            pytest.fail(f"Keras jobs ({flavour}, {stage}) failed:\n{stderr[-6000:]}", pytrace=False)
-        results[flavour] = json.loads(out.read_text(encoding="utf-8"))
-    return results
-
-
-def _require(results: dict[str, dict[str, str]], flavour: str, name: str) -> None:
-    status = results[flavour].get(name, "not run")
-    if status != "ok":
-        pytest.fail(f"Keras task {name!r} ({flavour}) failed: {status}", pytrace=False)
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, str]]]:
     work = tmp_path_factory.mktemp("rnn_oracle")
@@ -149,7 +121,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dic
     tasks["keras3"].append({"kind": "build", "name": "keras3_user_mask", "functional": True, "input": [7],
                             "layers": [["Embedding", {"input_dim": 10, "output_dim": 5}], ["LSTM", {"units": 3}]],
                             "user_mask": True, "x": str(work / "right_padded.npz")})
-    return work, _run(work, tasks, "build")
+    return work, run_jobs(JOBS, work, tasks, "build")
 
 
 def _close(y: np.ndarray, expected: np.ndarray) -> float:
@@ -170,7 +142,7 @@ def _predict(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 def test_sequence_models_equal_keras(built: Any, recipe: str, flavour: str, suffix: str) -> None:
     work, results = built
     name = f"{flavour}_{recipe}"
-    _require(results, flavour, name)
+    require(results, flavour, name)
     ref = np.load(work / f"{name}_ref.npz")
     model = load_model(work / f"{name}.{suffix}")
     assert _close(_predict(model, ref["x"]), ref["y"]) <= TOLERANCE
@@ -180,7 +152,7 @@ def test_sequence_models_equal_keras(built: Any, recipe: str, flavour: str, suff
 @pytest.mark.parametrize("suffix", ["h5", "keras"])
 def test_tf_keras_bidirectional_of_a_backwards_layer(built: Any, suffix: str) -> None:
     work, results = built
-    _require(results, "tf_keras", "tf_keras_bi_inner_backwards")
+    require(results, "tf_keras", "tf_keras_bi_inner_backwards")
     ref = np.load(work / "tf_keras_bi_inner_backwards_ref.npz")
     model = load_model(work / f"tf_keras_bi_inner_backwards.{suffix}")
     assert _close(_predict(model, ref["x"]), ref["y"]) <= TOLERANCE
@@ -190,7 +162,7 @@ def test_tf_keras_bidirectional_of_a_backwards_layer(built: Any, suffix: str) ->
 def test_keras3_masks_bnkit_does_not_rebuild_are_refused(built: Any) -> None:
     """A mask the user computed (``LSTM()(x, mask=ops.not_equal(ids, 0))`` without mask_zero)."""
     work, results = built
-    _require(results, "keras3", "keras3_user_mask")
+    require(results, "keras3", "keras3_user_mask")
     with pytest.raises(UnsupportedLayerError, match="'lstm.*' \\(LSTM\\).*mask `x != 0`"):
         load_model(work / "keras3_user_mask.keras")
 
@@ -211,7 +183,7 @@ def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
                 save_model(model, target)
                 tasks[flavour].append({"kind": "predict", "name": f"bnkit_{name}_{suffix}", "file": str(target),
                                        "x": str(work / f"{_recipe(recipe)['x']}.npz")})
-    return work, _run(work, tasks, "predict")
+    return work, run_jobs(JOBS, work, tasks, "predict")
 
 
 @pytest.mark.oracle
@@ -222,7 +194,7 @@ def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
 def test_saved_sequence_models_reload_in_keras(round_trip: Any, recipe: str, flavour: str, suffix: str) -> None:
     work, results = round_trip
     name = f"bnkit_{flavour}_{recipe}"
-    _require(results, flavour, f"{name}_{suffix}")
+    require(results, flavour, f"{name}_{suffix}")
     ref = np.load(work / f"{flavour}_{recipe}_ref.npz")
     keras_y = np.load(work / f"{name}_{suffix}_pred.npz")["y"]
     assert _close(keras_y, ref["y"]) <= TOLERANCE

@@ -12,9 +12,6 @@ the loaded models back with ``save_model``; Keras reloads them and gives the sam
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,38 +23,13 @@ from bnkit import summary
 from bnkit.keras import build_from_config, load_model, save_model
 from bnkit.keras._rnn_layers import GATES, KerasLSTM, RecurrentConfig, recurrent
 from bnkit.keras.errors import KerasFormatError, UnsupportedLayerError
-from tests.oracle_client import oracle_env
+from tests.oracle_client import require, run_jobs
 
 JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "states_jobs.py"
 FLAVOURS = ("tf_keras", "keras3")
 TOLERANCE = 1e-5
 MODELS = ("seq2seq_lstm", "seq2seq_encoder", "seq2seq_decoder", "seq2seq_gru", "stacked_gru_states",
           "lstm_all_outputs", "bi_lstm_states", "masked_encoder", "simple_rnn_states", "shared_and_nested")
-
-
-def _run(work: Path, tasks: dict[str, list[dict[str, Any]]], stage: str) -> dict[str, dict[str, str]]:
-    """Run each flavour's tasks in its own Keras process, both at once."""
-    processes = {}
-    for flavour, flavour_tasks in tasks.items():
-        job = work / f"{stage}_{flavour}.json"
-        job.write_text(json.dumps({"workdir": str(work), "tasks": flavour_tasks}), encoding="utf-8")
-        processes[flavour] = subprocess.Popen([sys.executable, str(JOBS), flavour, str(job)],
-                                              env=oracle_env(flavour), stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, text=True)
-    results = {}
-    for flavour, process in processes.items():
-        _, stderr = process.communicate(timeout=600)
-        out = work / f"results_{flavour}_{stage}_{flavour}.json"
-        if process.returncode != 0 or not out.exists():
-            pytest.fail(f"Keras jobs ({flavour}, {stage}) failed:\n{stderr[-6000:]}", pytrace=False)
-        results[flavour] = json.loads(out.read_text(encoding="utf-8"))
-    return results
-
-
-def _require(results: dict[str, dict[str, str]], flavour: str, name: str) -> None:
-    status = results[flavour].get(name, "not run")
-    if status != "ok":
-        pytest.fail(f"Keras task {name!r} ({flavour}) failed: {status}", pytrace=False)
 
 
 def _arrays(data: Any, prefix: str) -> list[np.ndarray]:
@@ -83,7 +55,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dic
     work = tmp_path_factory.mktemp("states_oracle")
     tasks = {flavour: [{"kind": "build", "name": f"{flavour}_{model}", "model": model} for model in MODELS]
              for flavour in FLAVOURS}
-    return work, _run(work, tasks, "build")
+    return work, run_jobs(JOBS, work, tasks, "build")
 
 
 @pytest.mark.oracle
@@ -94,7 +66,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dic
 def test_state_models_equal_keras(built: Any, model_name: str, flavour: str, suffix: str) -> None:
     work, results = built
     name = f"{flavour}_{model_name}"
-    _require(results, flavour, name)
+    require(results, flavour, name)
     with np.load(work / f"{name}_ref.npz") as ref:
         inputs, expected, count = _arrays(ref, "x"), _arrays(ref, "y"), int(ref["count"])
     model = load_model(work / f"{name}.{suffix}").eval()
@@ -118,7 +90,7 @@ def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
                 save_model(model, target)
                 tasks[flavour].append({"kind": "predict", "name": f"bnkit_{name}_{suffix}", "file": str(target),
                                        "inputs": str(work / f"{name}_ref.npz")})
-    return work, _run(work, tasks, "predict")
+    return work, run_jobs(JOBS, work, tasks, "predict")
 
 
 @pytest.mark.oracle
@@ -129,7 +101,7 @@ def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
 def test_saved_state_models_reload_in_keras(round_trip: Any, model_name: str, flavour: str, suffix: str) -> None:
     work, results = round_trip
     name = f"bnkit_{flavour}_{model_name}"
-    _require(results, flavour, f"{name}_{suffix}")
+    require(results, flavour, f"{name}_{suffix}")
     with np.load(work / f"{flavour}_{model_name}_ref.npz") as ref:
         inputs, expected = _arrays(ref, "x"), _arrays(ref, "y")
     with np.load(work / f"{name}_{suffix}_pred.npz") as keras_out:
