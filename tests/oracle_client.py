@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +135,24 @@ def require(results: Mapping[str, Mapping[str, str]], flavour: str, name: str) -
     status = results[flavour].get(name, "not run")
     if status != "ok":
         pytest.fail(f"Keras task {name!r} ({flavour}) failed: {status}", pytrace=False)
+
+
+def write_back(work: Path, results: Mapping[str, Mapping[str, str]], cases: Sequence[tuple[str, str]],
+               inputs: Callable[[str, str], dict[str, str]]) -> dict[str, list[dict[str, Any]]]:
+    """bnkit loads each ``<flavour>_<model>.keras`` Keras built (``cases``: ``(model, flavour)``)
+    and writes it back as ``bnkit_<flavour>_<model>.keras`` and ``.h5``; returns the Keras
+    ``predict`` tasks for those files (``inputs(model, flavour)``: where each task's inputs are)."""
+    from bnkit.keras import load_model, save_model
+
+    tasks: dict[str, list[dict[str, Any]]] = {flavour: [] for flavour in results}
+    for model_name, flavour in cases:
+        name = f"{flavour}_{model_name}"
+        if results[flavour].get(name) != "ok":
+            continue  # the test of that model reports Keras' failure
+        model = load_model(work / f"{name}.keras")
+        for suffix in ("keras", "h5"):
+            target = work / f"bnkit_{name}.{suffix}"
+            save_model(model, target)
+            tasks[flavour].append({"kind": "predict", "name": f"bnkit_{name}_{suffix}", "file": str(target),
+                                   **inputs(model_name, flavour)})
+    return tasks

@@ -23,7 +23,7 @@ from bnkit.keras import build_from_config, load_model, save_model
 from bnkit.keras._attention import KerasMultiHeadAttention
 from bnkit.keras.errors import KerasFormatError, UnsupportedLayerError
 from bnkit.summary import summary
-from tests.oracle_client import require, run_jobs
+from tests.oracle_client import require, run_jobs, write_back
 
 JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "attention_jobs.py"
 FLAVOURS = ("tf_keras", "keras3")
@@ -108,17 +108,8 @@ def test_refused_keras_models_name_layer_and_option(built: Any, flavour: str, su
 def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
     """bnkit loads each .keras file, writes .keras and .h5; Keras reloads and predicts."""
     work, results = built
-    tasks: dict[str, list[dict[str, Any]]] = {flavour: [] for flavour in FLAVOURS}
-    for model_name, flavour in CASES:
-        name = f"{flavour}_{model_name}"
-        if results[flavour].get(name) != "ok":
-            continue
-        model = load_model(work / f"{name}.keras")
-        for suffix in ("keras", "h5"):
-            target = work / f"bnkit_{name}.{suffix}"
-            save_model(model, target)
-            tasks[flavour].append({"kind": "predict", "name": f"bnkit_{name}_{suffix}", "file": str(target),
-                                   "ref": str(work / f"{name}_ref.npz")})
+    tasks = write_back(work, results, CASES,
+                       lambda model, flavour: {"ref": str(work / f"{flavour}_{model}_ref.npz")})
     return work, run_jobs(JOBS, work, tasks, "predict")
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from bnkit.keras import build_from_config, load_model, save_model
+from bnkit.keras import build_from_config, load_model
 from bnkit.keras._rnn_layers import KerasLSTM, RecurrentConfig, recurrent
 from bnkit.keras.errors import KerasFormatError, UnsupportedLayerError
-from tests.oracle_client import require, run_jobs
+from tests.oracle_client import require, run_jobs, write_back
 
 JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "rnn_jobs.py"
 FLAVOURS = ("tf_keras", "keras3")
@@ -171,18 +171,8 @@ def test_keras3_masks_bnkit_does_not_rebuild_are_refused(built: Any) -> None:
 def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
     """bnkit loads each .keras file, writes .keras and .h5; Keras reloads and predicts."""
     work, results = built
-    tasks: dict[str, list[dict[str, Any]]] = {flavour: [] for flavour in FLAVOURS}
-    for flavour in FLAVOURS:
-        for recipe in CASES:
-            name = f"{flavour}_{recipe}"
-            if results[flavour].get(name) != "ok":
-                continue
-            model = load_model(work / f"{name}.keras")
-            for suffix in ("keras", "h5"):
-                target = work / f"bnkit_{name}.{suffix}"
-                save_model(model, target)
-                tasks[flavour].append({"kind": "predict", "name": f"bnkit_{name}_{suffix}", "file": str(target),
-                                       "x": str(work / f"{_recipe(recipe)['x']}.npz")})
+    tasks = write_back(work, results, [(recipe, flavour) for flavour in FLAVOURS for recipe in CASES],
+                       lambda recipe, flavour: {"x": str(work / f"{_recipe(recipe)['x']}.npz")})
     return work, run_jobs(JOBS, work, tasks, "predict")
 
 

@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from bnkit import summary
-from bnkit.keras import build_from_config, load_model, save_model
+from bnkit.keras import build_from_config, load_model
 from bnkit.keras._rnn_layers import GATES, KerasLSTM, RecurrentConfig, recurrent
 from bnkit.keras.errors import KerasFormatError, UnsupportedLayerError
-from tests.oracle_client import require, run_jobs
+from tests.oracle_client import require, run_jobs, write_back
 
 JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "states_jobs.py"
 FLAVOURS = ("tf_keras", "keras3")
@@ -78,18 +78,8 @@ def test_state_models_equal_keras(built: Any, model_name: str, flavour: str, suf
 def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
     """bnkit loads each .keras file, writes .keras and .h5; Keras reloads and predicts."""
     work, results = built
-    tasks: dict[str, list[dict[str, Any]]] = {flavour: [] for flavour in FLAVOURS}
-    for flavour in FLAVOURS:
-        for model_name in MODELS:
-            name = f"{flavour}_{model_name}"
-            if results[flavour].get(name) != "ok":
-                continue
-            model = load_model(work / f"{name}.keras")
-            for suffix in ("keras", "h5"):
-                target = work / f"bnkit_{name}.{suffix}"
-                save_model(model, target)
-                tasks[flavour].append({"kind": "predict", "name": f"bnkit_{name}_{suffix}", "file": str(target),
-                                       "inputs": str(work / f"{name}_ref.npz")})
+    tasks = write_back(work, results, [(model, flavour) for flavour in FLAVOURS for model in MODELS],
+                       lambda model, flavour: {"inputs": str(work / f"{flavour}_{model}_ref.npz")})
     return work, run_jobs(JOBS, work, tasks, "predict")
 
 
