@@ -6,7 +6,8 @@
 
 *build*: each model ``{"app": "MobileNetV2", "size": 32}`` is built with ``weights=None``,
 ``classes=10`` (or the entry's ``classes``) and logits out (``classifier_activation=None`` where the application has it),
-its BatchNormalization statistics and scales are randomised (so BN matters), and it is saved
+its BatchNormalization scales are randomised and its statistics calibrated on random images,
+then perturbed (so BN matters, and deep networks stay well-conditioned), and it is saved
 as ``<app>.h5`` and ``<app>.keras``.  Keras then reloads both files itself (a pair Keras cannot
 reload is recorded and skipped by the tests, as the issue asks).  The inputs, Keras' outputs
 and its parameter counts go to ``<app>_ref.npz`` / the results JSON.  The same application is
@@ -51,7 +52,8 @@ def build_app(app: str, size: int, classes: int = 10) -> Any:
 
 
 def randomize(model: Any, rng: np.random.Generator) -> None:
-    """Non-trivial BN statistics and scales, Normalization statistics; kernels keep Keras' init."""
+    """Non-trivial BN scales and offsets (``calibrate`` sets the statistics), Normalization
+    statistics; kernels keep Keras' init."""
     for layer in _all_layers(model):
         kind = type(layer).__name__
         if kind == "BatchNormalization":
@@ -63,10 +65,6 @@ def randomize(model: Any, rng: np.random.Generator) -> None:
                     values.append(rng.uniform(0.6, 1.4, shape))
                 elif name == "beta":
                     values.append(rng.normal(0.0, 0.1, shape))
-                elif name == "moving_mean":
-                    values.append(rng.normal(0.0, 0.2, shape))
-                elif name == "moving_variance":
-                    values.append(rng.uniform(0.5, 1.5, shape))
                 else:
                     values.append(np.asarray(weight.numpy()))
             layer.set_weights([v.astype("float32") for v in values])
@@ -84,6 +82,78 @@ def randomize(model: Any, rng: np.random.Generator) -> None:
             layer.set_weights(values)
             if hasattr(layer, "finalize_state"):  # Keras 3 computes from the adapted statistics here
                 layer.finalize_state()
+
+
+CALIBRATION_BATCH = 16
+
+
+def random_images(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
+    """Images in [0, 255] that differ from each other as a whole: a coarse 4x4 random colour
+    field blown up to the size, plus pixel noise.  Pure pixel noise gives every image nearly
+    the same deep features, so the batch statistics of the last layers are tiny and any
+    other image is many standard deviations away from them."""
+    coarse = rng.uniform(0.0, 255.0, (count, 4, 4, 3))
+    index = (np.arange(size) * 4) // size
+    field = coarse[:, index][:, :, index]
+    return (0.75 * field + 0.25 * rng.uniform(0.0, 255.0, (count, size, size, 3))).astype("float32")
+
+
+def calibrate(model: Any, rng: np.random.Generator, size: int) -> None:
+    """BN statistics measured on random images, conditioned, then perturbed.
+
+    Random statistics make the deepest applications (EfficientNetV2M, ResNetRS200, ...)
+    chaotic: every BN rescales by an arbitrary factor, the logits reach 1e5 and float32
+    rounding alone moves them by tens of percent, in Keras as in bnkit.  One training-mode
+    forward with ``momentum=0`` (and dropout off) sets each BN's moving statistics to the
+    statistics of its actual input.  That alone is not enough: deep features of different
+    images are nearly equal, so their variance is tiny next to their mean, and a BN dividing
+    by that spread turns every rounding error into a large change.  Each BN therefore divides
+    by the root mean square of its input (``variance + mean**2``), which no layer can amplify,
+    and then its statistics are moved at random and compensated in ``gamma``/``beta``.
+    """
+    bns = [layer for layer in _all_layers(model) if type(layer).__name__ == "BatchNormalization"]
+    if not bns:
+        return
+    dropouts = [layer for layer in _all_layers(model) if hasattr(layer, "rate")]
+    saved = [(layer, layer.momentum) for layer in bns] + [(layer, layer.rate) for layer in dropouts]
+    for layer in bns:
+        layer.momentum = 0.0
+    for layer in dropouts:
+        layer.rate = 0.0
+    try:
+        model(random_images(rng, CALIBRATION_BATCH, size), training=True)
+    finally:
+        for layer, value in saved:
+            setattr(layer, "momentum" if layer in bns else "rate", value)
+    for layer in bns:
+        _condition(layer, rng)
+
+
+def _condition(layer: Any, rng: np.random.Generator) -> None:
+    """Divide by the input's root mean square, then move the statistics at random and
+    compensate in the scale and offset, so the layer computes the same function: a loader
+    must use each statistic right, while the network keeps its conditioning (moving them
+    without compensation compounds across 200 layers into chaos again)."""
+    names = [weight.name.split("/")[-1].split(":")[0] for weight in layer.weights]
+    values = {name: _weight(layer, name) for name in names}
+    mean = values["moving_mean"]
+    square = values["moving_variance"] + mean ** 2
+    values["moving_variance"] = square
+    if {"gamma", "beta"} <= set(values):
+        eps = float(layer.epsilon)
+        new_mean = mean + 0.5 * np.sqrt(square) * rng.normal(0.0, 1.0, mean.shape)
+        new_var = square * rng.uniform(0.5, 2.0, square.shape)
+        gamma = values["gamma"] * np.sqrt(new_var + eps) / np.sqrt(square + eps)
+        beta = values["beta"] + gamma * (new_mean - mean) / np.sqrt(new_var + eps)
+        values.update(gamma=gamma, beta=beta, moving_mean=new_mean, moving_variance=new_var)
+    layer.set_weights([values[name].astype("float32") for name in names])
+
+
+def _weight(layer: Any, name: str) -> np.ndarray:
+    for weight in layer.weights:
+        if weight.name.split("/")[-1].split(":")[0] == name:
+            return np.asarray(weight.numpy(), dtype="float64")
+    raise KeyError(f"{layer.name} has no {name}")
 
 
 def _infer(model: Any, x: np.ndarray) -> np.ndarray:
@@ -139,7 +209,8 @@ def build(entry: dict[str, Any], work: Path) -> dict[str, Any]:
     start = time.perf_counter()
     model = build_app(app, size, int(entry.get("classes", 10)))
     randomize(model, rng)
-    x = rng.uniform(0.0, 255.0, (BATCH, size, size, 3)).astype("float32")
+    calibrate(model, rng, size)
+    x = random_images(rng, BATCH, size)
     y = _infer(model, x)
     result: dict[str, Any] = {"counts": _counts(model), "layers": len(model.layers),
                               "classes": sorted({type(layer).__name__ for layer in _all_layers(model)}),
