@@ -301,3 +301,16 @@ def test_bnkit_reads_its_own_files_back(round2: Any, name: str) -> None:
     for suffix in ("keras", "h5"):
         y = bk.load_model(work / f"{name}.{suffix}")(torch.from_numpy(x)).detach().numpy()
         np.testing.assert_allclose(y, expected[name], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("flavour, short, suffix", LOAD_CASES)
+def test_files_saved_by_bnkit_record_the_source_keras_version(round2: Any, flavour: str, short: str,
+                                                              suffix: str) -> None:
+    """A model read from a Keras 3 file is written back as Keras 3 (the version Keras
+    recorded), one from tf_keras as 2.x; both Keras reload those files (test above)."""
+    from tests.test_keras_save_version import recorded_versions
+
+    work, _, _ = round2
+    keras_wrote = recorded_versions(work / f"{flavour}_{short}.h5")[0]
+    assert keras_wrote.startswith("3." if flavour == "keras3" else "2.")
+    assert set(recorded_versions(work / f"saved_{flavour}_{short}_{suffix}.{suffix}")) == {keras_wrote}

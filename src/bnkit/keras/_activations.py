@@ -10,8 +10,8 @@ from torch import nn
 from ._build import Builder, Info
 from ._config import LayerSpec
 from ._entry import ExportState, Handler, LayerEntry
-from ._layers import (KERAS3_ELEMENTWISE, KERAS3_POLICY, Add, Concatenate, KerasReLU, MultiSoftmax, activation_module,
-                      keras3_dialect)
+from ._layers import (KERAS3_ELEMENTWISE, KERAS3_POLICY, Add, Concatenate, Glu, KerasReLU, MultiSoftmax,
+                      activation_module, keras3_dialect)
 from ._options import ACTIVATION_TYPES, activation_name, activation_of, axis_option, common, float_option, one_input
 from ._rnn_masks import merge_dtype
 
@@ -20,7 +20,9 @@ __all__ = ["ENTRIES"]
 
 def activation(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
     x = one_input(b, xs)
-    name = activation_name(b, spec.config.get("activation"))
+    name = activation_name(b, spec.config.get("activation"), glu=keras3_dialect(spec.config))
+    if name == "glu":
+        return _glu(b, spec, x)
     if name == "linear":
         slot = x.slot
     else:
@@ -30,6 +32,18 @@ def activation(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[
         if keras3:  # written with Keras 3's dtype policy, so that bnkit and Keras 3 read it back the same
             return Info(x.shape, x.perm, slot), {**common(spec), "activation": name, "dtype": KERAS3_POLICY}
     return Info(x.shape, x.perm, slot), {**common(spec), "activation": name}
+
+
+def _glu(b: Builder, spec: LayerSpec, x: Info) -> tuple[Info, dict[str, Any]]:
+    """Keras 3's ``Activation("glu")``: the last axis halved (Keras 3's own summary keeps the
+    input shape; the tensor it computes has half the features, as here)."""
+    size = x.shape[-1]
+    if size is not None and size % 2:
+        raise b.error("`activation='glu'` splits the last axis in halves", "an even size", x.shape)
+    dim = x.perm.index(len(x.shape) - 1)
+    slot = b.run(spec.name, lambda: Glu(dim), [x.slot])
+    shape = x.shape[:-1] + (None if size is None else size // 2,)
+    return Info(shape, x.perm, slot), {**common(spec), "activation": "glu", "dtype": dict(KERAS3_POLICY)}
 
 
 def relu(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .._repr import short
 from ._call_args import OP_CLASSES, CallArgs, TensorArg, app_layer_class, op_class
+from ._mask_ops import MaskDescription
 from .errors import KerasFormatError, UnsupportedLayerError
 
 __all__ = ["CODE_CLASSES", "MODEL_CLASSES", "CallArgs", "Entry", "LayerSpec", "ModelSpec", "Ref", "TensorArg",
@@ -55,9 +56,16 @@ class LayerSpec:
     scope: tuple[str, ...] = ()
     v3_path: str = ""
     call: CallArgs | None = None
-    #: Keras 3 calls this layer with the mask ``layer != value`` (reduced with ``any`` over the
-    #: last axis when the flag is set; see :mod:`bnkit.keras._mask_ops`).
-    mask_of: tuple[str, float, bool] | None = None
+    #: Per call, the mask a Keras 3 config passes to it (``mask=``, taken out of the graph by
+    #: :mod:`bnkit.keras._mask_ops`), or None; empty when no call has one.  See :meth:`mask_of`.
+    recorded_masks: tuple[MaskDescription | None, ...] = ()
+
+    def mask_of(self, call: int) -> MaskDescription | None:
+        """The mask Keras 3 records for call ``call`` of this layer (None: none recorded):
+        ``(layer, value, reduced)`` for ``layer != value`` (reduced with ``any`` over the last
+        axis when ``reduced``: a ``Masking`` layer's), or ``("or"|"and", (description, ...),
+        False)`` for the combined mask of a merge layer (Keras 3's ``LogicalOr``)."""
+        return self.recorded_masks[call] if 0 <= call < len(self.recorded_masks) else None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from ._build import Builder, Info, identity, image, inverse, layout, moved, spat
 from ._config import INTEGER_INPUTS, LayerSpec, dtype_name
 from ._entry import (ExportState, LayerEntry, WeightRule, as_is, conv_kernel, dense_kernel, dense_shape,
                      view_shape)
-from ._layers import SamePad2d, same_padding
+from ._layers import KERAS3_POLICY, SamePad2d, keras3_dialect, same_padding
 from ._options import (activation_name, activation_of, bool_option, choice, common, data_format, float_option,
                        initializer, int_option, is_int, known, one_input, pair, training_only)
 
@@ -102,7 +102,9 @@ def dense(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, 
     if len(x.shape) < 2:
         raise b.error("wrong input rank", "rank >= 2", x.shape)
     units, use_bias = int_option(b, cfg, "units"), bool_option(b, cfg, "use_bias", True)
-    activation = activation_name(b, cfg.get("activation"))
+    activation = activation_name(b, cfg.get("activation"), glu=keras3_dialect(cfg))
+    if activation == "glu" and units % 2:
+        raise b.error("`activation='glu'` splits the units in halves", "an even `units`", units)
     features = known(b, x.shape[-1], "input features (last axis)")
     training_only(b, cfg)
     perm = identity(len(x.shape))
@@ -113,6 +115,8 @@ def dense(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, 
     slot = b.activate(activation, b.run(spec.name, factory, [b.take(x, perm)]), perm)
     config = {**common(spec), "units": units, "activation": activation, "use_bias": use_bias,
               **{f"{k}_initializer": v for k, v in inits.items() if v is not None}}
+    if activation == "glu":  # Keras 3's (tf_keras has no glu), and half the units come out
+        return Info(x.shape[:-1] + (units // 2,), perm, slot), {**config, "dtype": dict(KERAS3_POLICY)}
     return Info(x.shape[:-1] + (units,), perm, slot), config
 
 

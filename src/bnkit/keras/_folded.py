@@ -68,6 +68,7 @@ def fold_keras_model(model: KerasModel) -> tuple[KerasModel, FoldReport]:
         rebuilt.to(dtypes.pop())
     _take_weights(rebuilt, model, folded, report)
     rebuilt.keras_notes = list(model.keras_notes)
+    rebuilt.keras_version = model.keras_version
     return rebuilt.eval(), report
 
 

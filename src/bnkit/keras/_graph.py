@@ -26,7 +26,7 @@ from typing import Any
 
 from .._repr import short
 from ._call_args import KWARG_CLASSES, OP_CLASSES, CallArgs, check_outputs, op_call
-from ._mask_ops import strip_mask_ops
+from ._mask_ops import MaskDescription, strip_mask_ops
 from ._config import (MODEL_CLASSES, LayerSpec, ModelSpec, Ref, TensorId, check_custom, endpoints, layer_entry,
                       node_refs, snake_case)
 from .errors import KerasFormatError, UnsupportedLayerError
@@ -45,12 +45,13 @@ class _Flat:
         self.name, self.cls, self.config, self.refusal = name, cls, config, refusal
         self.keras_name, self.scope, self.v3_path, self.call = keras_name, scope, v3_path, call
         self.calls: list[tuple[TensorId, ...]] = []
-        self.mask_of: tuple[str, float, bool] | None = None
+        self.masks: list[MaskDescription | None] = []  # per call: the mask Keras 3 records for it
 
     def spec(self) -> LayerSpec:
         inbound = tuple(t[0] for t in self.calls[0]) if self.calls else ()
+        masks = tuple(self.masks) if any(mask is not None for mask in self.masks) else ()
         return LayerSpec(self.name, self.cls, self.config, inbound, self.refusal, tuple(self.calls),
-                         self.keras_name, self.scope, self.v3_path, self.call, self.mask_of)
+                         self.keras_name, self.scope, self.v3_path, self.call, masks)
 
 
 class _Flattener:
@@ -60,7 +61,8 @@ class _Flattener:
         self.taken: set[str] = set()
         self.order: list[tuple[str, int]] = []
         self.inputs: list[str] = []
-        self.masks: dict[tuple[tuple[str, ...], str], tuple[str, float, bool]] = {}
+        #: (nested models, layer, node index) -> the mask Keras 3 records for that call node
+        self.masks: dict[tuple[tuple[str, ...], str, int], MaskDescription] = {}
 
     # ---- one model level ----------------------------------------------------------------
     def model(self, config: dict[str, Any], scope: tuple[str, ...], bound: list[TensorId] | None,
@@ -78,7 +80,7 @@ class _Flattener:
         raw_layers = body["layers"]
         if kind != "Sequential":  # Keras 3 records sequence masks as NotEqual operations: see _mask_ops
             raw_layers, masks = strip_mask_ops(raw_layers, body.get("output_layers"))
-            self.masks.update({(scope, consumer): mask for consumer, mask in masks.items()})
+            self.masks.update({(scope, consumer, node): mask for (consumer, node), mask in masks.items()})
         entries = [layer_entry(raw, index, source) for index, raw in enumerate(raw_layers)]
         frozen = frozen or body.get("trainable", True) is False  # a frozen model freezes every layer
         _check_unique([entry[0] for entry in entries], source)
@@ -158,10 +160,10 @@ class _Flattener:
             if cls in OP_CLASSES or cls in KWARG_CLASSES:  # tensors and constants in its single call
                 inbound, call = op_call(nodes, name, source)
                 check_outputs(cls, name, call, source)
-                pending.append((name, cls, cfg, refusal, 0, list(inbound), call))
+                pending.append((name, cls, cfg, refusal, 0, list(inbound), call, None))
             elif cls != "InputLayer":
                 offset = self._offset(cls, raws[name])
-                pending.extend((name, cls, cfg, refusal, k + offset, refs, None)
+                pending.extend((name, cls, cfg, refusal, k + offset, refs, None, self.masks.get((scope, name, k)))
                                for k, refs in enumerate(node_refs(nodes, name, source)))
         plain: dict[tuple[str, int], TensorId] = {}  # (layer, node) -> its first output, for a plain layer
 
@@ -179,9 +181,9 @@ class _Flattener:
                 raise KerasFormatError(
                     f"{source}: the layer graph cannot be ordered: unknown tensors {missing[:5]} or a cycle through "
                     f"{[c[0] for c in pending][:5]}; expected a DAG of [layer, node, tensor] references")
-            name, cls, cfg, refusal, node, refs, call = pending.pop(index)
+            name, cls, cfg, refusal, node, refs, call, mask = pending.pop(index)
             outs = self._layer(scope, name, cls, cfg, refusal, raws[name], v3[name],
-                               [lookup(r) for r in refs], frozen, call)  # type: ignore[misc]
+                               [lookup(r) for r in refs], frozen, call, mask)  # type: ignore[misc]
             for tensor, out in enumerate(outs):
                 resolved[(name, node, tensor)] = out
             if cls not in MODEL_CLASSES or refusal:
@@ -206,16 +208,18 @@ class _Flattener:
 
     # ---- one layer call -----------------------------------------------------------------
     def _layer(self, scope: tuple[str, ...], name: str, cls: str, cfg: dict[str, Any], refusal: str, raw: Any,
-               v3_path: str, inputs: list[TensorId], frozen: bool, call: CallArgs | None = None) -> list[TensorId]:
+               v3_path: str, inputs: list[TensorId], frozen: bool, call: CallArgs | None = None,
+               mask: MaskDescription | None = None) -> list[TensorId]:
         if cls in MODEL_CLASSES and not refusal:
             nested_frozen = frozen or cfg.get("trainable", True) is False
             return self.model(raw, scope + (name,), inputs, nested_frozen, v3_path + "/")
         if frozen:
             cfg = {**cfg, "trainable": False}
-        return [self._call(scope, name, cls, cfg, refusal, v3_path, tuple(inputs), call)]
+        return [self._call(scope, name, cls, cfg, refusal, v3_path, tuple(inputs), call, mask)]
 
     def _call(self, scope: tuple[str, ...], name: str, cls: str, cfg: dict[str, Any], refusal: str, v3_path: str,
-              inputs: tuple[TensorId, ...], call: CallArgs | None = None) -> TensorId:
+              inputs: tuple[TensorId, ...], call: CallArgs | None = None,
+              mask: MaskDescription | None = None) -> TensorId:
         flat = self.flat.get((scope, name))
         if flat is None:
             flat_name = name if name not in self.taken else "_".join(scope + (name,))
@@ -223,8 +227,8 @@ class _Flattener:
                 flat_name += "_"
             self.taken.add(flat_name)
             flat = self.flat[(scope, name)] = _Flat(flat_name, cls, cfg, refusal, name, scope, v3_path, call)
-            flat.mask_of = self.masks.get((scope, name))
         flat.calls.append(inputs)
+        flat.masks.append(mask)
         self.order.append((flat.name, len(flat.calls) - 1))
         return (flat.name, len(flat.calls) - 1, 0)
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .._repr import short
 
 __all__ = ["ACTIVATIONS", "ELEMENTWISE", "KERAS3_ELEMENTWISE", "KERAS3_POLICY", "Add", "AvgPoolSame2d", "Concatenate",
-           "GlobalPool2d", "KerasActivation", "KerasReLU", "MultiSoftmax", "SamePad2d", "activation_module",
+           "GlobalPool2d", "Glu", "KerasActivation", "KerasReLU", "MultiSoftmax", "SamePad2d", "activation_module",
            "keras3_dialect", "same_padding"]
 
 
@@ -191,6 +191,26 @@ class KerasActivation(nn.Module):
         return f"{self.name!r}{along}" + (", keras3=True" if self.keras3 else "")
 
 
+class Glu(nn.Module):
+    """Keras 3's ``glu`` activation along torch dim ``dim`` (Keras' last axis): that axis is
+    split into halves ``a, b`` and ``a * sigmoid(b)`` returned, so the output has half as
+    many features (Dauphin et al. 2017).  tf_keras 2 has no ``glu``."""
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[self.dim] % 2:
+            raise ValueError(f"glu splits dim {self.dim} in halves: expected an even size; received shape "
+                             f"{tuple(x.shape)}")
+        a, b = x.chunk(2, dim=self.dim)
+        return a * torch.sigmoid(b)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
 def _sparsemax(x: Tensor, dim: int) -> Tensor:
     """Keras 3's ``sparsemax`` along ``dim``, as every Keras backend computes it.
 
@@ -223,7 +243,10 @@ def keras3_dialect(config: dict[str, Any]) -> bool:
 
 
 def activation_module(name: str, dim: int, keras3: bool = False) -> nn.Module:
-    """The torch module of Keras activation ``name`` (torch dim ``dim`` = Keras' last axis)."""
+    """The torch module of Keras activation ``name`` (torch dim ``dim`` = Keras' last axis);
+    ``glu`` (Keras 3 only, it halves that axis) is :class:`Glu`."""
+    if name == "glu":
+        return Glu(dim)
     return ACTIVATIONS[name](dim) if not keras3 or name not in KERAS3_ELEMENTWISE else KerasActivation(name, dim, True)
 
 
@@ -250,8 +273,9 @@ class MultiSoftmax(nn.Module):
 
 
 #: Keras activation name -> torch module factory (given the torch dim of Keras' last axis).
-#: Every built-in name of tf_keras 2.21 and Keras 3 except ``glu`` (it halves an axis) and
-#: ``threshold`` (it has no default arguments); ``linear`` is the identity and is not listed.
+#: Every built-in name of tf_keras 2.21 and Keras 3 except ``glu`` (it halves an axis, so only
+#: the layers whose output shape follows it take it: see :func:`bnkit.keras._options.activation_name`)
+#: and ``threshold`` (it has no default arguments); ``linear`` is the identity and is not listed.
 ACTIVATIONS: dict[str, Callable[[int], nn.Module]] = {
     "relu": lambda dim: nn.ReLU(),
     "sigmoid": lambda dim: nn.Sigmoid(),

@@ -91,7 +91,8 @@ def load_model(path: str | os.PathLike[str], data_format: str | None = None) -> 
                 "config entry with the config's shapes; received:\n  " + "\n  ".join(report.problems())
             )
         copy_planned(copies, str(source))
-    if _keras_version(source).startswith("3."):
+    model.keras_version = _keras_version(source)
+    if model.keras_version.startswith("3."):
         model.keras_notes.extend(
             f"{name}: Keras 3 updates moving_variance with the biased batch variance; bnkit follows tf_keras 2 "
             "here (Bessel-corrected on this fused, 4-D/5-D layer), so training statistics differ from Keras 3"
@@ -101,7 +102,7 @@ def load_model(path: str | os.PathLike[str], data_format: str | None = None) -> 
 
 
 def _keras_version(source: Path) -> str:
-    """The Keras version that wrote ``source`` ("" when unknown)."""
+    """The Keras version that wrote ``source`` ("" when unknown or not a short version text)."""
     if is_keras_archive(source):
         metadata = read_archive_json(source, "metadata.json", required=False)
         version = metadata.get("keras_version") if isinstance(metadata, dict) else None
@@ -115,7 +116,7 @@ def _keras_version(source: Path) -> str:
                 h5.close()
     if isinstance(version, bytes):
         version = version.decode("utf-8", "replace")
-    return version if isinstance(version, str) else ""
+    return version if isinstance(version, str) and len(version) <= 64 else ""
 
 
 def build_from_config(config: dict[str, Any] | str, data_format: str | None = None) -> KerasModel:

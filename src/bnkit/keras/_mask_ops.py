@@ -5,9 +5,11 @@ layer ``NotEqual(ids, 0)`` (module ``keras.src.ops.numpy``; a Masking layer's as
 it over the last axis; a merge layer's as ``LogicalOr`` of its inputs' masks) and passes
 its output to the mask-consuming calls as ``kwargs["mask"]``.  bnkit rebuilds masks the way Keras propagates
 them (see :mod:`bnkit.keras._rnn`), so such an operation is taken out of the graph and
-each call it fed remembers its description, ``(layer, value, reduced)``: "Keras gives me
-the mask ``layer != value``" (or ``("or", (description, ...), False)`` for a merge's).
-The sequence layers then check that this is the mask they rebuild, and refuse otherwise.
+each call it fed remembers its :data:`MaskDescription`, ``(layer, value, reduced)``:
+"Keras gives me the mask ``layer != value``" (or ``("or", (description, ...), False)`` for
+a merge's).  A shared layer remembers one per call (each call of a shared ``LSTM`` gets the
+mask of its own input).  The sequence layers then check that this is the mask they
+rebuild, and refuse otherwise.
 Only calls that apply masks (recurrent layers, GlobalAveragePooling1D) or ignore them at inference
 (BatchNormalization) are accepted; any other use keeps the operation in the graph, where
 it is refused as an unsupported layer.
@@ -16,7 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MASK_CALLS", "strip_mask_ops"]
+__all__ = ["MASK_CALLS", "MaskDescription", "strip_mask_ops"]
+
+#: A sequence mask described from the config: ``(layer, value, reduced)`` is the mask
+#: ``layer != value`` of ``layer``'s first output (``Embedding(mask_zero=True)``: its ids and
+#: 0.0), reduced with ``any`` over the last axis when ``reduced`` is True (``Masking``);
+#: ``("or"|"and", (description, ...), False)`` is the combined mask of a merge layer, Keras 3's
+#: logical OR (``LogicalOr``) or tf_keras' AND of its inputs' masks.
+MaskDescription = tuple[str, float, bool] | tuple[str, tuple["MaskDescription", ...], bool]
 
 #: Layer classes whose Keras 3 call may take a recorded ``NotEqual`` mask.
 MASK_CALLS = frozenset({"SimpleRNN", "LSTM", "GRU", "Bidirectional", "BatchNormalization", "GlobalAveragePooling1D"})
@@ -45,7 +54,7 @@ def _operation(raw: Any, class_name: str) -> list[Any] | None:
     return args if isinstance(args, list) else None
 
 
-def _not_equal(raw: Any) -> tuple[str, float, bool] | None:
+def _not_equal(raw: Any) -> MaskDescription | None:
     """``(layer, value, False)`` of a ``NotEqual(tensor, number)`` operation layer, else None."""
     args = _operation(raw, "NotEqual")
     if args is None or len(args) != 2:
@@ -90,12 +99,11 @@ def _logical(raw: Any) -> tuple[str, list[str]] | None:
     return None
 
 
-def strip_mask_ops(layers: list[Any], outputs: Any) -> tuple[list[Any], dict[str, tuple[Any, Any, bool]]]:
+def strip_mask_ops(layers: list[Any], outputs: Any) -> tuple[list[Any], dict[tuple[str, int], MaskDescription]]:
     """``layers`` without the mask operations used only as masks of :data:`MASK_CALLS` calls
-    (their ``mask`` kwargs removed), and ``{consumer: description}``: ``(layer, value,
-    reduced)`` for the mask ``layer != value``, reduced with ``any`` over the last axis for a
-    Masking layer's; ``("or"|"and", (description, ...), False)`` for a merge layer's."""
-    ops: dict[Any, tuple[Any, Any, bool]] = {
+    (their ``mask`` kwargs removed), and ``{(consumer, node index): description}`` (see
+    :data:`MaskDescription`), one per call node of each consumer that was given a mask."""
+    ops: dict[Any, MaskDescription] = {
         _name(raw): found for raw in layers if (found := _not_equal(raw)) is not None}
     inner: dict[Any, list[str]] = {}  # mask operation -> the mask operations it combines
     for raw in layers:  # in the order Keras records them: operands first
@@ -122,7 +130,7 @@ def strip_mask_ops(layers: list[Any], outputs: Any) -> tuple[list[Any], dict[str
             kept.update(set(_references(node.get("args"))) & set(ops))
             kept.update(set(_references({k: v for k, v in kwargs.items() if k != "mask"})) & set(ops))
             mask = _tensor(kwargs.get("mask"))
-            if mask in ops and (raw.get("class_name") not in MASK_CALLS or len(nodes) != 1):  # type: ignore[union-attr]
+            if mask in ops and raw.get("class_name") not in MASK_CALLS:  # type: ignore[union-attr]
                 kept.add(mask)
     pending = [name for name in kept if name in inner]
     while pending:  # a kept operation keeps what it combines
@@ -136,12 +144,15 @@ def strip_mask_ops(layers: list[Any], outputs: Any) -> tuple[list[Any], dict[str
         if _name(raw) in dropped:
             continue
         nodes = raw.get("inbound_nodes")
-        if isinstance(nodes, list) and len(nodes) == 1 and isinstance(nodes[0], dict):
-            kwargs = nodes[0].get("kwargs") if isinstance(nodes[0].get("kwargs"), dict) else {}
-            mask = _tensor(kwargs.get("mask"))
-            if mask in dropped:
-                masks[str(_name(raw))] = ops[mask]
-                node = {**nodes[0], "kwargs": {k: v for k, v in kwargs.items() if k != "mask"}}
-                raw = {**raw, "inbound_nodes": [node]}
+        if isinstance(nodes, list) and any(isinstance(node, dict) for node in nodes):
+            stripped = []
+            for index, node in enumerate(nodes):
+                kwargs = node.get("kwargs") if isinstance(node, dict) and isinstance(node.get("kwargs"), dict) else {}
+                mask = _tensor(kwargs.get("mask"))
+                if mask in dropped:
+                    masks[(str(_name(raw)), index)] = ops[mask]
+                    node = {**node, "kwargs": {k: v for k, v in kwargs.items() if k != "mask"}}
+                stripped.append(node)
+            raw = {**raw, "inbound_nodes": stripped}
         result.append(raw)
     return result, masks

@@ -67,7 +67,9 @@ class KerasModel(nn.Module):
     qualified by its nested models); ``keras_origins`` maps each flat layer with weights to
     ``(nested models, Keras name, .keras weight path)`` in the file it was read from.
     ``keras_layer_rows`` lists the layers as Keras' ``model.layers`` does (see
-    :class:`KerasLayerRow`), for :func:`bnkit.summary`.
+    :class:`KerasLayerRow`), for :func:`bnkit.summary`.  ``keras_version`` is the Keras
+    version the file it was read from records (``"3.15.1"``, ``"2.21.0"``; ``""`` for a model
+    built from a config), so :func:`bnkit.keras.save_model` can say which Keras it speaks.
     """
 
     def __init__(self, name: str, layers: dict[str, nn.Module], steps: list[Step], inputs: list[int],
@@ -94,6 +96,7 @@ class KerasModel(nn.Module):
         self.data_format = data_format
         self.keras_data_format = keras_data_format
         self.keras_layer_rows = tuple(keras_layer_rows)
+        self.keras_version = ""
 
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         if isinstance(inputs, fx.Proxy):  # torch.fx traces ``*inputs`` as one proxy (surgery)

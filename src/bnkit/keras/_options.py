@@ -101,13 +101,20 @@ def data_format(b: Builder, cfg: dict[str, Any]) -> str:
     return choice(b, cfg, "data_format", ("channels_last", "channels_first"), "channels_last")
 
 
-def activation_name(b: Builder, value: Any) -> str:
-    """A built-in Keras activation name (``"linear"`` for None); anything else is refused."""
+def activation_name(b: Builder, value: Any, glu: bool = False) -> str:
+    """A built-in Keras activation name (``"linear"`` for None); anything else is refused.
+
+    ``glu``: whether Keras 3's ``glu`` is taken (it halves the last axis; the layers that
+    say so, ``Dense`` and ``Activation`` of a Keras 3 config, compute their output shape
+    with it); elsewhere it is refused like any unknown name, as tf_keras 2, which has no
+    ``glu``, refuses it."""
     if isinstance(value, dict) and isinstance(value.get("config"), str) and \
             str(value.get("module", "keras.activations")).split(".")[0] in ("keras", "tf_keras", "builtins"):
         value = value["config"]
     if value is None or value == "linear":
         return "linear"
+    if glu and value == "glu":
+        return value
     if not isinstance(value, str) or value not in ACTIVATIONS:
         raise UnsupportedLayerError(str(b.error("unsupported activation", f"one of {['linear', *ACTIVATIONS]}", value)))
     return value

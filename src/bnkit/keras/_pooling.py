@@ -52,7 +52,7 @@ def masked_global_average_1d(plain: Handler) -> Handler:
 
     def handler(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str, Any]]:
         mask = incoming_mask(b, spec)
-        recorded = getattr(spec, "mask_of", None)
+        recorded = spec.mask_of(b.call)
         if recorded is not None and (mask is None or mask[1] != recorded):
             raise UnsupportedLayerError(str(b.error(
                 f"Keras 3 calls this layer with the mask `{describe(recorded)}`, which bnkit does not rebuild here",

@@ -34,7 +34,8 @@ from ._build import Builder, Info, identity
 from ._config import LayerSpec
 from ._entry import LayerEntry, WeightRule, as_is, view_shape
 from ._options import bool_option, choice, float_option, initializer, int_option, known, one_input, training_only
-from ._rnn_masks import MASK_PASSING, RECURRENT, check_mask_reach, describe, incoming_mask, masks
+from ._rnn_masks import (MASK_PASSING, RECURRENT, call_input, check_mask_reach, describe, incoming_mask, masks, output,
+                         pending_input)
 from ._rnn_layers import (CELL_ACTIVATIONS, GATES, KerasAttention, KerasBidirectional, KerasEmbedding, KerasGRU,
                           KerasLSTM, KerasMasking, KerasSimpleRNN, RecurrentConfig, SequenceMask)
 from .errors import UnsupportedLayerError
@@ -123,9 +124,9 @@ def embedding(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[s
     b.weight_shapes[spec.name] = {"embeddings": (input_dim, output_dim)}
     ids = b.take(x, identity(len(x.shape)))
     slot = b.run(spec.name, factory, [ids])
-    if mask_zero:
-        masks(b)[spec.name] = (b.run(b.aux_name("mask"), SequenceMask, [ids]), (spec.inbound[0], 0.0, False))
-        check_mask_reach(b, spec.name)
+    if mask_zero:  # each call masks its own ids (a shared Embedding is called on several inputs)
+        masks(b)[output(b, spec)] = (b.run(b.aux_name("mask"), SequenceMask, [ids]), (call_input(b, spec), 0.0, False))
+        check_mask_reach(b, output(b, spec))
     config = {**_common(spec), "input_dim": input_dim, "output_dim": output_dim, "mask_zero": mask_zero}
     if inits["weight"] is not None:
         config["embeddings_initializer"] = inits["weight"]
@@ -138,8 +139,8 @@ def masking(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, dict[str
     slot = b.take(x, identity(3))
     mask = b.run(b.aux_name("mask"), lambda: SequenceMask(value, reduce_last=True), [slot])
     out = b.run(spec.name, KerasMasking, [slot, mask], many=True)
-    masks(b)[spec.name] = (mask, (spec.inbound[0], value, True))
-    check_mask_reach(b, spec.name)
+    masks(b)[output(b, spec)] = (mask, (call_input(b, spec), value, True))
+    check_mask_reach(b, output(b, spec))
     return Info(x.shape, identity(3), out), {**_common(spec), "mask_value": value}
 
 
@@ -220,20 +221,19 @@ def _sequence_input(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, 
     features = known(b, x.shape[2], "input features (last axis)")
     slots = [b.take(x, identity(3))]
     mask = incoming_mask(b, spec)
-    recorded = getattr(spec, "mask_of", None)
+    recorded = spec.mask_of(b.call)
     if recorded is not None and (mask is None or mask[1] != recorded):
         raise UnsupportedLayerError(str(b.error(
             f"Keras 3 calls this layer with the mask `{describe(recorded)}`, which bnkit does not rebuild here",
             "the mask of an Embedding(mask_zero=True) or Masking layer on that input, reaching this layer through "
             f"{', '.join(sorted(MASK_PASSING))} or sequence-returning recurrent layers", recorded)))
-    masks(b).pop(spec.name, None)
     if b.spec.keras3 and len(xs) > 1 and recorded is not None:
         raise UnsupportedLayerError(str(b.error(
             "Keras 3 calls this layer with `initial_state` and an explicit `mask`, which bnkit cannot write back "
             "(Keras 3 fills in no mask for such a call)", "initial_state without mask=, or mask= without "
             "initial_state", recorded)))
     if mask is not None:
-        masks(b)[f"{spec.name}/input"] = mask
+        masks(b)[pending_input(b, spec)] = mask
         if b.spec.keras3 and len(xs) > 1 and recorded is None:
             # Keras 3 fills in a call's mask only when the call has one tensor argument: with
             # initial_state the layer runs unmasked, and its output still carries the mask
@@ -243,10 +243,10 @@ def _sequence_input(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info, 
 
 
 def _output(b: Builder, spec: LayerSpec, x: Info, slot: int, width: int, sequences: bool) -> Info:
-    mask = masks(b).pop(f"{spec.name}/input", None)
+    mask = masks(b).pop(pending_input(b, spec), None)
     if sequences and mask is not None:
-        masks(b)[spec.name] = mask
-        check_mask_reach(b, spec.name)
+        masks(b)[output(b, spec)] = mask
+        check_mask_reach(b, output(b, spec))
     shape = (x.shape[0], x.shape[1], width) if sequences else (x.shape[0], width)
     return Info(shape, identity(len(shape)), slot)
 
@@ -352,7 +352,7 @@ def bidirectional(b: Builder, spec: LayerSpec, xs: list[Info]) -> tuple[Info | l
 
 
 def _mask_slots(b: Builder, spec: LayerSpec) -> set[int]:
-    mask = masks(b).get(f"{spec.name}/input")
+    mask = masks(b).get(pending_input(b, spec))
     return {mask[0]} if mask is not None else set()
 
 

@@ -13,6 +13,9 @@ none), by ``MultiHeadAttention`` and by ``GlobalAveragePooling1D`` (a masked mea
 dropped by the layers of :data:`MASK_DROPPING` (``GlobalMaxPooling1D`` takes no mask in
 either framework: it is the plain max).  A mask that would reach any other layer is
 refused, naming that layer, since bnkit would silently compute it unmasked.
+
+Masks belong to tensors, not layers: each call of a shared layer (one ``Embedding`` for two
+token inputs, one ``LSTM`` over both) makes, passes or applies the mask of its own inputs.
 """
 from __future__ import annotations
 
@@ -22,12 +25,14 @@ from typing import Any
 from torch import Tensor, nn
 
 from ._build import Builder
-from ._config import LayerSpec
+from ._config import LayerSpec, TensorId
 from ._layers import KERAS3_POLICY, keras3_dialect
+from ._mask_ops import MaskDescription
 from .errors import UnsupportedLayerError
 
-__all__ = ["MASK_DROPPING", "MASK_PASSING", "MERGES", "RECURRENT", "Mask", "MaskMerge", "check_mask_reach",
-           "describe", "incoming_mask", "masks", "merge_dtype", "tensor_mask"]
+__all__ = ["MASK_DROPPING", "MASK_PASSING", "MERGES", "RECURRENT", "Mask", "MaskKey", "MaskMerge", "call_input",
+           "check_mask_reach", "describe", "incoming_mask", "masks", "merge_dtype", "output", "pending_input",
+           "tensor_mask"]
 
 RECURRENT = ("SimpleRNN", "LSTM", "GRU")
 #: Layers that hand a Keras mask on unchanged (tf_keras ``supports_masking``; Keras 3 alike).
@@ -41,11 +46,15 @@ _KERAS3_VALUE_MERGES = frozenset({"Multiply", "Maximum", "Minimum"})
 _MASK_USING = frozenset({*RECURRENT, "Bidirectional", "MultiHeadAttention", "GlobalAveragePooling1D"})
 #: Layers whose output carries no mask and whose values do not depend on it.
 MASK_DROPPING = frozenset({"Flatten", "GlobalMaxPooling1D"})
-#: A mask: its slot, and a description: ``(layer, value, reduced)`` when it is
-#: ``layer != value``, reduced with ``any`` over the last axis (a Masking layer's) when
-#: ``reduced``; ``("and"|"or", (description, ...), False)`` for a merge of masks.
-Mask = tuple[int, "tuple[Any, Any, bool]"]
-_MASKS: weakref.WeakKeyDictionary[Builder, dict[str, Mask]] = weakref.WeakKeyDictionary()
+#: A mask: its slot, and its :data:`~bnkit.keras._mask_ops.MaskDescription`: ``(layer, value,
+#: reduced)`` when it is ``layer != value``, reduced with ``any`` over the last axis (a Masking
+#: layer's) when ``reduced``; ``("and"|"or", (description, ...), False)`` for a merge of masks.
+Mask = tuple[int, MaskDescription]
+#: Where a mask is kept: ``(layer, call, 0)``, the tensor carrying it; ``(layer, call,
+#: "input")``, the mask a recurrent call applies, until its output is planned; ``(layer, call,
+#: "merged")``, a merge call's combined mask.
+MaskKey = tuple[str, int, int | str]
+_MASKS: weakref.WeakKeyDictionary[Builder, dict[MaskKey, Mask]] = weakref.WeakKeyDictionary()
 
 
 class MaskMerge(nn.Module):
@@ -78,17 +87,32 @@ def describe(mask: Any) -> str:
     return repr(mask)
 
 
-def masks(b: Builder) -> dict[str, Mask]:
-    """Layer name -> the boolean mask its output carries (this build only)."""
+def masks(b: Builder) -> dict[MaskKey, Mask]:
+    """:data:`MaskKey` -> the boolean mask kept there (this build only)."""
     return _MASKS.setdefault(b, {})
 
 
-def _consumers(b: Builder, name: str) -> list[LayerSpec]:
-    """The layers fed by ``name``'s first output (the one a mask goes with; a recurrent layer's
-    states carry none)."""
-    return [layer for layer in b.spec.layers
-            if any(t[0] == name and t[2] == 0 for call in (layer.calls or ((),)) for t in call)
-            or not layer.calls and name in layer.inbound]
+def output(b: Builder, spec: LayerSpec) -> TensorId:
+    """The first output of the call of ``spec`` being planned (the tensor a mask goes with)."""
+    return (spec.name, b.call, 0)
+
+
+def pending_input(b: Builder, spec: LayerSpec) -> MaskKey:
+    """Where the mask the recurrent call being planned applies is kept until its output."""
+    return (spec.name, b.call, "input")
+
+
+def call_input(b: Builder, spec: LayerSpec) -> str:
+    """The layer whose output is the first input of the call being planned (for a
+    description: the ids of this call of an ``Embedding``)."""
+    inputs = _tensors(spec, b.call)
+    return inputs[0][0] if inputs else ""
+
+
+def _consumers(b: Builder, tensor: TensorId) -> list[tuple[LayerSpec, int]]:
+    """The calls ``(layer, call)`` fed by ``tensor``."""
+    return [(layer, call) for layer in b.spec.layers for call in range(max(len(layer.calls), 1))
+            if tensor in _tensors(layer, call)]
 
 
 def _tensors(spec: LayerSpec, call: int) -> tuple[tuple[str, int, int], ...]:
@@ -130,15 +154,15 @@ def merge_dtype(b: Builder, spec: LayerSpec) -> Any:
     return "float32"
 
 
-def check_mask_reach(b: Builder, source: str) -> None:
-    """Refuse when the mask made at ``source`` reaches a layer bnkit does not mask."""
+def check_mask_reach(b: Builder, source: TensorId) -> None:
+    """Refuse when the mask carried by tensor ``source`` reaches a layer bnkit does not mask."""
     pending, seen = [source], {source}
     while pending:
-        name = pending.pop()
-        for layer in _consumers(b, name):
+        tensor = pending.pop()
+        for layer, call in _consumers(b, tensor):
+            inputs = _tensors(layer, call)
             if layer.class_name in MASK_PASSING or layer.class_name in MERGES or (
-                    layer.class_name == "MultiHeadAttention" and any(
-                        call and call[0][0] == name and call[0][2] == 0 for call in layer.calls)):
+                    layer.class_name == "MultiHeadAttention" and inputs and inputs[0] == tensor):
                 if layer.class_name in _KERAS3_VALUE_MERGES and keras3_dialect(layer.config):
                     raise UnsupportedLayerError(str(b.error(
                         f"the sequence mask made here reaches layer {layer.name!r} ({layer.class_name}), whose "
@@ -146,14 +170,17 @@ def check_mask_reach(b: Builder, source: str) -> None:
                         "minimum), which bnkit does not implement", "no mask reaching Keras 3's Multiply, Maximum "
                         "or Minimum", layer.name)))
                 if layer.class_name in MERGES and keras3_dialect(layer.config) and not all(
-                        _carries(b, t) for call in layer.calls for t in call):
+                        _carries(b, t) for t in inputs):
                     continue  # Keras 3: an input without a mask, so the merge output has none
-                if layer.class_name == "BatchNormalization" and layer.name not in seen:
-                    b.note(f"the mask reaches BatchNormalization {layer.name!r}: Keras 3 leaves masked steps out of "
-                           "its training statistics, bnkit does not (inference is the same)")
-                if layer.name not in seen:
-                    seen.add(layer.name)
-                    pending.append(layer.name)
+                note = (f"the mask reaches BatchNormalization {layer.name!r}: Keras 3 leaves masked steps out of "
+                        "its training statistics, bnkit does not (inference is the same)")
+                if layer.class_name == "BatchNormalization" and \
+                        f"{b.layer.name if b.layer else 'model'}: {note}" not in b.notes:  # once per source layer
+                    b.note(note)
+                out = (layer.name, call, 0)
+                if out not in seen:
+                    seen.add(out)
+                    pending.append(out)
             elif layer.class_name not in _MASK_USING and layer.class_name not in MASK_DROPPING:
                 raise UnsupportedLayerError(str(b.error(
                     f"the sequence mask made here reaches layer {layer.name!r} ({layer.class_name}), whose masked "
@@ -167,22 +194,22 @@ def tensor_mask(b: Builder, tensor: tuple[str, int, int] | None) -> Mask | None:
     far; a merge's mask is made here, when first asked for."""
     known = masks(b)
     while tensor is not None and tensor[2] == 0:
-        if tensor[0] in known:
-            return known[tensor[0]]
+        if tensor in known:
+            return known[tensor]
         layer = b.spec.layer(tensor[0])
         if layer.class_name in MERGES:
             return _merged(b, layer, tensor[1])
         if layer.class_name not in MASK_PASSING and layer.class_name != "MultiHeadAttention":
             return None
-        if layer.class_name in MASK_PASSING and len(layer.inbound) != 1:
-            return None
         inputs = _tensors(layer, tensor[1])  # that call's first input (an attention's query)
+        if layer.class_name in MASK_PASSING and len(inputs) != 1:
+            return None
         tensor = inputs[0] if inputs else None
     return None
 
 
 def _merged(b: Builder, layer: LayerSpec, call: int) -> Mask | None:
-    key = f"{layer.name}/merged/{call}"
+    key: MaskKey = (layer.name, call, "merged")
     known = masks(b)
     if key in known:
         return known[key]

@@ -4,13 +4,16 @@ The config is written in the dialect both tf_keras 2.x and Keras 3 read: tf_kera
 layer configs (``batch_input_shape``, ``"float32"`` dtypes, list-style inbound nodes, an
 int BN axis) under ``{"module": "keras", "class_name": "Model"}``.  ``.keras`` weights use
 the v3 layout (``layers/<snake_case>[_k]/vars/<i>`` with Keras 3's ``name`` attribute);
-``.h5`` files use tf_keras' ``model_weights/<layer>/<layer>/<weight>:0`` layout.  Before
+``.h5`` files use tf_keras' ``model_weights/<layer>/<layer>/<weight>:0`` layout.  The
+recorded ``keras_version`` names the Keras whose dialect the file is in (see
+:func:`written_version`).  Before
 anything is written the config is re-planned with bnkit's own reader and every weight
 shape is checked against it, so what is written is exactly what will be read back.
 """
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,17 +30,23 @@ from ._attention import v3_groups as attention_groups
 from ._graph import parse_model_config
 from ._entry import present_rules, resolve_tensor
 from ._export import export_sequential
+from ._graph import keras3_nodes
 from ._h5 import h5py_module
+from ._layers import keras3_dialect
 from ._mapping import rules_for, snake_case
 from ._model import KerasModel
 from ._plan import plan_model
 from ._rnn import v3_groups
 from .errors import KerasFormatError
 
-__all__ = ["KERAS_VERSION", "SaveSummary", "save_model"]
+__all__ = ["KERAS3_VERSION", "KERAS_VERSION", "SaveSummary", "save_model", "written_version"]
 
 #: The Keras version whose layout bnkit writes (tf_keras 2.x layout, also read by Keras 3).
 KERAS_VERSION = "2.21.0"
+#: The Keras 3 version recorded for a Keras 3 model whose source recorded none (one built
+#: from a Keras 3 config): the one bnkit's Keras 3 dialect is checked against.
+KERAS3_VERSION = "3.15.1"
+_KERAS3 = re.compile(r"3\.[0-9]+(\.[0-9]+)?[A-Za-z0-9]*([.+-][A-Za-z0-9]+)*")  # 3.15.1, 3.1.0rc1, 3.2.0.dev1
 _MAX_ATTRIBUTE_BYTES = 64_000  # HDF5 object headers hold at most 64 KiB of attributes
 
 LayerWeights = list[tuple[str, str, list[tuple[str, np.ndarray]]]]
@@ -96,14 +105,35 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, input_shape: S
         modules = dict(exported.weighted)
         notes.extend(exported.notes)
     weights = _collect_weights(config, modules, target)
+    version = written_version(model.keras_version if isinstance(model, KerasModel) else "", config)
     legacy = target.suffix.lower() in (".h5", ".hdf5")
     if legacy:
-        write_atomically(target, lambda tmp: _write_legacy(tmp, config, weights))
+        write_atomically(target, lambda tmp: _write_legacy(tmp, config, weights, version))
     else:
-        write_archive(target, config, KERAS_VERSION, lambda h5: _write_v3(h5, config, weights))
+        write_archive(target, config, version, lambda h5: _write_v3(h5, config, weights))
     total = sum(array.size for _, _, arrays in weights for _, array in arrays)
     return SaveSummary(target, "legacy HDF5" if legacy else ".keras archive", len(config["config"]["layers"]),
                        total, notes)
+
+
+def written_version(source_version: str, config: dict[str, Any]) -> str:
+    """The ``keras_version`` a file written from ``config`` records: the Keras 3 version its
+    source recorded (``"3.15.1"``) when it was read from a Keras 3 file; :data:`KERAS3_VERSION`
+    when none was recorded but the config carries Keras 3's dialect (a ``DTypePolicy`` dtype,
+    ``{"args", "kwargs"}`` call nodes); else :data:`KERAS_VERSION`, the tf_keras 2 layout.
+
+    Keras reads the number only to tell Keras 1 files (``"1"``) apart, so any 2.x or 3.x
+    value loads alike; it tells readers (bnkit among them: see :func:`load_model`) which
+    Keras' semantics the model follows.  A source version of another form (``"1.2.2"``, a
+    damaged attribute) is never copied: bnkit's weights are not in Keras 1's layout.
+    """
+    if _KERAS3.fullmatch(source_version or ""):
+        return source_version
+    layers = config.get("config", {}).get("layers", [])
+    if not source_version and (keras3_nodes(config) or any(
+            isinstance(layer.get("config"), dict) and keras3_dialect(layer["config"]) for layer in layers)):
+        return KERAS3_VERSION
+    return KERAS_VERSION
 
 
 def _collect_weights(config: dict[str, Any], modules: dict[str, tuple[nn.Module, int | None]],
@@ -165,16 +195,16 @@ def _write_v3(h5: Any, config: dict[str, Any], weights: LayerWeights) -> None:
     h5.create_group("vars").attrs["name"] = config["config"]["name"]
 
 
-def _write_legacy(path: Path, config: dict[str, Any], weights: LayerWeights) -> None:
+def _write_legacy(path: Path, config: dict[str, Any], weights: LayerWeights, version: str) -> None:
     h5py = h5py_module()
     legacy = _legacy_config(config)
     with h5py.File(path, "w") as h5:
         h5.attrs["backend"] = "tensorflow"
-        h5.attrs["keras_version"] = KERAS_VERSION
+        h5.attrs["keras_version"] = version
         h5.attrs["model_config"] = legacy
         group = h5.create_group("model_weights")
         group.attrs["backend"] = "tensorflow"
-        group.attrs["keras_version"] = KERAS_VERSION
+        group.attrs["keras_version"] = version
         _write_names(group, "layer_names", [name for name, _, _ in weights])
         # sorted, as tf_keras does: a name that is a path prefix of others ('conv1' of 'conv1/conv')
         # is then created before them
