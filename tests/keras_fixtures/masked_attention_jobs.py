@@ -19,7 +19,6 @@ zeros inside, none, and one row of padding only (a masked mean over no step: NaN
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
