@@ -23,6 +23,7 @@ more than the overlap gained (and a thread's stack and malloc arena).
 """
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -105,8 +106,11 @@ def _moves(dataset: Any, target: torch.Tensor, label: str, buffers: _Buffers) ->
         return
     dtype = _NUMPY_DTYPES.get(target.dtype)
     rank = len(shape)
-    if dtype is not None and target.device.type == "cpu" and target.is_contiguous():
-        _direct(dataset, target, buffers.block)
+    memory = _numpy_view(target) if dtype is not None and target.device.type == "cpu" else None
+    if memory is not None and memory.flags.c_contiguous:
+        _direct(dataset, memory.reshape(-1), buffers.block)
+    elif memory is not None:
+        yield from _strided(dataset, memory, buffers)
     elif dtype is not None and rank >= 2 and tuple(target.shape) == shape \
             and target.permute(rank - 1, rank - 2, *range(rank - 2)).is_contiguous():
         yield from _transposed(dataset, target, shape, dtype, buffers)
@@ -114,13 +118,59 @@ def _moves(dataset: Any, target: torch.Tensor, label: str, buffers: _Buffers) ->
         yield from _rows(dataset, target, shape, dtype or np.float32, buffers)
 
 
-def _direct(dataset: Any, target: torch.Tensor, block: int) -> None:
-    """The values straight into the tensor's memory (whole, or by blocks when converting a dtype)."""
-    flat = target.detach().numpy().reshape(-1)
+def _numpy_view(target: torch.Tensor) -> np.ndarray | None:
+    """A NumPy array over ``target``'s memory (a CPU tensor of a NumPy dtype) with its shape
+    and strides; None when elements overlap (a zero stride).
+
+    Made from the memory's address rather than by ``Tensor.numpy()``, whose first use in a
+    process touches ~0.3 MB of torch's code.  The array does not keep ``target`` alive: it is
+    used only while the caller holds the tensor.
+    """
+    sizes, strides = tuple(target.shape), tuple(target.stride())
+    if any(size > 1 and stride <= 0 for size, stride in zip(sizes, strides)):
+        return None
+    itemsize = target.element_size()
+    span = (sum((size - 1) * stride for size, stride in zip(sizes, strides)) + 1) * itemsize
+    memory = (ctypes.c_char * span).from_address(target.data_ptr())
+    return np.ndarray(sizes, dtype=_NUMPY_DTYPES[target.dtype], buffer=memory,
+                      strides=tuple(stride * itemsize for stride in strides))
+
+
+def _direct(dataset: Any, flat: np.ndarray, block: int) -> None:
+    """The values straight into the tensor's memory ``flat`` (whole, or by blocks when converting a dtype)."""
     step = flat.size if dataset.dtype == flat.dtype else block // max(dataset.dtype.itemsize, 1)
     step = max(step, 1)
     for first in range(0, flat.size, step):
         dataset.read_items(flat[first:first + step], first)
+
+
+def _strided(dataset: Any, view: np.ndarray, buffers: _Buffers) -> Iterator[Move]:
+    """Any other layout in CPU memory (transposed kernels, depthwise kernels, gates): blocks
+    of consecutive values, each assigned by NumPy to its slab of ``view`` (the tensor's
+    memory in Keras' layout): a run of indices along one axis, with every index of the
+    axes after it and fixed indices before it.  The axis is the first one whose single
+    index fits in a block: a Dense kernel ``(IN, U)`` goes by runs of input rows, a
+    convolution kernel ``(*spatial, I, O)`` by whole kernels or runs of input rows at each
+    position.  NumPy writes along the destination's contiguous axis (the slab's transpose
+    stays in cache) on the calling thread."""
+    shape, itemsize = view.shape, view.itemsize
+    axis = next(a for a in range(len(shape)) if math.prod(shape[a + 1:]) * itemsize <= buffers.block
+                or a == len(shape) - 1)
+    inner, length = math.prod(shape[axis + 1:]), shape[axis]
+    step = max(1, buffers.block // (inner * itemsize))
+    for position, outer in enumerate(np.ndindex(*shape[:axis])):
+        for start in range(0, length, step):
+            stop = min(start + step, length)
+            block = buffers.read((stop - start,) + shape[axis + 1:], view.dtype)
+            dataset.read_items(block.reshape(-1), (position * length + start) * inner)
+            yield _assigner(view[outer + (slice(start, stop),)], block)
+
+
+def _assigner(slab: np.ndarray, block: np.ndarray) -> Move:
+    def move() -> None:
+        slab[...] = block
+
+    return move
 
 
 def _transposed(dataset: Any, target: torch.Tensor, shape: tuple[int, ...], dtype: Any,
