@@ -98,7 +98,7 @@ _REPLIES: dict[tuple[Any, ...], bytes] = {}
 _WORKER: list[Any] = []  # [(owner pid, Popen, unread reply bytes)] once started
 
 
-def _ask(request: dict[str, Any], seconds: float) -> tuple[bytes, dict[str, Any]]:
+def _ask(request: dict[str, Any], seconds: float) -> tuple[bytes | bytearray, dict[str, Any]]:
     """The worker's reply to ``request``: its JSON line and the dict it parses to (a refusal
     naming the failure when the worker crashes, hangs or answers something else)."""
     process = _worker()
@@ -130,13 +130,18 @@ def _ask(request: dict[str, Any], seconds: float) -> tuple[bytes, dict[str, Any]
     return json.dumps(refusal).encode(), refusal
 
 
-def _read_line(process: Any, seconds: float) -> bytes | None:
-    """The worker's next reply line, or None when it dies or ``seconds`` pass."""
+def _read_line(process: Any, seconds: float) -> bytearray | None:
+    """The worker's next reply line, or None when it dies or ``seconds`` pass.
+
+    The line is returned in the buffer it was read into (no copy of a snapshot's few
+    hundred KB); bytes after it, if any, stay for the next call.
+    """
     deadline = time.monotonic() + seconds
     buffer = _WORKER[0][2]
+    end = buffer.find(b"\n")
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ)
-        while b"\n" not in buffer:
+        while end < 0:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not selector.select(remaining):
                 return None
@@ -144,10 +149,12 @@ def _read_line(process: Any, seconds: float) -> bytes | None:
             if not chunk:
                 process.wait()
                 return None
+            found = chunk.find(b"\n")
+            end = len(buffer) + found if found >= 0 else -1
             buffer.extend(chunk)
-    line, _, rest = bytes(buffer).partition(b"\n")
-    buffer[:] = rest
-    return line
+    _WORKER[0] = (*_WORKER[0][:2], bytearray(memoryview(buffer)[end + 1:]))
+    del buffer[end:]
+    return buffer
 
 
 def _worker() -> Any:
