@@ -1,34 +1,42 @@
 """Copy HDF5 datasets (Keras layout) into torch tensors (torch layout), fast and in little memory.
 
-Each dataset (of a :mod:`._snapshot`: bytes at checked offsets, read with ``preadv``) takes
-one of three routes:
+Each dataset (of a :mod:`._snapshot`: bytes at checked offsets, read with ``preadv``) is
+copied into its tensor's Keras view (a Dense kernel ``K (IN, U)`` -> ``weight (U, IN)``, a
+convolution kernel ``(*spatial, I, O)`` -> ``(O, I, *spatial)``...).  A tensor in CPU memory
+is reached through a NumPy array over that memory with the view's shape and strides
+(:func:`_numpy_view`), so torch's copy kernels are never run (nor their code paged in):
 
-* *direct*: its tensor's Keras view is contiguous in the dataset's order (biases, BN
-  vectors, 1x1 depthwise kernels) and in CPU memory: the bytes are read straight into the
-  tensor's memory, with no buffer and no copy;
-* *transposed*: a Dense kernel ``K (IN, U)`` -> ``weight (U, IN)``, a convolution kernel
-  ``(*spatial, I, O)`` -> ``(O, I, *spatial)``: the kernel, seen as ``(P * I, O)`` rows
-  (``P`` spatial positions), is read in blocks of rows; torch's fast 2-D transpose puts each
-  block into a contiguous scratch, which is then copied into its slab of the weight;
-* *rows*: anything else (depthwise kernels, recurrent gates): blocks of whole leading rows
-  copied into the strided view.
+* *direct*: the view is contiguous in the dataset's order (biases, BN vectors, 1x1
+  depthwise kernels): the bytes are read straight into the tensor's memory, with no buffer
+  and no copy;
+* *strided*: anything else (transposed kernels, depthwise kernels, recurrent gates): blocks
+  of consecutive values are read into one buffer and assigned by NumPy to their slab of the
+  view (runs of input rows of a Dense kernel, whole kernels or runs of input rows at each
+  kernel position).
+
+A tensor on another device (or of a dtype NumPy lacks) takes torch's routes: *transposed*
+(a kernel, seen as ``(P * I, O)`` rows, read in blocks that torch's 2-D transpose puts into
+a contiguous scratch, then copied into the weight) or *rows* (blocks of leading rows
+copied into the strided view).
 
 Blocks hold about 1/:data:`BLOCK_FRACTION` of all the weights copied, between
 :data:`MIN_BLOCK_BYTES` and :data:`BLOCK_BYTES` (one row, if a single row is larger), and the
-read buffer and the scratch are shared by every dataset of a load: a load needs at most two
-blocks beyond the weights themselves, a few percent of them.  Everything runs on the calling
-thread, each block moved right after it is read, in pieces small enough for torch to copy
-without its worker threads (:data:`SERIAL_ELEMENTS`): handing blocks to another thread cost
-more than the overlap gained (and a thread's stack and malloc arena).
+read buffer (and the scratch) are shared by every dataset of a load: a load needs at most
+two blocks beyond the weights themselves, a few percent of them.  Everything runs on the
+calling thread, each block moved right after it is read; torch's copies go in pieces small
+enough to run without its worker threads (:data:`SERIAL_ELEMENTS`): handing blocks to
+another thread cost more than the overlap gained (and a thread's stack and malloc arena).
 """
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ._h5 import translating
 from .errors import KerasFormatError
@@ -105,8 +113,11 @@ def _moves(dataset: Any, target: torch.Tensor, label: str, buffers: _Buffers) ->
         return
     dtype = _NUMPY_DTYPES.get(target.dtype)
     rank = len(shape)
-    if dtype is not None and target.device.type == "cpu" and target.is_contiguous():
-        _direct(dataset, target, buffers.block)
+    memory = _numpy_view(target) if dtype is not None and target.device.type == "cpu" else None
+    if memory is not None and memory.flags.c_contiguous:
+        _direct(dataset, memory.reshape(-1), buffers.block)
+    elif memory is not None:
+        yield from _strided(dataset, memory, buffers)
     elif dtype is not None and rank >= 2 and tuple(target.shape) == shape \
             and target.permute(rank - 1, rank - 2, *range(rank - 2)).is_contiguous():
         yield from _transposed(dataset, target, shape, dtype, buffers)
@@ -114,13 +125,66 @@ def _moves(dataset: Any, target: torch.Tensor, label: str, buffers: _Buffers) ->
         yield from _rows(dataset, target, shape, dtype or np.float32, buffers)
 
 
-def _direct(dataset: Any, target: torch.Tensor, block: int) -> None:
-    """The values straight into the tensor's memory (whole, or by blocks when converting a dtype)."""
-    flat = target.detach().numpy().reshape(-1)
+def _numpy_view(target: torch.Tensor) -> np.ndarray | None:
+    """A NumPy array over ``target``'s memory (a CPU tensor of a NumPy dtype) with its shape
+    and strides; None when elements overlap (a zero stride).
+
+    Made from the memory's address (checked to lie inside the tensor's storage) rather than
+    by ``Tensor.numpy()``, whose first use in a process touches ~0.3 MB of torch's code.  The
+    array does not keep ``target`` alive: it is used only while the caller holds the tensor.
+    Plain tensors and parameters only (None for subclasses, which take torch's routes).
+    """
+    if type(target) not in (torch.Tensor, nn.Parameter) or target.layout != torch.strided:
+        return None  # a tensor subclass may not hold its values at data_ptr()
+    sizes, strides = tuple(target.shape), tuple(target.stride())
+    if any(size > 1 and stride <= 0 for size, stride in zip(sizes, strides)):
+        return None
+    itemsize = target.element_size()
+    span = (sum((size - 1) * stride for size, stride in zip(sizes, strides)) + 1) * itemsize
+    storage = target.untyped_storage()
+    start = target.data_ptr()
+    if not storage.data_ptr() <= start or start + span > storage.data_ptr() + storage.nbytes():
+        return None
+    memory = (ctypes.c_char * span).from_address(start)
+    return np.ndarray(sizes, dtype=_NUMPY_DTYPES[target.dtype], buffer=memory,
+                      strides=tuple(stride * itemsize for stride in strides))
+
+
+def _direct(dataset: Any, flat: np.ndarray, block: int) -> None:
+    """The values straight into the tensor's memory ``flat`` (whole, or by blocks when converting a dtype)."""
     step = flat.size if dataset.dtype == flat.dtype else block // max(dataset.dtype.itemsize, 1)
     step = max(step, 1)
     for first in range(0, flat.size, step):
         dataset.read_items(flat[first:first + step], first)
+
+
+def _strided(dataset: Any, view: np.ndarray, buffers: _Buffers) -> Iterator[Move]:
+    """Any other layout in CPU memory (transposed kernels, depthwise kernels, gates): blocks
+    of consecutive values, each assigned by NumPy to its slab of ``view`` (the tensor's
+    memory in Keras' layout): a run of indices along one axis, with every index of the
+    axes after it and fixed indices before it.  The axis is the first one whose single
+    index fits in a block: a Dense kernel ``(IN, U)`` goes by runs of input rows, a
+    convolution kernel ``(*spatial, I, O)`` by whole kernels or runs of input rows at each
+    position.  NumPy writes along the destination's contiguous axis (the slab's transpose
+    stays in cache) on the calling thread."""
+    shape, itemsize = view.shape, view.itemsize
+    axis = next(a for a in range(len(shape)) if math.prod(shape[a + 1:]) * itemsize <= buffers.block
+                or a == len(shape) - 1)
+    inner, length = math.prod(shape[axis + 1:]), shape[axis]
+    step = max(1, buffers.block // (inner * itemsize))
+    for position, outer in enumerate(np.ndindex(*shape[:axis])):
+        for start in range(0, length, step):
+            stop = min(start + step, length)
+            block = buffers.read((stop - start,) + shape[axis + 1:], view.dtype)
+            dataset.read_items(block.reshape(-1), (position * length + start) * inner)
+            yield _assigner(view[outer + (slice(start, stop),)], block)
+
+
+def _assigner(slab: np.ndarray, block: np.ndarray) -> Move:
+    def move() -> None:
+        slab[...] = block
+
+    return move
 
 
 def _transposed(dataset: Any, target: torch.Tensor, shape: tuple[int, ...], dtype: Any,

@@ -21,27 +21,42 @@ __all__ = ["build_from_config", "load_model", "read_model_config"]
 
 def read_model_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The model config stored in a ``.keras`` archive or a full-model ``.h5`` file."""
-    source = Path(path)
+    return _read_header(Path(path), with_version=False)[0]
+
+
+def _read_header(source: Path, with_version: bool = True) -> tuple[dict[str, Any], str]:
+    """``(model config, Keras version)`` of ``source`` (the version "" when unknown, not asked
+    or not a short version text).
+
+    A ``.h5`` file's snapshot is closed before this returns: freed, its memory serves the
+    model's config and plan (the weights' index is made from a snapshot of its own).
+    """
     if not source.is_file():
         raise FileNotFoundError(f"No Keras file at {source}")
     if is_keras_archive(source):
         config = read_archive_json(source)
+        metadata = read_archive_json(source, "metadata.json", required=False) if with_version else None
+        version = metadata.get("keras_version") if isinstance(metadata, dict) else None
     else:
         h5 = open_h5(source, source)
         try:
             with translating(source, "read its model config"):
                 config = read_json_attr(h5, "model_config", str(source))
+            if config is None:
+                raise KerasFormatError(
+                    f"{source}: no `model_config` attribute: this is a weights-only file; expected a full model "
+                    "saved with model.save(); build the model and call bnkit.keras.load_weights instead"
+                )
+            with translating(source, "read its Keras version"):
+                version = h5.attrs.get("keras_version") if with_version else None
         finally:
             with contextlib.suppress(Exception):
                 h5.close()
-        if config is None:
-            raise KerasFormatError(
-                f"{source}: no `model_config` attribute: this is a weights-only file; expected a full model "
-                "saved with model.save(); build the model and call bnkit.keras.load_weights instead"
-            )
     if not isinstance(config, dict):
         raise KerasFormatError(f"{source}: the model config must be a JSON object; received {type(config).__name__}")
-    return config
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    return config, version if isinstance(version, str) and len(version) <= 64 else ""
 
 
 def load_model(path: str | os.PathLike[str], data_format: str | None = None) -> KerasModel:
@@ -68,7 +83,7 @@ def load_model(path: str | os.PathLike[str], data_format: str | None = None) -> 
     """
     data_format = check_data_format(data_format)
     source = Path(path)
-    config = read_model_config(source)
+    config, version = _read_header(source)
     spec = parse_model_config(config, source)
     plan = plan_model(spec, config, init=False, source=source, data_format=data_format)
     names = {layer.name for layer in spec.layers} | {layer.keras_name for layer in spec.layers if layer.keras_name}
@@ -91,32 +106,14 @@ def load_model(path: str | os.PathLike[str], data_format: str | None = None) -> 
                 "config entry with the config's shapes; received:\n  " + "\n  ".join(report.problems())
             )
         copy_planned(copies, str(source))
-    model.keras_version = _keras_version(source)
-    if model.keras_version.startswith("3."):
+    model.keras_version = version
+    if version.startswith("3."):
         model.keras_notes.extend(
             f"{name}: Keras 3 updates moving_variance with the biased batch variance; bnkit follows tf_keras 2 "
             "here (Bessel-corrected on this fused, 4-D/5-D layer), so training statistics differ from Keras 3"
             for name, layer in ((model.keras_name(k), m) for k, m in model.layers.items())
             if isinstance(layer, BatchNormalization) and layer.fused)
     return model.eval()
-
-
-def _keras_version(source: Path) -> str:
-    """The Keras version that wrote ``source`` ("" when unknown or not a short version text)."""
-    if is_keras_archive(source):
-        metadata = read_archive_json(source, "metadata.json", required=False)
-        version = metadata.get("keras_version") if isinstance(metadata, dict) else None
-    else:
-        h5 = open_h5(source, source)
-        try:
-            with translating(source, "read its Keras version"):
-                version = h5.attrs.get("keras_version")
-        finally:
-            with contextlib.suppress(Exception):
-                h5.close()
-    if isinstance(version, bytes):
-        version = version.decode("utf-8", "replace")
-    return version if isinstance(version, str) and len(version) <= 64 else ""
 
 
 def build_from_config(config: dict[str, Any] | str, data_format: str | None = None) -> KerasModel:

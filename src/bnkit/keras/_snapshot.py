@@ -133,7 +133,21 @@ class StoredFile(StoredGroup):
                 raise KerasFormatError(f"{self.label}: the file ended while reading a dataset (truncated)")
             done += count
 
+    def forget_structure(self) -> None:
+        """Drop the groups and attributes; the datasets already taken keep what they need.
+
+        Once a load has indexed the weights (names, shapes, storage), the rest of the
+        snapshot is garbage: freed then, its memory serves the model's objects.  Looking a
+        member up afterwards raises KeyError.
+        """
+        self._members, self._opened = {}, {}
+        self.attrs = _Attributes()
+
     def close(self) -> None:
+        """Close the file descriptor and drop the structure (:meth:`forget_structure`): the
+        groups point back at the file, so without this they would wait for the cycle
+        collector.  Datasets already taken can still read."""
+        self.forget_structure()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

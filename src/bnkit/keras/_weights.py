@@ -29,6 +29,7 @@ from ._h5 import open_h5
 from ._entry import WeightRule, present_rules, resolve_tensor
 from ._mapping import keras_class, rules_for, short_name, snake_case
 from ._model import KerasModel
+from ._snapshot import StoredFile
 from ._stored import StoredLayer, index_weights
 from .errors import KerasFormatError, WeightMismatchError
 
@@ -149,20 +150,30 @@ def _flatten_channels(model: nn.Module) -> dict[str, int]:
 def open_weights(path: str | os.PathLike[str],
                  names: Collection[str] = ()) -> Iterator[tuple[str, list[StoredLayer]]]:
     """Yield ``(layout, stored layers)`` of a ``.h5``, ``.weights.h5`` or ``.keras`` file
-    (``names``: the layer names expected, see :func:`~bnkit.keras._stored.index_weights`)."""
+    (``names``: the layer names expected, see :func:`~bnkit.keras._stored.index_weights`).
+
+    Once indexed, the snapshot keeps only its datasets: its groups and attributes (a
+    ``.h5`` file's model config among them) are freed before any weight is allocated.
+    """
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"No Keras file at {source}")
     if is_keras_archive(source):
-        with open_archive_weights(source) as (h5, size):
-            yield index_weights(h5, f"{source}", size, names)
+        with open_archive_weights(source) as (archive_h5, size):
+            yield _indexed(archive_h5, f"{source}", size, names)
         return
     h5 = open_h5(source, source)
     try:
-        yield index_weights(h5, f"{source}", source.stat().st_size, names)
+        yield _indexed(h5, f"{source}", source.stat().st_size, names)
     finally:
         with contextlib.suppress(Exception):
             h5.close()
+
+
+def _indexed(h5: StoredFile, label: str, size: int, names: Collection[str]) -> tuple[str, list[StoredLayer]]:
+    found = index_weights(h5, label, size, names)
+    h5.forget_structure()
+    return found
 
 
 def plan_load(targets: list[Target], stored: list[StoredLayer], layout: str, report: LoadReport) -> list[_Copy]:
@@ -287,8 +298,9 @@ def _bn_sizes(module: nn.Module) -> list[int] | None:
 
 def copy_planned(copies: list[_Copy], source: str) -> None:
     """Copy every planned dataset into its tensor (under ``torch.no_grad``)."""
-    jobs = [(copy.dataset, copy.rule.view(copy.tensor, copy.channels), f"{source}:{copy.label}") for copy in copies]
-    with torch.no_grad():
+    with torch.no_grad():  # the views too: no autograd records (nor its code paged in) for them
+        jobs = [(copy.dataset, copy.rule.view(copy.tensor, copy.channels), f"{source}:{copy.label}")
+                for copy in copies]
         try:
             copy_all(jobs)
         except KerasFormatError as error:
