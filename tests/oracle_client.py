@@ -156,3 +156,31 @@ def write_back(work: Path, results: Mapping[str, Mapping[str, str]], cases: Sequ
             tasks[flavour].append({"kind": "predict", "name": f"bnkit_{name}_{suffix}", "file": str(target),
                                    **inputs(model_name, flavour)})
     return tasks
+
+
+def npz_inputs(ref: Any) -> list[Any]:
+    """The inputs ``x0, x1, ...`` of an oracle reference (a loaded ``.npz``) as torch tensors."""
+    import torch
+
+    count = sum(1 for key in ref.files if key[:1] == "x" and key[1:].isdigit())
+    return [torch.from_numpy(ref[f"x{i}"]) for i in range(count)]
+
+
+def predict(model: Any, inputs: Sequence[Any]) -> np.ndarray:
+    """``model(*inputs)`` without autograd, as NumPy."""
+    import torch
+
+    with torch.no_grad():
+        return model(*inputs).numpy()
+
+
+def relative_error(y: np.ndarray, expected: np.ndarray) -> float:
+    """Max abs difference over max abs expected value.  NaN (a masked mean over no step) must
+    be exactly where Keras has it; the other entries are compared."""
+    assert y.shape == expected.shape, f"shape {y.shape}, Keras {expected.shape}"
+    nan = np.isnan(expected)
+    np.testing.assert_array_equal(np.isnan(y), nan)
+    if nan.all():
+        return 0.0
+    return float(np.abs(y[~nan] - expected[~nan]).max() / max(np.abs(expected[~nan]).max(), 1e-12))
+

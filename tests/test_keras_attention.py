@@ -23,7 +23,7 @@ from bnkit.keras import build_from_config, load_model, save_model
 from bnkit.keras._attention import KerasMultiHeadAttention
 from bnkit.keras.errors import KerasFormatError, UnsupportedLayerError
 from bnkit.summary import summary
-from tests.oracle_client import require, run_jobs, write_back
+from tests.oracle_client import npz_inputs, predict, relative_error, require, run_jobs, write_back
 
 JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "attention_jobs.py"
 FLAVOURS = ("tf_keras", "keras3")
@@ -44,20 +44,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dic
     return work, run_jobs(JOBS, work, tasks, "build")
 
 
-def _inputs(ref: Any) -> list[torch.Tensor]:
-    return [torch.from_numpy(ref[f"x{i}"]) for i in range(sum(key.startswith("x") for key in ref.files))]
-
-
-def _close(y: np.ndarray, expected: np.ndarray) -> float:
-    assert y.shape == expected.shape
-    return float(np.abs(y - expected).max() / max(np.abs(expected).max(), 1e-12))
-
-
-def _predict(model: torch.nn.Module, xs: list[torch.Tensor]) -> np.ndarray:
-    with torch.no_grad():
-        return model(*xs).numpy()
-
-
 @pytest.mark.oracle
 @pytest.mark.slow
 @pytest.mark.parametrize("suffix", ["h5", "keras"])
@@ -69,9 +55,9 @@ def test_attention_models_equal_keras(built: Any, model_name: str, flavour: str,
     ref = np.load(work / f"{name}_ref.npz")
     model = load_model(work / f"{name}.{suffix}")
     assert "MultiHeadAttention" in model.keras_classes.values()
-    assert _close(_predict(model, _inputs(ref)), ref["y"]) <= TOLERANCE
+    assert relative_error(predict(model, npz_inputs(ref)), ref["y"]) <= TOLERANCE
     if suffix == "keras":  # Keras' count_params, trainable and non-trainable weights
-        counted = summary(model, input_data=[x[:1] for x in _inputs(ref)])
+        counted = summary(model, input_data=[x[:1] for x in npz_inputs(ref)])
         assert [counted.total, counted.trainable, counted.non_trainable] == ref["counts"].tolist()
 
 
@@ -86,7 +72,7 @@ def test_batch_norm_folds_in_attention_models(built: Any, model_name: str, flavo
     folded, report = bnkit.fold_batch_norm(load_model(work / f"{name}.keras"))
     assert len(report.folded) == 1 and not report.not_folded
     assert not any(isinstance(m, bnkit.BatchNormalization) for m in folded.modules())
-    assert _close(_predict(folded, _inputs(ref)), ref["y"]) <= TOLERANCE
+    assert relative_error(predict(folded, npz_inputs(ref)), ref["y"]) <= TOLERANCE
 
 
 @pytest.mark.oracle
@@ -99,7 +85,7 @@ def test_refused_keras_models_name_layer_and_option(built: Any, flavour: str, su
     # a propagated mask is no longer refused (see tests/test_keras_masked_attention.py): equal to Keras
     ref = np.load(work / f"{flavour}_refused_mask_zero_ref.npz")
     masked = load_model(work / f"{flavour}_refused_mask_zero.{suffix}")
-    assert _close(_predict(masked, _inputs(ref)), ref["y"]) <= TOLERANCE
+    assert relative_error(predict(masked, npz_inputs(ref)), ref["y"]) <= TOLERANCE
     with pytest.raises(UnsupportedLayerError, match="'mha' \\(MultiHeadAttention\\).*return_attention_scores=True"):
         load_model(work / f"{flavour}_refused_scores.{suffix}")
 
@@ -122,9 +108,9 @@ def test_saved_attention_models_reload_in_keras(round_trip: Any, model_name: str
     name = f"bnkit_{flavour}_{model_name}"
     require(results, flavour, f"{name}_{suffix}")
     ref = np.load(work / f"{flavour}_{model_name}_ref.npz")
-    assert _close(np.load(work / f"{name}_{suffix}_pred.npz")["y"], ref["y"]) <= TOLERANCE
+    assert relative_error(np.load(work / f"{name}_{suffix}_pred.npz")["y"], ref["y"]) <= TOLERANCE
     again = load_model(work / f"{name}.{suffix}")  # and bnkit reads its own file back
-    assert _close(_predict(again, _inputs(ref)), ref["y"]) <= TOLERANCE
+    assert relative_error(predict(again, npz_inputs(ref)), ref["y"]) <= TOLERANCE
 
 
 # ---- without the oracle ------------------------------------------------------------------
@@ -167,8 +153,8 @@ def test_module_equals_the_numpy_formula_fused_and_einsum_paths() -> None:
         einsum = module.attention_output(module.attend(scaled, module.key(tensors[2]), module.value(tensors[1]),
                                                        None))
     for y in (fused, einsum):
-        assert _close(y.double().numpy(), expected) <= 1e-6
-    assert _close(fused.numpy(), einsum.numpy()) <= 1e-6
+        assert relative_error(y.double().numpy(), expected) <= 1e-6
+    assert relative_error(fused.numpy(), einsum.numpy()) <= 1e-6
 
 
 def test_masks_equal_the_numpy_formula() -> None:
@@ -179,12 +165,12 @@ def test_masks_equal_the_numpy_formula() -> None:
     module, weights = _random_module(has_key=True, has_mask=True)
     with torch.no_grad():
         y = module([torch.from_numpy(a).float() for a in (q, v, k, mask)]).double().numpy()
-    assert _close(y, _numpy_attention(q, k, v, weights, 2, mask)) <= 1e-6
+    assert relative_error(y, _numpy_attention(q, k, v, weights, 2, mask)) <= 1e-6
     causal = np.tril(np.ones((5, 7)))[None].repeat(2, 0)
     module.causal, module.has_mask = True, False
     with torch.no_grad():
         y = module([torch.from_numpy(a).float() for a in (q, v, k)]).double().numpy()
-    assert _close(y, _numpy_attention(q, k, v, weights, 2, causal)) <= 1e-6
+    assert relative_error(y, _numpy_attention(q, k, v, weights, 2, causal)) <= 1e-6
 
 
 def test_dropout_applies_in_training_only() -> None:

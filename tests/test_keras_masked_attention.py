@@ -25,7 +25,7 @@ from bnkit.keras._attention import KerasMultiHeadAttention
 from bnkit.keras._pooling import MaskedMean1d
 from bnkit.keras.errors import UnsupportedLayerError
 from bnkit.summary import summary
-from tests.oracle_client import require, run_jobs, write_back
+from tests.oracle_client import npz_inputs, predict, relative_error, require, run_jobs, write_back
 
 JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "masked_attention_jobs.py"
 FLAVOURS = ("tf_keras", "keras3")
@@ -50,25 +50,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dic
     return work, run_jobs(JOBS, work, tasks, "build")
 
 
-def _inputs(ref: Any) -> list[torch.Tensor]:
-    return [torch.from_numpy(ref[f"x{i}"]) for i in range(sum(key.startswith("x") for key in ref.files))]
-
-
-def _close(y: np.ndarray, expected: np.ndarray) -> float:
-    """Relative max abs difference; NaN (a masked mean over no step) must be where Keras has it."""
-    assert y.shape == expected.shape
-    nan = np.isnan(expected)
-    np.testing.assert_array_equal(np.isnan(y), nan)
-    if nan.all():
-        return 0.0
-    return float(np.abs(y[~nan] - expected[~nan]).max() / max(np.abs(expected[~nan]).max(), 1e-12))
-
-
-def _predict(model: torch.nn.Module, xs: list[torch.Tensor]) -> np.ndarray:
-    with torch.no_grad():
-        return model(*xs).numpy()
-
-
 @pytest.mark.oracle
 @pytest.mark.slow
 @pytest.mark.parametrize("suffix", ["h5", "keras"])
@@ -81,9 +62,9 @@ def test_masked_models_equal_keras(built: Any, model_name: str, flavour: str, su
     if f"y_{suffix}" in ref.files:  # Keras reading its own file gives what the model gave
         np.testing.assert_array_equal(ref[f"y_{suffix}"], ref["y"])
     model = load_model(work / f"{name}.{suffix}")
-    assert _close(_predict(model, _inputs(ref)), ref["y"]) <= TOLERANCE
+    assert relative_error(predict(model, npz_inputs(ref)), ref["y"]) <= TOLERANCE
     if suffix == "keras":  # Keras' count_params, trainable and non-trainable weights
-        counted = summary(model, input_data=[x[:1] for x in _inputs(ref)])
+        counted = summary(model, input_data=[x[:1] for x in npz_inputs(ref)])
         assert [counted.total, counted.trainable, counted.non_trainable] == ref["counts"].tolist()
 
 
@@ -130,9 +111,9 @@ def test_saved_masked_models_reload_in_keras(round_trip: Any, model_name: str, f
     name = f"bnkit_{flavour}_{model_name}"
     require(results, flavour, f"{name}_{suffix}")
     ref = np.load(work / f"{flavour}_{model_name}_ref.npz")
-    assert _close(np.load(work / f"{name}_{suffix}_pred.npz")["y"], ref["y"]) <= TOLERANCE
+    assert relative_error(np.load(work / f"{name}_{suffix}_pred.npz")["y"], ref["y"]) <= TOLERANCE
     again = load_model(work / f"{name}.{suffix}")  # and bnkit reads its own file back
-    assert _close(_predict(again, _inputs(ref)), ref["y"]) <= TOLERANCE
+    assert relative_error(predict(again, npz_inputs(ref)), ref["y"]) <= TOLERANCE
 
 
 # ---- without the oracle ------------------------------------------------------------------

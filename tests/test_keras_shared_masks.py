@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from bnkit.keras import load_model
-from tests.oracle_client import require, run_jobs, write_back
+from tests.oracle_client import npz_inputs, predict, relative_error, require, run_jobs, write_back
 from tests.test_keras_save_version import recorded_versions
 
 pytestmark = [pytest.mark.oracle, pytest.mark.slow]
@@ -40,23 +39,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dic
     return work, run_jobs(JOBS, work, tasks, "build")
 
 
-def _inputs(ref: Any) -> list[torch.Tensor]:
-    return [torch.from_numpy(ref[f"x{i}"]) for i in range(sum(key.startswith("x") for key in ref.files))]
-
-
-def _close(y: np.ndarray, expected: np.ndarray) -> float:
-    """Relative max abs difference; NaN (a masked mean over no step) must be where Keras has it."""
-    assert y.shape == expected.shape
-    nan = np.isnan(expected)
-    np.testing.assert_array_equal(np.isnan(y), nan)
-    return float(np.abs(y[~nan] - expected[~nan]).max() / max(np.abs(expected[~nan]).max(), 1e-12))
-
-
-def _predict(model: torch.nn.Module, xs: list[torch.Tensor]) -> np.ndarray:
-    with torch.no_grad():
-        return model(*xs).numpy()
-
-
 @pytest.mark.parametrize("suffix", ["h5", "keras"])
 @pytest.mark.parametrize(("model_name", "flavour"), CASES)
 def test_shared_mask_models_equal_keras(built: Any, model_name: str, flavour: str, suffix: str) -> None:
@@ -67,7 +49,7 @@ def test_shared_mask_models_equal_keras(built: Any, model_name: str, flavour: st
     if f"y_{suffix}" in ref.files:  # Keras reading its own file gives what the model gave
         np.testing.assert_array_equal(ref[f"y_{suffix}"], ref["y"])
     model = load_model(work / f"{name}.{suffix}")
-    assert _close(_predict(model, _inputs(ref)), ref["y"]) <= TOLERANCE
+    assert relative_error(predict(model, npz_inputs(ref)), ref["y"]) <= TOLERANCE
 
 
 def test_the_two_inputs_need_their_own_masks(built: Any) -> None:
@@ -98,9 +80,9 @@ def test_saved_shared_mask_models_reload_in_keras(round_trip: Any, model_name: s
     name = f"bnkit_{flavour}_{model_name}"
     require(results, flavour, f"{name}_{suffix}")
     ref = np.load(work / f"{flavour}_{model_name}_ref.npz")
-    assert _close(np.load(work / f"{name}_{suffix}_pred.npz")["y"], ref["y"]) <= TOLERANCE
+    assert relative_error(np.load(work / f"{name}_{suffix}_pred.npz")["y"], ref["y"]) <= TOLERANCE
     again = load_model(work / f"{name}.{suffix}")  # and bnkit reads its own file back
-    assert _close(_predict(again, _inputs(ref)), ref["y"]) <= TOLERANCE
+    assert relative_error(predict(again, npz_inputs(ref)), ref["y"]) <= TOLERANCE
     # the written file says which Keras it speaks: the version the Keras that built it recorded
     keras_wrote = recorded_versions(work / f"{flavour}_{model_name}.keras")[0]
     assert keras_wrote.startswith("3." if flavour == "keras3" else "2.")

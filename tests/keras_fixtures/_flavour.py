@@ -7,6 +7,8 @@ and they import this module as ``_flavour``.
 * :func:`import_keras` sets TensorFlow's environment for a flavour (``tf_keras``: tf_keras
   2.x through ``TF_USE_LEGACY_KERAS``; ``keras3``: Keras 3 on the TensorFlow backend), then
   imports TensorFlow first, as Keras expects, and the flavour's Keras.
+* :func:`predictor` makes the usual ``predict`` task: Keras reloads a file bnkit wrote and
+  runs it on the inputs ``x0, x1, ...`` stored with the reference.
 * :func:`run_job` reads ``JOB.json`` (``{"workdir": dir, "tasks": [task, ...]}``), runs every
   task through its ``kind`` and writes ``results_<flavour>_<job stem>.json`` in ``workdir``,
   mapping task name -> ``"ok"`` or :func:`failure`'s text.
@@ -21,6 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import numpy as np
 
 #: A task: ``(task dict, workdir)``; what it writes goes into ``workdir``.
 Task = Callable[[dict[str, Any], Path], None]
@@ -58,6 +62,21 @@ def import_keras(flavour: str, onednn: str | None = None) -> tuple[ModuleType, M
 def failure(error: BaseException) -> str:
     """A failed task as the tests report it: type, message and the end of the traceback."""
     return f"{type(error).__name__}: {error}\n{traceback.format_exc()[-3000:]}"
+
+
+def stored_inputs(path: str | Path) -> list[Any]:
+    """The arrays ``x0, x1, ...`` of an ``.npz`` reference, in order."""
+    with np.load(path) as ref:
+        return [ref[f"x{i}"] for i in range(sum(1 for key in ref.files if key[:1] == "x" and key[1:].isdigit()))]
+
+
+def predictor(keras: ModuleType, run: Callable[[Any, list[Any]], Any]) -> Task:
+    """A ``predict`` task: ``{"file": written file, "ref": reference .npz, "name": ...}`` ->
+    ``<name>_pred.npz`` holding ``y = run(model, inputs)`` of the model Keras reloaded."""
+    def predict(task: dict[str, Any], work: Path) -> None:
+        model = keras.models.load_model(task["file"], compile=False)
+        np.savez(work / f"{task['name']}_pred.npz", y=np.asarray(run(model, stored_inputs(task["ref"]))))
+    return predict
 
 
 def run_job(tasks: Mapping[str, Task], argv: Sequence[str] = sys.argv) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _flavour import flavour_argument, import_keras, run_job  # noqa: E402
+from _flavour import flavour_argument, import_keras, predictor, run_job  # noqa: E402
 
 FLAVOUR = flavour_argument()
 _, keras = import_keras(FLAVOUR, onednn="0")
@@ -185,15 +185,8 @@ def build(task: dict[str, Any], work: Path) -> None:
     np.savez(work / f"{task['name']}_ref.npz", y=y, counts=counts, **{f"x{i}": x for i, x in enumerate(xs)})
 
 
-def predict(task: dict[str, Any], work: Path) -> None:
-    model = keras.models.load_model(task["file"], compile=False)
-    ref = np.load(task["ref"])
-    xs = [ref[f"x{i}"] for i in range(len([k for k in ref.files if k.startswith("x")]))]
-    out = model(xs if len(xs) > 1 else xs[0], training=False)
-    np.savez(work / f"{task['name']}_pred.npz", y=np.asarray(out))
-
-
-TASKS = {"build": build, "predict": predict}
+TASKS = {"build": build, "predict": predictor(
+        keras, lambda model, xs: model(xs if len(xs) > 1 else xs[0], training=False))}
 
 
 if __name__ == "__main__":

@@ -131,12 +131,5 @@ def build(task: dict[str, Any], work: Path) -> None:
     np.savez(work / f"{task['name']}_ref.npz", y=y, **reloaded, **{f"x{i}": x for i, x in enumerate(xs)})
 
 
-def predict(task: dict[str, Any], work: Path) -> None:
-    model = keras.models.load_model(task["file"], compile=False)
-    ref = np.load(task["ref"])
-    xs = [ref[f"x{i}"] for i in range(len([k for k in ref.files if k.startswith("x")]))]
-    np.savez(work / f"{task['name']}_pred.npz", y=_run(model, xs))
-
-
 if __name__ == "__main__":
-    raise SystemExit(_flavour.run_job({"build": build, "predict": predict}))
+    raise SystemExit(_flavour.run_job({"build": build, "predict": _flavour.predictor(keras, _run)}))
