@@ -79,6 +79,24 @@ def predictor(keras: ModuleType, run: Callable[[Any, list[Any]], Any]) -> Task:
     return predict
 
 
+def save_and_reload(keras: ModuleType, model: Any, stem: Path, run: Callable[[Any], Any],
+                    unreadable: Sequence[str] = ("NotEqual",)) -> dict[str, Any]:
+    """Save ``model`` as ``<stem>.h5`` and ``<stem>.keras``; ``{"y_h5": ..., "y_keras": ...}``:
+    ``run`` of Keras' own reload of each file.  A file Keras cannot read back for a reason
+    named in ``unreadable`` (Keras 3 cannot rebuild the mask operations, ``NotEqual``/``Any``,
+    of its own ``.h5`` files) has no entry; any other error propagates."""
+    outputs = {}
+    for suffix in ("h5", "keras"):
+        path = str(stem) + "." + suffix
+        model.save(path)
+        try:
+            outputs[f"y_{suffix}"] = np.asarray(run(keras.models.load_model(path, compile=False)))
+        except ValueError as error:
+            if not any(reason in str(error) for reason in unreadable):
+                raise
+    return outputs
+
+
 def run_job(tasks: Mapping[str, Task], argv: Sequence[str] = sys.argv) -> int:
     """Run ``JOB.json`` (``argv[2]``) for the flavour ``argv[1]``; the exit status.
 

@@ -119,15 +119,8 @@ def build(task: dict[str, Any], work: Path) -> None:
     for weight in model.weights:
         weight.assign(rng.normal(0.0, 0.3, tuple(weight.shape)).astype("float32"))
     y = _run(model, xs)
-    reloaded = {}
-    for suffix in ("h5", "keras"):
-        path = str(work / f"{task['name']}.{suffix}")
-        model.save(path)
-        try:  # Keras 3 cannot read back the NotEqual mask operations of its own .h5 files
-            reloaded[f"y_{suffix}"] = _run(keras.models.load_model(path, compile=False), xs)
-        except ValueError as error:
-            if "NotEqual" not in str(error) and "Any" not in str(error):
-                raise
+    reloaded = _flavour.save_and_reload(keras, model, work / task["name"], lambda again: _run(again, xs),
+                                        unreadable=("NotEqual", "Any"))
     np.savez(work / f"{task['name']}_ref.npz", y=y, **reloaded, **{f"x{i}": x for i, x in enumerate(xs)})
 
 
