@@ -20,10 +20,11 @@
   (NHWC interface), ``bnkit-fast`` (BNs folded, NCHW interface, channels_last memory),
   ``torch`` (the same architecture written in PyTorch, ``_torch_apps.py``, channels_last
   memory), Keras 3 on its torch backend and tf_keras (a ``tf.function``) running the file;
-  ``ZOO_THREADS`` in the environment sets the number of threads (torch's intra-op threads,
-  TensorFlow's intra- and inter-op threads).  ``bnkit-compiled``: bnkit-fast through ``torch.compile`` (inductor, ``freezing``: weights
+  ``bnkit-compiled``: bnkit-fast through ``torch.compile`` (inductor, ``freezing``: weights
   become constants, convolutions prepacked for oneDNN, pointwise ops fused), whose first call
-  (compilation included) is reported on its own as ``first_call_s``.  Also reported:
+  (compilation included) is reported on its own as ``first_call_s``.  ``ZOO_THREADS`` in the
+  environment sets the number of threads (torch's intra-op threads, TensorFlow's intra- and
+  inter-op threads).  Also reported:
   ``faults_per_call`` (minor page faults of the process per timed call: pages the allocator
   got fresh from the kernel, zero-filled, each time) and ``foreign_cpus`` (CPUs' worth of work
   done by other processes during the timed calls, from ``/proc/stat`` minus this process).
