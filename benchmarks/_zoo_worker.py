@@ -3,7 +3,8 @@
     python _zoo_worker.py load bnkit|keras3|tf_keras FILE
     python _zoo_worker.py infer KIND FILE APP BATCH SIZE ITERS
     KIND: bnkit|bnkit-fast|bnkit-compiled|torch|keras3-torch|tf_keras, optionally with the suffix
-    -heap (the process was started with glibc's malloc kept off mmap: ``bench_keras_zoo._env``)
+    -heap (the process was started with glibc's malloc kept off mmap) and/or -passive (with
+    ``OMP_WAIT_POLICY=PASSIVE``): ``bench_keras_zoo._env``
 
 * ``load``: seconds of ``bnkit.keras.load_model`` or ``keras.models.load_model(compile=False)``
   (imports excluded) and the peak resident memory it added, in bytes: ``peak_added`` = the
@@ -140,7 +141,8 @@ def _time(step: Callable[[], Any], iters: int) -> dict[str, float]:
 def infer(kind: str, file: str, app: str, batch: int, size: int, iters: int) -> dict[str, Any]:
     import numpy as np
 
-    kind = kind.removesuffix("-heap")  # the allocator is set by the environment, not here
+    while kind.endswith(("-heap", "-passive")):  # allocator and OpenMP: set by the environment
+        kind = kind.rsplit("-", 1)[0]
     threads = int(os.environ.get("ZOO_THREADS", "0"))  # 0: each framework's default
     x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32")
     if kind == "tf_keras":

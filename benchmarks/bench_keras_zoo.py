@@ -47,6 +47,9 @@ WRITERS = {"keras3": "keras3", "tf_keras": "tf_keras"}
 # glibc's malloc kept off mmap: freed blocks stay in the heap for the next call instead of going
 # back to the kernel and coming back as fresh zero-filled pages (one page fault per 4 KiB).
 HEAP_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+# OpenMP threads that wait for each other sleep instead of spinning: with another process busy on
+# one of the cores, a spinning thread holds up the one the scheduler took off its core.
+SUFFIX_ENV = {"-heap": HEAP_ENV, "-passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 INFER_FILES = {"bnkit": ("keras3", "keras"), "bnkit-fast": ("keras3", "keras"),
                "bnkit-compiled": ("keras3", "keras"), "torch": ("keras3", "keras"),
                "keras3-torch": ("keras3", "keras"), "tf_keras": ("tf_keras", "h5")}
@@ -58,9 +61,17 @@ def _env(kind: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     if kind == "keras3-torch":
         env["KERAS_BACKEND"] = "torch"
-    if kind.endswith("-heap"):
-        env.update(HEAP_ENV)
+    for suffix, extra in SUFFIX_ENV.items():
+        if f"{suffix}-" in f"{kind}-":
+            env.update(extra)
     return env
+
+
+def _base(kind: str) -> str:
+    """The variant without its environment suffixes."""
+    while kind.endswith(tuple(SUFFIX_ENV)):
+        kind = kind.rsplit("-", 1)[0]
+    return kind
 
 
 def _make(work: Path) -> dict[str, Any]:
@@ -155,7 +166,7 @@ def bench_infer(work: Path, repeats: int, iters: int, kinds: tuple[str, ...] = D
             runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
             for _ in range(repeats):
                 for kind in kinds:
-                    flavour, fmt = INFER_FILES[kind.removesuffix("-heap")]
+                    flavour, fmt = INFER_FILES[_base(kind)]
                     file = str(work / flavour / f"{app}.{fmt}")
                     runs[kind].append(_worker("infer", kind, file, app, str(batch), str(SIZE), str(iters)))
             times = {kind: [r["seconds"] for r in values] for kind, values in runs.items()}
@@ -196,7 +207,7 @@ def main() -> int:
     parser.add_argument("--note", default="", help="with --memory-only or --infer-key: when and how it was measured")
     parser.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
                         help="inference variants, comma-separated: " + ", ".join(INFER_FILES)
-                        + "; a -heap suffix runs the process with glibc's malloc kept off mmap")
+                        + "; suffixes -heap: glibc's malloc kept off mmap, -passive: OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--threads", type=int, default=0,
                         help="inference threads of every framework (0: their defaults, all cores)")
     parser.add_argument("--apps", default=",".join(APPS))
@@ -211,9 +222,9 @@ def main() -> int:
             _merge_memory(args.json, rows, args.note)
         return 0
     kinds = tuple(args.kinds.split(","))
-    unknown = [kind for kind in kinds if kind.removesuffix("-heap") not in INFER_FILES]
+    unknown = [kind for kind in kinds if _base(kind) not in INFER_FILES]
     if unknown:
-        parser.error(f"--kinds: unknown {unknown}; known: {', '.join(INFER_FILES)} (optionally with -heap)")
+        parser.error(f"--kinds: unknown {unknown}; known: {', '.join(INFER_FILES)} (optionally with -heap, -passive)")
     apps, batches = tuple(args.apps.split(",")), tuple(int(b) for b in args.batches.split(","))
     if args.threads:
         os.environ["ZOO_THREADS"] = str(args.threads)  # read by the workers
@@ -225,7 +236,7 @@ def main() -> int:
         result[args.infer_key] = rows
         result[f"{args.infer_key}_note"] = {"note": args.note, "repeats": args.repeats, "iters": args.iters,
                                             "threads": args.threads or "default", "kinds": list(kinds),
-                                            "heap_env": HEAP_ENV}
+                                            "suffix_env": SUFFIX_ENV}
         args.json.write_text(json.dumps(result, indent=1), encoding="utf-8")
         return 0
     result: dict[str, Any] = {"size": SIZE, "classes": CLASSES, "repeats": args.repeats, "cpus": os.cpu_count()}
