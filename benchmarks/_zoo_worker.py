@@ -1,7 +1,10 @@
 """One measurement of ``bench_keras_zoo.py`` in a process of its own; prints one JSON line.
 
     python _zoo_worker.py load bnkit|keras3|tf_keras FILE
-    python _zoo_worker.py infer bnkit|bnkit-fast|torch|keras3-torch|tf_keras FILE APP BATCH SIZE ITERS
+    python _zoo_worker.py infer KIND FILE APP BATCH SIZE ITERS
+    KIND: bnkit|bnkit-fast|bnkit-compiled|torch|keras3-torch|tf_keras, optionally with the suffix
+    -heap (the process was started with glibc's malloc kept off mmap) and/or -passive (with
+    ``OMP_WAIT_POLICY=PASSIVE``): ``bench_keras_zoo._env``
 
 * ``load``: seconds of ``bnkit.keras.load_model`` or ``keras.models.load_model(compile=False)``
   (imports excluded) and the peak resident memory it added, in bytes: ``peak_added`` = the
@@ -17,7 +20,15 @@
 * ``infer``: median seconds of one inference on a random batch after warm-up: bnkit as loaded
   (NHWC interface), ``bnkit-fast`` (BNs folded, NCHW interface, channels_last memory),
   ``torch`` (the same architecture written in PyTorch, ``_torch_apps.py``, channels_last
-  memory), Keras 3 on its torch backend and tf_keras (a ``tf.function``) running the file.
+  memory), Keras 3 on its torch backend and tf_keras (a ``tf.function``) running the file;
+  ``bnkit-compiled``: bnkit-fast through ``torch.compile`` (inductor, ``freezing``: weights
+  become constants, convolutions prepacked for oneDNN, pointwise ops fused), whose first call
+  (compilation included) is reported on its own as ``first_call_s``.  ``ZOO_THREADS`` in the
+  environment sets the number of threads (torch's intra-op threads, TensorFlow's intra- and
+  inter-op threads).  Also reported:
+  ``faults_per_call`` (minor page faults of the process per timed call: pages the allocator
+  got fresh from the kernel, zero-filled, each time) and ``foreign_cpus`` (CPUs' worth of work
+  done by other processes during the timed calls, from ``/proc/stat`` minus this process).
 """
 from __future__ import annotations
 
@@ -98,31 +109,57 @@ def load(kind: str, file: str) -> dict[str, Any]:
     return result
 
 
-def _time(step: Callable[[], Any], iters: int) -> float:
+def _busy_ticks() -> tuple[int, int]:
+    """Busy clock ticks of the whole machine (``/proc/stat``) and of this process (all threads)."""
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle, iowait
+    with open("/proc/self/stat") as handle:
+        own = handle.read().rsplit(")", 1)[1].split()
+    return busy, int(own[11]) + int(own[12])  # utime, stime
+
+
+def _time(step: Callable[[], Any], iters: int) -> dict[str, float]:
     for _ in range(3):
         step()
     samples = []
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    busy, own = _busy_ticks()
+    wall = time.perf_counter()
     for _ in range(iters):
         start = time.perf_counter()
         step()
         samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    wall = time.perf_counter() - wall
+    busy_after, own_after = _busy_ticks()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {"seconds": statistics.median(samples),
+            "faults_per_call": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / iters,
+            "foreign_cpus": max(busy_after - busy - (own_after - own), 0) / ticks / wall}
 
 
 def infer(kind: str, file: str, app: str, batch: int, size: int, iters: int) -> dict[str, Any]:
     import numpy as np
 
+    while kind.endswith(("-heap", "-passive")):  # allocator and OpenMP: set by the environment
+        kind = kind.rsplit("-", 1)[0]
+    threads = int(os.environ.get("ZOO_THREADS", "0"))  # 0: each framework's default
     x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32")
     if kind == "tf_keras":
         import tensorflow as tf
         import tf_keras
 
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
         model = tf_keras.models.load_model(file, compile=False)
         call = tf.function(lambda t: model(t, training=False))
         tensor = tf.constant(x)
-        return {"seconds": _time(lambda: call(tensor).numpy(), iters)}
+        return _time(lambda: call(tensor).numpy(), iters)
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     if kind == "keras3-torch":
         import keras
 
@@ -142,14 +179,23 @@ def infer(kind: str, file: str, app: str, batch: int, size: int, iters: int) -> 
             model, tensor = bk.load_model(file), torch.from_numpy(x)
         else:
             model, _ = bnkit.fold_batch_norm(bk.load_model(file, data_format="channels_first"))
-            model = model.to(memory_format=torch.channels_last)
+            model = model.eval().to(memory_format=torch.channels_last)
             tensor = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        if kind == "keras3-torch":
-            seconds = _time(lambda: model(tensor, training=False), iters)
-        else:
-            seconds = _time(lambda: model(tensor), iters)
-    return {"seconds": seconds, "threads": torch.get_num_threads()}
+    extra: dict[str, Any] = {}
+    if kind == "bnkit-compiled":
+        with torch.no_grad():  # freezing needs the weights without autograd history
+            model = torch.compile(model, options={"freezing": True})
+            start = time.perf_counter()
+            model(tensor)
+            extra["first_call_s"] = time.perf_counter() - start
+            timing = _time(lambda: model(tensor), iters)
+    else:
+        with torch.inference_mode():
+            if kind == "keras3-torch":
+                timing = _time(lambda: model(tensor, training=False), iters)
+            else:
+                timing = _time(lambda: model(tensor), iters)
+    return {**timing, **extra, "threads": torch.get_num_threads()}
 
 
 def main() -> int:
