@@ -127,7 +127,7 @@ def _moves(dataset: Any, target: torch.Tensor, label: str, buffers: _Buffers) ->
 
 def _numpy_view(target: torch.Tensor) -> np.ndarray | None:
     """A NumPy array over ``target``'s memory (a CPU tensor of a NumPy dtype) with its shape
-    and strides; None when elements overlap (a zero stride).
+    and strides; None when elements overlap (a zero stride) or there are none.
 
     Made from the memory's address (checked to lie inside the tensor's storage) rather than
     by ``Tensor.numpy()``, whose first use in a process touches ~0.3 MB of torch's code.  The
@@ -137,7 +137,7 @@ def _numpy_view(target: torch.Tensor) -> np.ndarray | None:
     if type(target) not in (torch.Tensor, nn.Parameter) or target.layout != torch.strided:
         return None  # a tensor subclass may not hold its values at data_ptr()
     sizes, strides = tuple(target.shape), tuple(target.stride())
-    if any(size > 1 and stride <= 0 for size, stride in zip(sizes, strides)):
+    if target.numel() == 0 or any(size > 1 and stride <= 0 for size, stride in zip(sizes, strides)):
         return None
     itemsize = target.element_size()
     span = (sum((size - 1) * stride for size, stride in zip(sizes, strides)) + 1) * itemsize
