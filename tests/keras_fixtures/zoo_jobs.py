@@ -258,12 +258,14 @@ def main() -> int:
     work = Path(job["workdir"])
     stage = {"build": build, "reload": reload}[job["stage"]]
     results: dict[str, Any] = {}
+    out = work / f"zoo_{FLAVOUR}_{job['stage']}.json"
+    out.write_text("{}", encoding="utf-8")  # also the answer when this flavour has none of the models asked for
     for entry in job["models"]:
         try:
             results[entry["app"]] = stage(entry, work)
         except Exception:  # noqa: BLE001
             results[entry["app"]] = {"error": traceback.format_exc()[-2000:]}
-        (work / f"zoo_{FLAVOUR}_{job['stage']}.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+        out.write_text(json.dumps(results, indent=1), encoding="utf-8")
     return 0
 
 
