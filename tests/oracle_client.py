@@ -184,3 +184,26 @@ def relative_error(y: np.ndarray, expected: np.ndarray) -> float:
         return 0.0
     return float(np.abs(y[~nan] - expected[~nan]).max() / max(np.abs(expected[~nan]).max(), 1e-12))
 
+
+def round_trip_npz(script: Path, work: Path, results: Mapping[str, Mapping[str, str]],
+                   cases: Sequence[tuple[str, str]]) -> dict[str, dict[str, str]]:
+    """:func:`write_back` every case whose reference is ``<flavour>_<model>_ref.npz`` (inputs
+    ``x0, x1, ...``), then Keras (``script``'s ``predict`` task) reloads and runs each file."""
+    tasks = write_back(work, results, cases, lambda model, flavour: {"ref": str(work / f"{flavour}_{model}_ref.npz")})
+    return run_jobs(script, work, tasks, "predict")
+
+
+def check_round_trip(work: Path, results: Mapping[str, Mapping[str, str]], flavour: str, model_name: str,
+                     suffix: str, tolerance: float) -> Any:
+    """The file bnkit wrote for ``(model_name, flavour)`` as ``suffix``: Keras' reload of it and
+    bnkit's own gave the model's reference output within ``tolerance``; returns bnkit's reload."""
+    from bnkit.keras import load_model
+
+    name = f"bnkit_{flavour}_{model_name}"
+    require(results, flavour, f"{name}_{suffix}")
+    ref = np.load(work / f"{flavour}_{model_name}_ref.npz")
+    assert relative_error(np.load(work / f"{name}_{suffix}_pred.npz")["y"], ref["y"]) <= tolerance
+    again = load_model(work / f"{name}.{suffix}")  # and bnkit reads its own file back
+    assert relative_error(predict(again, npz_inputs(ref)), ref["y"]) <= tolerance
+    return again
+

@@ -23,7 +23,8 @@ from bnkit.keras import build_from_config, load_model, save_model
 from bnkit.keras._attention import KerasMultiHeadAttention
 from bnkit.keras.errors import KerasFormatError, UnsupportedLayerError
 from bnkit.summary import summary
-from tests.oracle_client import npz_inputs, predict, relative_error, require, run_jobs, write_back
+from tests.oracle_client import (check_round_trip, npz_inputs, predict, relative_error, require, round_trip_npz,
+                                 run_jobs)
 
 JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "attention_jobs.py"
 FLAVOURS = ("tf_keras", "keras3")
@@ -94,9 +95,7 @@ def test_refused_keras_models_name_layer_and_option(built: Any, flavour: str, su
 def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
     """bnkit loads each .keras file, writes .keras and .h5; Keras reloads and predicts."""
     work, results = built
-    tasks = write_back(work, results, CASES,
-                       lambda model, flavour: {"ref": str(work / f"{flavour}_{model}_ref.npz")})
-    return work, run_jobs(JOBS, work, tasks, "predict")
+    return work, round_trip_npz(JOBS, work, results, CASES)
 
 
 @pytest.mark.oracle
@@ -105,12 +104,7 @@ def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
 @pytest.mark.parametrize(("model_name", "flavour"), CASES)
 def test_saved_attention_models_reload_in_keras(round_trip: Any, model_name: str, flavour: str, suffix: str) -> None:
     work, results = round_trip
-    name = f"bnkit_{flavour}_{model_name}"
-    require(results, flavour, f"{name}_{suffix}")
-    ref = np.load(work / f"{flavour}_{model_name}_ref.npz")
-    assert relative_error(np.load(work / f"{name}_{suffix}_pred.npz")["y"], ref["y"]) <= TOLERANCE
-    again = load_model(work / f"{name}.{suffix}")  # and bnkit reads its own file back
-    assert relative_error(predict(again, npz_inputs(ref)), ref["y"]) <= TOLERANCE
+    check_round_trip(work, results, flavour, model_name, suffix, TOLERANCE)
 
 
 # ---- without the oracle ------------------------------------------------------------------

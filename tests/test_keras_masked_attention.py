@@ -25,7 +25,8 @@ from bnkit.keras._attention import KerasMultiHeadAttention
 from bnkit.keras._pooling import MaskedMean1d
 from bnkit.keras.errors import UnsupportedLayerError
 from bnkit.summary import summary
-from tests.oracle_client import npz_inputs, predict, relative_error, require, run_jobs, write_back
+from tests.oracle_client import (check_round_trip, npz_inputs, predict, relative_error, require, round_trip_npz,
+                                 run_jobs)
 
 JOBS = Path(__file__).resolve().parent / "keras_fixtures" / "masked_attention_jobs.py"
 FLAVOURS = ("tf_keras", "keras3")
@@ -97,9 +98,7 @@ def test_masks_reaching_unsupported_layers_are_refused(built: Any, model_name: s
 def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
     """bnkit loads each .keras file, writes .keras and .h5; Keras reloads and predicts."""
     work, results = built
-    tasks = write_back(work, results, CASES,
-                       lambda model, flavour: {"ref": str(work / f"{flavour}_{model}_ref.npz")})
-    return work, run_jobs(JOBS, work, tasks, "predict")
+    return work, round_trip_npz(JOBS, work, results, CASES)
 
 
 @pytest.mark.oracle
@@ -108,12 +107,7 @@ def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
 @pytest.mark.parametrize(("model_name", "flavour"), CASES)
 def test_saved_masked_models_reload_in_keras(round_trip: Any, model_name: str, flavour: str, suffix: str) -> None:
     work, results = round_trip
-    name = f"bnkit_{flavour}_{model_name}"
-    require(results, flavour, f"{name}_{suffix}")
-    ref = np.load(work / f"{flavour}_{model_name}_ref.npz")
-    assert relative_error(np.load(work / f"{name}_{suffix}_pred.npz")["y"], ref["y"]) <= TOLERANCE
-    again = load_model(work / f"{name}.{suffix}")  # and bnkit reads its own file back
-    assert relative_error(predict(again, npz_inputs(ref)), ref["y"]) <= TOLERANCE
+    check_round_trip(work, results, flavour, model_name, suffix, TOLERANCE)
 
 
 # ---- without the oracle ------------------------------------------------------------------

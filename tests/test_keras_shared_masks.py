@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from bnkit.keras import load_model
-from tests.oracle_client import npz_inputs, predict, relative_error, require, run_jobs, write_back
+from tests.oracle_client import (check_round_trip, npz_inputs, predict, relative_error, require, round_trip_npz,
+                                 run_jobs)
 from tests.test_keras_save_version import recorded_versions
 
 pytestmark = [pytest.mark.oracle, pytest.mark.slow]
@@ -67,9 +68,7 @@ def test_the_two_inputs_need_their_own_masks(built: Any) -> None:
 def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
     """bnkit loads each .keras file, writes .keras and .h5; Keras reloads and predicts."""
     work, results = built
-    tasks = write_back(work, results, CASES,
-                       lambda model, flavour: {"ref": str(work / f"{flavour}_{model}_ref.npz")})
-    return work, run_jobs(JOBS, work, tasks, "predict")
+    return work, round_trip_npz(JOBS, work, results, CASES)
 
 
 @pytest.mark.parametrize("suffix", ["h5", "keras"])
@@ -77,12 +76,8 @@ def round_trip(built: Any) -> tuple[Path, dict[str, dict[str, str]]]:
 def test_saved_shared_mask_models_reload_in_keras(round_trip: Any, model_name: str, flavour: str,
                                                   suffix: str) -> None:
     work, results = round_trip
+    again = check_round_trip(work, results, flavour, model_name, suffix, TOLERANCE)
     name = f"bnkit_{flavour}_{model_name}"
-    require(results, flavour, f"{name}_{suffix}")
-    ref = np.load(work / f"{flavour}_{model_name}_ref.npz")
-    assert relative_error(np.load(work / f"{name}_{suffix}_pred.npz")["y"], ref["y"]) <= TOLERANCE
-    again = load_model(work / f"{name}.{suffix}")  # and bnkit reads its own file back
-    assert relative_error(predict(again, npz_inputs(ref)), ref["y"]) <= TOLERANCE
     # the written file says which Keras it speaks: the version the Keras that built it recorded
     keras_wrote = recorded_versions(work / f"{flavour}_{model_name}.keras")[0]
     assert keras_wrote.startswith("3." if flavour == "keras3" else "2.")
